@@ -1,0 +1,51 @@
+"""Orbax checkpoints of the TrainState: periodic saves, keep-last-k, resume.
+
+Orbax writes each step into a temporary directory and renames it when complete, so an
+interrupted save never corrupts an earlier checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointManager:
+    """Saves a pytree every `every_steps` steps into `directory`, keeping the last `keep`."""
+
+    def __init__(self, directory: str, *, every_steps: int, keep: int = 3):
+        if every_steps <= 0:
+            raise ValueError(f"checkpoint.every_steps must be positive; got {every_steps}.")
+        self.every_steps = every_steps
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_step(self):
+        """The newest saved step, or None."""
+        return self._manager.latest_step()
+
+    def restore_or(self, state: Any) -> Any:
+        """The newest checkpoint restored into `state`'s structure, or `state` if none."""
+        step = self._manager.latest_step()
+        if step is None:
+            return state
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+        """Saves at multiples of every_steps (or when forced); True if it saved."""
+        if not force and step % self.every_steps:
+            return False
+        if self._manager.latest_step() == step:
+            return False
+        return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def wait(self):
+        """Blocks until asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.close()

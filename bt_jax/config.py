@@ -1,0 +1,96 @@
+"""The default configuration every recipe in configs/ starts from, and its validation."""
+from __future__ import annotations
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Paper defaults (ImageNet recipe); recipes in configs/ override what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 2048          # global, over all devices and processes
+    c.num_epochs = 1000
+    c.num_steps = 0              # 0: num_epochs * steps_per_epoch
+    c.log_every_steps = 50
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"
+    c.data.path = ""
+    c.data.image_size = 224
+    c.data.augment_on = "host"
+    c.data.augment = ml_collections.ConfigDict()
+    a = c.data.augment
+    a.crop_scale = (0.08, 1.0)
+    a.crop_ratio = (3 / 4, 4 / 3)
+    a.flip_prob = 0.5
+    a.jitter_prob = 0.8
+    a.brightness = 0.4
+    a.contrast = 0.4
+    a.saturation = 0.2
+    a.hue = 0.1
+    a.grayscale_prob = 0.2
+    a.blur_sigma = (0.1, 2.0)
+    a.blur_prob = (1.0, 0.1)       # (view A, view B)
+    a.solarize_prob = (0.0, 0.2)   # (view A, view B)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "resnet50"
+    c.model.stem = "imagenet"
+    c.model.width = 1.0
+    c.model.projector_dims = (8192, 8192, 8192)
+    c.model.dtype = "float32"
+    c.model.zero_init_residual = True
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.lambd = 0.0051
+    c.loss.scale = 1.0
+    c.loss.redundancy = "cross"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr_weights = 0.2
+    c.optim.lr_biases = 0.0048
+    c.optim.scale_lr_by_batch = True   # lr * batch_size / 256
+    c.optim.weight_decay = 1.5e-6
+    c.optim.momentum = 0.9
+    c.optim.eta = 0.001
+    c.optim.warmup_epochs = 10
+    c.optim.end_lr_fraction = 1e-3
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.keep = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 512
+    c.eval.knn_k = 200
+    c.eval.knn_temperature = 0.1
+    c.eval.linear_epochs = 100
+    c.eval.linear_batch_size = 256
+    c.eval.linear_lr = 0.1
+    c.eval.linear_weight_decay = 1e-6
+    c.eval.baselines = True
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field and the fix for values that cannot work."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ValueError(msg)
+
+    need(config.batch_size > 0, f"batch_size must be positive; got {config.batch_size}.")
+    need(config.num_steps >= 0, f"num_steps must be >= 0 (0: from num_epochs); got "
+         f"{config.num_steps}.")
+    need(config.num_steps > 0 or config.num_epochs > 0,
+         "set num_epochs or num_steps to a positive number.")
+    need(config.model.dtype in DTYPES, f"model.dtype must be one of {DTYPES}; got "
+         f"{config.model.dtype!r}.")
+    need(config.model.width > 0, f"model.width must be positive; got {config.model.width}.")
+    need(len(config.model.projector_dims) > 0 and all(d > 0 for d in config.model.projector_dims),
+         f"model.projector_dims must be positive widths; got {config.model.projector_dims}.")
+    need(config.loss.redundancy in ("cross", "auto"),
+         f"loss.redundancy must be 'cross' or 'auto'; got {config.loss.redundancy!r}.")
+    need(config.log_every_steps > 0, "log_every_steps must be positive.")
+    need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be positive.")

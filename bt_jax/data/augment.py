@@ -1,0 +1,209 @@
+"""The Barlow Twins paired-view augmentations as stateless tf ops.
+
+Paper, Sec. 4 and Appendix: RandomResizedCrop (scale (0.08, 1), bicubic), horizontal flip
+(p 0.5), colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, applied
+with p 0.8 in random order), grayscale (p 0.2), Gaussian blur (sigma U[0.1, 2]; p 1.0 for
+view A and 0.1 for view B), solarisation (p 0.0 for A, 0.2 for B). Semantics follow
+torchvision's transforms on images in [0, 1].
+
+Every function takes an explicit seed (an int32/int64 tensor of shape [2]), so a view is a
+pure function of (image, seed): `view_seed(seed, epoch, index)` makes it a function of
+(run seed, epoch, example index) and a resumed run sees the same views.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """Augmentation strengths and probabilities for one view (config data.augment)."""
+    image_size: int
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+    def __post_init__(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} is a probability and must be in [0, 1]; got {p}.")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
+        if self.blur_prob > 0 and self.image_size <= gaussian_kernel_size(self.blur_sigma[1]) // 2:
+            raise ValueError(
+                f"image_size {self.image_size} is too small for a blur with sigma up to "
+                f"{self.blur_sigma[1]}: lower blur_sigma or set blur_prob to 0.")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5]; got {self.hue}.")
+
+
+def view_seed(seed: int, epoch, index) -> tf.Tensor:
+    """[2] int64 seed of one example in one epoch: a function of (seed, epoch, index)."""
+    base = tf.constant([seed, 0x5EED], tf.int64)
+    s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+    return tf.random.experimental.stateless_fold_in(s, tf.cast(index, tf.int64))
+
+
+def _uniform(seed, lo=0.0, hi=1.0, shape=()):
+    return tf.random.stateless_uniform(shape, seed, minval=lo, maxval=hi, dtype=tf.float32)
+
+
+def crop_window(seed, height, width, scale: Sequence[float], ratio: Sequence[float],
+                attempts: int = 10):
+    """torchvision's RandomResizedCrop.get_params: (top, left, crop_h, crop_w) int32 scalars.
+
+    Up to `attempts` draws of area ~ U(scale) * H * W and log aspect ~ U(log ratio); the
+    first that fits wins; otherwise the largest centred crop within the ratio range.
+    """
+    s_area, s_ratio, s_top, s_left = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    area = h * w * _uniform(s_area, scale[0], scale[1], [attempts])
+    aspect = tf.exp(_uniform(s_ratio, math.log(ratio[0]), math.log(ratio[1]), [attempts]))
+    cw = tf.round(tf.sqrt(area * aspect))
+    ch = tf.round(tf.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    # Fallback: whole image clamped to the ratio range, centred.
+    in_ratio = w / h
+    fb_w = tf.where(in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w))
+    fb_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
+    any_fit = tf.reduce_any(fits)
+    crop_h = tf.where(any_fit, ch[first], fb_h)
+    crop_w = tf.where(any_fit, cw[first], fb_w)
+    top = tf.where(any_fit, tf.floor(_uniform(s_top) * (h - crop_h + 1)), tf.floor((h - crop_h) / 2))
+    left = tf.where(any_fit, tf.floor(_uniform(s_left) * (w - crop_w + 1)),
+                    tf.floor((w - crop_w) / 2))
+    return tuple(tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w))
+
+
+def random_resized_crop(image, seed, size: int, scale, ratio):
+    """[H, W, C] float in [0, 1] -> [size, size, C]: a random crop, resized bicubically."""
+    shape = tf.shape(image)
+    top, left, ch, cw = crop_window(seed, shape[0], shape[1], scale, ratio)
+    crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([ch, cw, shape[2]]))
+    out = tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def to_grayscale(image):
+    """[H, W, 3] -> [H, W, 3] luma (ITU-R 601-2, as PIL's convert("L")), repeated."""
+    luma = tf.tensordot(image, tf.constant([0.299, 0.587, 0.114]), axes=1)[..., None]
+    return tf.tile(luma, [1, 1, 3])
+
+
+def _blend(image, other, factor):
+    return tf.clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
+                 hue: float):
+    """torchvision's ColorJitter on [H, W, 3] in [0, 1]: the four ops in random order."""
+    s_perm, s_b, s_c, s_s, s_h = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    factors = (
+        _uniform(s_b, max(0.0, 1 - brightness), 1 + brightness),
+        _uniform(s_c, max(0.0, 1 - contrast), 1 + contrast),
+        _uniform(s_s, max(0.0, 1 - saturation), 1 + saturation),
+        _uniform(s_h, -hue, hue),
+    )
+    ops = (
+        lambda x: tf.clip_by_value(x * factors[0], 0.0, 1.0),
+        lambda x: _blend(x, tf.reduce_mean(to_grayscale(x)), factors[1]),
+        lambda x: _blend(x, to_grayscale(x), factors[2]),
+        lambda x: tf.image.adjust_hue(x, factors[3]),
+    )
+    order = tf.argsort(_uniform(s_perm, shape=[4]))
+    for k in range(4):
+        image = tf.switch_case(order[k], [lambda op=op: op(image) for op in ops])
+        image.set_shape([None, None, 3])
+    return image
+
+
+def gaussian_kernel_size(max_sigma: float) -> int:
+    """Odd kernel size covering +-3 sigma: 2 * ceil(3 * max_sigma) + 1."""
+    return 2 * math.ceil(3 * max_sigma) + 1
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+    """Separable Gaussian blur of [H, W, 3] with reflect padding (as torchvision); sigma a scalar.
+
+    Needs H, W > kernel_size // 2.
+    """
+    radius = kernel_size // 2
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-0.5 * tf.square(x / sigma))
+    k = k / tf.reduce_sum(k)
+    img = image[None]
+    img = tf.pad(img, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    kv = tf.tile(tf.reshape(k, [kernel_size, 1, 1, 1]), [1, 1, 3, 1])
+    kh = tf.tile(tf.reshape(k, [1, kernel_size, 1, 1]), [1, 1, 3, 1])
+    img = tf.nn.depthwise_conv2d(img, kv, [1, 1, 1, 1], "VALID")
+    img = tf.nn.depthwise_conv2d(img, kh, [1, 1, 1, 1], "VALID")
+    return img[0]
+
+
+def solarize(image, threshold: float = 0.5):
+    """PIL's ImageOps.solarize(threshold=128) on [0, 1]: x >= threshold becomes 1 - x."""
+    return tf.where(image >= threshold, 1.0 - image, image)
+
+
+def augment_view(image, seed, cfg: ViewConfig):
+    """One augmented view.
+
+    Args:
+      image: [H, W, C] uint8 (C = 1 or 3).
+      seed: [2] integer tensor; the view is a pure function of (image, seed).
+      cfg: the view's strengths and probabilities.
+
+    Returns:
+      [image_size, image_size, 3] float32 in [0, 1].
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 10))
+    x = tf.image.convert_image_dtype(image, tf.float32)
+    if x.shape[-1] == 1:
+        x = tf.tile(x, [1, 1, 3])
+    x = random_resized_crop(x, seeds[0], cfg.image_size, cfg.crop_scale, cfg.crop_ratio)
+
+    def maybe(prob, s, fn, x):
+        if prob <= 0.0:
+            return x
+        if prob >= 1.0:
+            return fn(x)
+        return tf.cond(_uniform(s) < prob, lambda: fn(x), lambda: x)
+
+    x = maybe(cfg.flip_prob, seeds[1], tf.image.flip_left_right, x)
+    x = maybe(cfg.jitter_prob, seeds[2],
+              lambda v: color_jitter(v, seeds[3], cfg.brightness, cfg.contrast,
+                                     cfg.saturation, cfg.hue), x)
+    x = maybe(cfg.grayscale_prob, seeds[4], to_grayscale, x)
+    ksize = gaussian_kernel_size(cfg.blur_sigma[1])
+    sigma = _uniform(seeds[6], cfg.blur_sigma[0], cfg.blur_sigma[1])
+    x = maybe(cfg.blur_prob, seeds[5], lambda v: gaussian_blur(v, sigma, ksize), x)
+    x = maybe(cfg.solarize_prob, seeds[7], solarize, x)
+    x.set_shape([cfg.image_size, cfg.image_size, 3])
+    return x
+
+
+def augment_pair(image, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
+    """Two views of one image: ([S, S, 3], [S, S, 3]) float32 in [0, 1]."""
+    s_a, s_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return augment_view(image, s_a, cfg_a), augment_view(image, s_b, cfg_b)

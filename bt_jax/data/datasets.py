@@ -1,0 +1,120 @@
+"""Named data sources -> in-memory uint8 images and int32 labels, or tf.data of them.
+
+Every source returns the same thing: a `Split` of uint8 images [N, H, W, C] (C = 1 or 3)
+and int32 labels [N]. The registry `SOURCES` maps config names (`data.name`) to loaders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Callable
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """images: uint8 [N, H, W, C]; labels: int32 [N]; num_classes: number of labels."""
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, H, W, C]; got {self.images.dtype} "
+                             f"{self.images.shape}.")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be [N={self.images.shape[0]}]; got {self.labels.shape}.")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of uint8 [N, h, w, C] to [N, size, size, C], rounded and clipped."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), (size, size),
+                          method="bicubic", antialias=True)
+    return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean [N] mask of test examples: the same fraction from every class, fixed by seed."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(labels.shape[0], bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        is_test[idx[: int(round(test_fraction * idx.size))]] = True
+    return is_test
+
+
+def load_digits(split: str, image_size: int, path: str = "") -> Split:
+    """scikit-learn's 1,797 8x8 handwritten digits, upsampled to image_size.
+
+    The data has no official split: a fixed stratified 80/20 split (seed 0, independent
+    of the run's seed) gives 1,438 train and 359 test images (rounding per class). Pixel values 0..16 are
+    scaled to 0..255.
+    """
+    del path
+    from sklearn.datasets import load_digits as sk_digits  # pylint: disable=import-outside-toplevel
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int32)
+    is_test = _stratified_split(labels, 0.2, seed=0)
+    keep = is_test if split == "test" else ~is_test
+    return Split(_resize_uint8(images[keep], image_size), labels[keep], 10)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format), optionally gzipped, as a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(directory: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        p = os.path.join(directory, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {directory!r}. Install it with "
+        "`apt-get install -y dataset-fashion-mnist` (puts the IDX files in "
+        f"{FASHION_MNIST_DIR}) or point data.path at a folder holding the four IDX files.")
+
+
+def load_fashion_mnist(split: str, image_size: int, path: str = "") -> Split:
+    """Fashion-MNIST (Xiao et al. 2017) from its IDX files: 60,000 train, 10,000 test."""
+    directory = path or FASHION_MNIST_DIR
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte"))[..., None]
+    labels = _read_idx(_find_idx(directory, f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
+    return Split(_resize_uint8(images, image_size), labels, 10)
+
+
+SOURCES: dict[str, Callable[..., Split]] = {
+    "digits": load_digits,
+    "fashion_mnist": load_fashion_mnist,
+}
+
+
+def load_split(name: str, split: str, *, image_size: int, path: str = "") -> Split:
+    """Loads split ("train" | "test") of the named source (config field data.name)."""
+    if name not in SOURCES:
+        raise ValueError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
+                         f"{sorted(SOURCES)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; use one of {SPLITS}.")
+    if image_size <= 0:
+        raise ValueError(f"data.image_size must be positive; got {image_size}.")
+    return SOURCES[name](split, image_size, path)

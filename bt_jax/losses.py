@@ -1,0 +1,165 @@
+"""The Barlow Twins objective as pure functions of arrays.
+
+Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+ICML 2021 (arXiv 2103.03230), Eq. (1) and Algorithm 1.
+
+Everything here is a pure function of arrays: no Flax state and no TensorFlow, so it
+works under `jit`, `grad`, `vmap` and `shard_map`. Inside `shard_map`, pass the mesh
+axis as `axis_name`: the batch mean, the batch variance and the cross-correlation are
+then summed over that axis, every device holds the global matrix, and the value and the
+gradients equal those of the global batch on one device.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+AxisName = Optional[object]
+
+REDUNDANCY_MODES = ("cross", "auto")
+
+
+def _global_sum(x: Array, axis_name: AxisName) -> Array:
+    """Sum of `x` over the leading (batch) axis and, if named, over the device axis."""
+    s = jnp.sum(x, axis=0)
+    return jax.lax.psum(s, axis_name) if axis_name is not None else s
+
+
+def _global_count(z: Array, axis_name: AxisName) -> Array:
+    """Number of rows of `z` summed over the device axis: the global batch size N."""
+    n = jnp.asarray(z.shape[0], jnp.float32)
+    return jax.lax.psum(n, axis_name) if axis_name is not None else n
+
+
+def _check_embeddings(z: Array, name: str) -> None:
+    if z.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape [N, D] (batch, features); got shape {tuple(z.shape)}. "
+            "Flatten or pool the embedding to two dimensions before the loss.")
+
+
+def standardize(z: Array, *, axis_name: AxisName = None, eps: float = 1e-5) -> Array:
+    """Standardises each feature over the (global) batch.
+
+    Mean 0 and biased variance 1, as BatchNorm1d(affine=False) in training mode:
+    (z - mean) / sqrt(var + eps).
+
+    Args:
+      z: [N_local, D] embeddings.
+      axis_name: mesh axis over which the batch is split, or None.
+      eps: added to the variance.
+
+    Returns:
+      [N_local, D] float32 standardised embeddings.
+    """
+    _check_embeddings(z, "z")
+    z = z.astype(jnp.float32)
+    n = _global_count(z, axis_name)
+    mean = _global_sum(z, axis_name) / n
+    centred = z - mean
+    var = _global_sum(jnp.square(centred), axis_name) / n
+    return centred * jax.lax.rsqrt(var + eps)
+
+
+def correlation_of_standardized(a: Array, b: Array, *, axis_name: AxisName = None) -> Array:
+    """a^T b / N for already standardised [N_local, D] arrays: [D, D], summed over devices."""
+    n = _global_count(a, axis_name)
+    c = jnp.einsum("nd,ne->de", a, b, precision=jax.lax.Precision.HIGHEST)
+    if axis_name is not None:
+        c = jax.lax.psum(c, axis_name)
+    return c / n
+
+
+def cross_correlation(z_a: Array, z_b: Array, *, axis_name: AxisName = None,
+                      eps: float = 1e-5) -> Array:
+    """The cross-correlation matrix C of two batches of embeddings.
+
+    Each feature of each view is standardised over the batch, then
+    C = Z_A^T Z_B / N.
+
+    Args:
+      z_a: [N_local, D] embeddings of view A.
+      z_b: [N_local, D] embeddings of view B (same rows, other view).
+      axis_name: mesh axis over which the batch is split (inside shard_map), or None.
+      eps: added to the batch variance.
+
+    Returns:
+      [D, D] float32 matrix; entry (i, j) is the correlation of feature i of view A with
+      feature j of view B over the global batch.
+    """
+    _check_pair(z_a, z_b)
+    a = standardize(z_a, axis_name=axis_name, eps=eps)
+    b = standardize(z_b, axis_name=axis_name, eps=eps)
+    return correlation_of_standardized(a, b, axis_name=axis_name)
+
+
+def _check_pair(z_a: Array, z_b: Array) -> None:
+    _check_embeddings(z_a, "z_a")
+    _check_embeddings(z_b, "z_b")
+    if z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
+            f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
+
+
+def on_diagonal_term(c: Array) -> Array:
+    """Invariance term sum_i (1 - C_ii)^2 of a [D, D] correlation matrix: scalar."""
+    return jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
+
+
+def off_diagonal_term(c: Array) -> Array:
+    """Redundancy-reduction term sum_{i != j} C_ij^2 of a [D, D] matrix: scalar."""
+    return jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(jnp.diagonal(c)))
+
+
+def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
+                       axis_name: AxisName = None, eps: float = 1e-5) -> dict[str, Array]:
+    """Both terms of the loss, unweighted, for logging and ablations.
+
+    Args:
+      z_a, z_b: [N_local, D] embeddings of the two views.
+      redundancy: "cross" takes the off-diagonal term from the cross-correlation of the
+        two views (the paper's loss); "auto" takes it from view A's auto-correlation
+        Z_A^T Z_A / N (the information-bottleneck variant of the paper's Appendix A).
+      axis_name: mesh axis over which the batch is split, or None.
+      eps: added to the batch variance.
+
+    Returns:
+      {"on_diag": scalar, "off_diag": scalar}, float32.
+    """
+    if redundancy not in REDUNDANCY_MODES:
+        raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
+    _check_pair(z_a, z_b)
+    a = standardize(z_a, axis_name=axis_name, eps=eps)
+    b = standardize(z_b, axis_name=axis_name, eps=eps)
+    c = correlation_of_standardized(a, b, axis_name=axis_name)
+    if redundancy == "cross":
+        redundant = c
+    else:
+        redundant = correlation_of_standardized(a, a, axis_name=axis_name)
+    return {"on_diag": on_diagonal_term(c), "off_diag": off_diagonal_term(redundant)}
+
+
+def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
+                      redundancy: str = "cross", axis_name: AxisName = None,
+                      eps: float = 1e-5) -> Array:
+    """Barlow Twins loss: sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+
+    Args:
+      z_a, z_b: [N_local, D] embeddings of the two views (any float dtype; computed in
+        float32).
+      lambd: weight of the redundancy-reduction (off-diagonal) term.
+      redundancy: "cross" (paper) or "auto" (off-diagonal term from z_a's
+        auto-correlation).
+      axis_name: mesh axis over which the batch is split, inside shard_map; mean,
+        variance and C are then over the global batch.
+      eps: added to the batch variance.
+
+    Returns:
+      float32 scalar, the same on every device.
+    """
+    terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps)
+    return terms["on_diag"] + lambd * terms["off_diag"]

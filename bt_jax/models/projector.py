@@ -1,0 +1,36 @@
+"""The Barlow Twins projector (paper Sec. 3: three linear layers of 8192 units)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Projector(nn.Module):
+    """Linear(no bias)-BN-ReLU for every layer but the last; the last is Linear(no bias).
+
+    Attributes:
+      dims: output width of each layer, e.g. (8192, 8192, 8192).
+      axis_name: mesh axis for cross-replica BatchNorm statistics, or None.
+      dtype: computation dtype.
+
+    [N, F] features -> [N, dims[-1]] float32 embeddings.
+    """
+    dims: Sequence[int] = (8192, 8192, 8192)
+    axis_name: Any = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        if not self.dims:
+            raise ValueError("projector dims must name at least one layer, e.g. (2048, 2048, 2048).")
+        x = x.astype(self.dtype)
+        for i, d in enumerate(self.dims[:-1]):
+            x = nn.Dense(d, use_bias=False, dtype=self.dtype, name=f"linear{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
+        x = nn.Dense(self.dims[-1], use_bias=False, dtype=self.dtype,
+                     name=f"linear{len(self.dims) - 1}")(x)
+        return x.astype(jnp.float32)

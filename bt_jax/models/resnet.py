@@ -1,0 +1,158 @@
+"""ResNet-18/34/50 backbones in torchvision's layout (He et al., CVPR 2016).
+
+Module names follow torchvision one-to-one so weights map across:
+torchvision `layer2.1.conv1.weight` <-> params["layer2_1"]["conv1"]["kernel"]
+(kernel transposed OIHW -> HWIO), `layer2.0.downsample.0` <-> "downsample_conv",
+`layer2.0.downsample.1` <-> "downsample_bn", `bn1.running_mean` <-> batch_stats["bn1"]["mean"].
+Padding is explicit and symmetric, as in PyTorch, not "SAME". The stride of a
+bottleneck sits on its 3x3 convolution (torchvision's "ResNet v1.5").
+
+Input: [N, H, W, C] images. Output: [N, F] pooled features (no fc head), with
+F = 512 * width (ResNet-18/34) or 2048 * width (ResNet-50).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence, Type
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+STEMS = ("imagenet", "cifar")
+
+# torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+    features: int
+    strides: int = 1
+    expansion: int = 1
+    zero_init_residual: bool = True
+    axis_name: Any = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
+        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = norm(scale_init=last_scale, name="bn2")(y)
+        return nn.relu(y + _shortcut(self, x, self.features, conv, norm))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 convolutions with a residual connection (ResNet-50+)."""
+    features: int
+    strides: int = 1
+    expansion: int = 4
+    zero_init_residual: bool = True
+    axis_name: Any = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
+        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        out = self.features * self.expansion
+        y = conv(self.features, (1, 1), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
+        y = nn.relu(norm(name="bn2")(y))
+        y = conv(out, (1, 1), name="conv3")(y)
+        y = norm(scale_init=last_scale, name="bn3")(y)
+        return nn.relu(y + _shortcut(self, x, out, conv, norm))
+
+
+def _shortcut(block: nn.Module, x, out_features: int, conv, norm):
+    """Identity, or 1x1 strided conv + BN where the shape changes (torchvision's downsample)."""
+    if x.shape[-1] == out_features and block.strides == 1:
+        return x
+    y = conv(out_features, (1, 1), block.strides, name="downsample_conv", parent=block)(x)
+    return norm(name="downsample_bn", parent=block)(y)
+
+
+class ResNet(nn.Module):
+    """A torchvision-layout ResNet backbone without its classification head.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block_cls: BasicBlock or Bottleneck.
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv, no pool).
+      width: channel multiplier (1.0 is the standard network; e.g. 0.25 for tiny runs).
+      zero_init_residual: zero-init the last BN scale of each block (Goyal et al. 2017).
+      axis_name: mesh axis for cross-replica BatchNorm statistics, or None.
+      dtype: computation dtype (parameters stay float32).
+    """
+    stage_sizes: Sequence[int]
+    block_cls: Type[nn.Module]
+    stem: str = "imagenet"
+    width: float = 1.0
+    zero_init_residual: bool = True
+    axis_name: Any = None
+    dtype: Any = jnp.float32
+
+    @property
+    def num_features(self) -> int:
+        """F, the size of the pooled feature vector."""
+        return self._channels(len(self.stage_sizes) - 1) * self.block_cls.expansion
+
+    def _channels(self, stage: int) -> int:
+        return max(1, int(round(64 * self.width))) * 2 ** stage
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        """[N, H, W, C] images -> [N, F] features."""
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}; got {self.stem!r}.")
+        if x.ndim != 4:
+            raise ValueError(f"ResNet expects [N, H, W, C] images; got shape {tuple(x.shape)}.")
+        x = x.astype(self.dtype)
+        stem_channels = self._channels(0)
+        if self.stem == "imagenet":
+            x = nn.Conv(stem_channels, (7, 7), 2, padding=_pad(7), use_bias=False,
+                        kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+        else:
+            x = nn.Conv(stem_channels, (3, 3), 1, padding=_pad(3), use_bias=False,
+                        kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
+        x = nn.relu(x)
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for i in range(num_blocks):
+                x = self.block_cls(
+                    features=self._channels(stage),
+                    strides=2 if (stage > 0 and i == 0) else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    axis_name=self.axis_name, dtype=self.dtype,
+                    name=f"layer{stage + 1}_{i}")(x, train)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+
+BACKBONES = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+
+
+def make_backbone(name: str, **kwargs) -> ResNet:
+    """Backbone by config name ("resnet18" | "resnet34" | "resnet50")."""
+    if name not in BACKBONES:
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
+            "(config field model.backbone).")
+    return BACKBONES[name](**kwargs)

@@ -1,0 +1,117 @@
+"""LARS with the Barlow Twins parameter groups, and the learning-rate schedules.
+
+LARS: You et al., "Large Batch Training of Convolutional Networks" (2017). The variant is
+the one of the Barlow Twins paper and its official code: weight decay is added to the
+gradient before the trust ratio, and parameters with ndim <= 1 (biases, BatchNorm scale
+and bias) use their own learning rate with neither weight decay nor the trust ratio.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ScalarOrSchedule = Union[float, optax.Schedule]
+
+
+class LarsState(NamedTuple):
+    """count: steps taken (int32 scalar); momentum: a pytree like the params."""
+    count: jax.Array
+    momentum: optax.Updates
+
+
+def _as_schedule(lr: ScalarOrSchedule) -> optax.Schedule:
+    return lr if callable(lr) else (lambda count: jnp.asarray(lr, jnp.float32))
+
+
+def is_weight(p: jax.Array) -> bool:
+    """True for leaves that get weight decay and the trust ratio (ndim > 1)."""
+    return jnp.ndim(p) > 1
+
+
+def _trust_ratio(p: jax.Array, d: jax.Array, eta: float) -> jax.Array:
+    """eta * |p| / |d|, or 1 where either norm is 0: scalar."""
+    p_norm = jnp.linalg.norm(p)
+    d_norm = jnp.linalg.norm(d)
+    ok = (p_norm > 0) & (d_norm > 0)
+    return jnp.where(ok, eta * p_norm / jnp.where(ok, d_norm, 1.0), 1.0)
+
+
+def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
+         weight_decay: float = 1.5e-6, momentum: float = 0.9,
+         eta: float = 0.001) -> optax.GradientTransformation:
+    """LARS as in the Barlow Twins paper.
+
+    For leaves with ndim > 1, each step:
+      d = g + weight_decay * p;  d *= eta * |p| / |d| (1 where either norm is 0);
+      mu = momentum * mu + d;    update = -weight_lr(step) * mu.
+    For leaves with ndim <= 1: d = g;  mu = momentum * mu + d;  update = -bias_lr(step) * mu.
+
+    Args:
+      weight_lr, bias_lr: float or optax schedule (a function of the step count).
+      weight_decay, momentum, eta: as above.
+
+    Returns:
+      An optax.GradientTransformation; its `update` needs `params`.
+    """
+    weight_sched = _as_schedule(weight_lr)
+    bias_sched = _as_schedule(bias_lr)
+
+    def init_fn(params):
+        return LarsState(count=jnp.zeros([], jnp.int32),
+                         momentum=jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError("lars needs the parameters: call tx.update(grads, state, params).")
+        w_lr = weight_sched(state.count)
+        b_lr = bias_sched(state.count)
+
+        def direction(g, p):
+            if not is_weight(p):
+                return g
+            d = g + weight_decay * p
+            return d * _trust_ratio(p, d, eta)
+
+        new_mu = jax.tree.map(lambda g, p, mu: momentum * mu + direction(g, p),
+                              grads, params, state.momentum)
+        updates = jax.tree.map(lambda mu, p: -(w_lr if is_weight(p) else b_lr) * mu,
+                               new_mu, params)
+        return updates, LarsState(count=optax.safe_int32_increment(state.count),
+                                  momentum=new_mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_lr_by_batch(base_lr: float, batch_size: int) -> float:
+    """The paper's linear scaling rule: base_lr * batch_size / 256."""
+    return base_lr * batch_size / 256
+
+
+def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
+                           end_fraction: float = 1e-3) -> optax.Schedule:
+    """Linear warm-up from 0 to peak_lr, then cosine decay to end_fraction * peak_lr.
+
+    As in the official Barlow Twins code: lr(s) = peak * s / warmup during warm-up; after
+    it, with q = (1 + cos(pi * (s - warmup) / (total - warmup))) / 2,
+    lr(s) = peak * q + peak * end_fraction * (1 - q).
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive; got {total_steps}.")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}]; "
+                         f"got {warmup_steps}.")
+    end_lr = peak_lr * end_fraction
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(count):
+        s = jnp.asarray(count, jnp.float32)
+        warm = peak_lr * s / max(warmup_steps, 1)
+        t = jnp.clip((s - warmup_steps) / decay_steps, 0.0, 1.0)
+        q = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        cosine = peak_lr * q + end_lr * (1.0 - q)
+        return jnp.where(s < warmup_steps, warm, cosine)
+
+    return schedule

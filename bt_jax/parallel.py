@@ -1,0 +1,75 @@
+"""Data parallelism: a 1-D device mesh with axis "batch", shard_map'd steps, global arrays.
+
+A step is written per device (as with pmap): it sees its slice of the global batch,
+cross-replica BatchNorm and the loss use collectives over BATCH_AXIS, and `jax.jit`
+around `jax.shard_map` runs it on every device of the mesh, across hosts too.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = "batch"
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A 1-D mesh over `devices` (default: all devices of all processes), axis "batch"."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def per_device_batch_size(global_batch: int, mesh: Mesh) -> int:
+    """global_batch / number of devices; raises a clear error where it does not divide."""
+    n = mesh.size
+    if global_batch <= 0 or global_batch % n:
+        lo = max(n, global_batch // n * n)
+        raise ValueError(
+            f"batch_size {global_batch} is not divisible by the {n} devices of the mesh. "
+            f"Set config.batch_size to a multiple of {n} (e.g. {lo} or {lo + n}).")
+    return global_batch // n
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value held whole on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value split along its leading axis over the devices."""
+    return NamedSharding(mesh, P(BATCH_AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of `tree` whole on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def host_to_global(batch: Any, mesh: Mesh) -> Any:
+    """This process's rows of a global batch -> global jax.Arrays split along axis 0.
+
+    Args:
+      batch: pytree of numpy arrays [B_local, ...], B_local = global batch / processes.
+      mesh: the data-parallel mesh.
+
+    Returns:
+      the same pytree of jax.Arrays of shape [B_global, ...], sharded over "batch".
+    """
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def data_parallel(fn: Callable, mesh: Mesh, *, num_replicated_args: int = 1,
+                  donate_state: bool = False) -> Callable:
+    """jit(shard_map(fn)): the first `num_replicated_args` args are replicated, the rest split.
+
+    `fn` is written per device; its outputs must be the same on every device (reduce them
+    with collectives over BATCH_AXIS), and are returned replicated.
+    """
+    def call(*args):
+        specs = (P(),) * num_replicated_args + (P(BATCH_AXIS),) * (len(args) - num_replicated_args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+
+    return jax.jit(call, donate_argnums=(0,) if donate_state else ())

@@ -1,0 +1,259 @@
+"""TrainState, the data-parallel train step, and train_and_evaluate(config, workdir)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bt_jax import checkpoint as ckpt_lib
+from bt_jax import config as config_lib
+from bt_jax import losses, optim, parallel
+from bt_jax.models import BarlowTwins, make_backbone
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: replicated over the mesh."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> BarlowTwins:
+    """The BarlowTwins network of config.model; axis_name for cross-replica BatchNorm."""
+    dtype = DTYPES[config.model.dtype]
+    backbone = make_backbone(config.model.backbone, stem=config.model.stem,
+                             width=config.model.width,
+                             zero_init_residual=config.model.zero_init_residual,
+                             axis_name=axis_name, dtype=dtype)
+    return BarlowTwins(backbone=backbone, projector_dims=tuple(config.model.projector_dims),
+                       axis_name=axis_name, dtype=dtype)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     total_steps: int) -> optax.GradientTransformation:
+    """LARS with the warm-up + cosine schedule of config.optim."""
+    o = config.optim
+    factor = config.batch_size / 256 if o.scale_lr_by_batch else 1.0
+    warmup = min(int(round(o.warmup_epochs * steps_per_epoch)), total_steps)
+
+    def sched(base):
+        return optim.warmup_cosine_schedule(base * factor, total_steps, warmup, o.end_lr_fraction)
+
+    return optim.lars(sched(o.lr_weights), sched(o.lr_biases), weight_decay=o.weight_decay,
+                      momentum=o.momentum, eta=o.eta)
+
+
+def init_variables(model: BarlowTwins, rng: jax.Array, image_size: int) -> dict:
+    """{"params", "batch_stats"} of the model, initialised on a [2, S, S, 3] dummy batch."""
+    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    variables = model.init(rng, x, train=False)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def init_state(model: BarlowTwins, tx: optax.GradientTransformation, rng: jax.Array,
+               image_size: int) -> TrainState:
+    """A fresh TrainState at step 0."""
+    v = init_variables(model, rng, image_size)
+    return TrainState(step=jnp.zeros([], jnp.int32), params=v["params"],
+                      batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]))
+
+
+def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
+                   loss_cfg: ml_collections.ConfigDict,
+                   axis_name: Optional[str]) -> tuple[jax.Array, Any, Any, dict]:
+    """Per-device forward and backward pass on this device's slice of the batch.
+
+    Args:
+      params, batch_stats: the model's variables (replicated).
+      batch: {"view_a": [B, S, S, 3], "view_b": [B, S, S, 3]} this device's rows.
+      model: BarlowTwins built with the same axis_name.
+      loss_cfg: config.loss (lambd, scale, redundancy).
+      axis_name: the mesh axis, or None on one device without shard_map.
+
+    Returns:
+      (loss, grads, new batch_stats, terms): the loss of the global batch and its gradient
+      with respect to params (already summed over devices by shard_map's autodiff: the
+      gradient of the global batch on one device), the BatchNorm statistics after both
+      views, and the unweighted terms {"on_diag", "off_diag"}.
+    """
+    def loss_fn(p):
+        out_a, mut = model.apply({"params": p, "batch_stats": batch_stats}, batch["view_a"],
+                                 train=True, mutable=["batch_stats"])
+        out_b, mut = model.apply({"params": p, "batch_stats": mut["batch_stats"]},
+                                 batch["view_b"], train=True, mutable=["batch_stats"])
+        terms = losses.barlow_twins_terms(out_a["embedding"], out_b["embedding"],
+                                          redundancy=loss_cfg.redundancy, axis_name=axis_name)
+        loss = loss_cfg.scale * (terms["on_diag"] + loss_cfg.lambd * terms["off_diag"])
+        return loss, (mut["batch_stats"], terms)
+
+    (loss, (new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, new_stats, terms
+
+
+def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
+                    loss_cfg: ml_collections.ConfigDict, mesh) -> Callable:
+    """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
+
+    The model must be built with axis_name=parallel.BATCH_AXIS. Metrics are replicated
+    scalars: loss, on_diag, off_diag, learning rates, grad_norm.
+    """
+    def step(state: TrainState, batch: dict):
+        loss, grads, new_stats, terms = loss_and_grads(
+            state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
+            axis_name=parallel.BATCH_AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
+                   "grad_norm": optax.global_norm(grads)}
+        new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
+                               opt_state=opt_state)
+        return new_state, metrics
+
+    return parallel.data_parallel(step, mesh, num_replicated_args=1, donate_state=True)
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line."""
+
+    def __init__(self, workdir: str, total_steps: int, global_batch: int):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.total_steps = total_steps
+        self.global_batch = global_batch
+        self.writer = _tensorboard_writer(workdir)
+        self._t0 = None
+        self._s0 = 0
+
+    def start(self, step: int):
+        self._t0, self._s0 = time.perf_counter(), step
+
+    def write(self, step: int, scalars: dict) -> dict:
+        elapsed = time.perf_counter() - self._t0
+        done = max(step - self._s0, 1)
+        rate = done * self.global_batch / max(elapsed, 1e-9)
+        row = {"step": step, **{k: float(v) for k, v in scalars.items()},
+               "pairs_per_s": rate}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(step, row)
+        eta = (self.total_steps - step) * elapsed / done
+        print(f"step {step:>6}/{self.total_steps} | loss {row['loss']:.4f} | on-diag "
+              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f} | {rate:,.0f} pairs/s | "
+              f"ETA {_format_eta(eta)}", flush=True)
+        return row
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def _tensorboard_writer(workdir: str):
+    """clu's default writer (TensorBoard event files) where clu is installed, else None."""
+    try:
+        from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    return metric_writers.create_default_writer(workdir, just_logging=False)
+
+
+def backbone_variables(variables: dict) -> dict:
+    """{"params", "batch_stats"} of the backbone alone, from the full model's variables."""
+    return {"params": variables["params"]["backbone"],
+            "batch_stats": variables["batch_stats"]["backbone"]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Pretrains on config.data, checkpoints into workdir, then evaluates.
+
+    Writes config.json, metrics.jsonl, TensorBoard events, Orbax checkpoints,
+    backbone.msgpack and results.json into workdir, and returns the results dict.
+    """
+    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
+
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    mesh = parallel.make_mesh()
+    parallel.per_device_batch_size(config.batch_size, mesh)
+    train_split = datasets.load_split(config.data.name, "train",
+                                      image_size=config.data.image_size, path=config.data.path)
+    test_split = datasets.load_split(config.data.name, "test",
+                                     image_size=config.data.image_size, path=config.data.path)
+    spe = pipeline.steps_per_epoch(len(train_split), config.batch_size)
+    total_steps = config.num_steps or config.num_epochs * spe
+
+    model = create_model(config, axis_name=parallel.BATCH_AXIS)
+    tx = create_optimizer(config, spe, total_steps)
+    rng = jax.random.key(config.seed)
+    state = init_state(create_model(config), tx, rng, config.data.image_size)
+    init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
+        backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
+
+    manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                         every_steps=config.checkpoint.every_steps,
+                                         keep=config.checkpoint.keep)
+    state = manager.restore_or(state)
+    start = int(state.step)
+    if start:
+        print(f"Resumed from step {start} of {total_steps}.", flush=True)
+    state = parallel.replicate(state, mesh)
+
+    train_step = make_train_step(model, tx, config.loss, mesh)
+    batches = pipeline.train_batches(config, train_split, start_step=start,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    log = MetricsLog(workdir, total_steps, config.batch_size)
+    print(f"Training {config.model.backbone} on {config.data.name}: {len(train_split)} images, "
+          f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
+          f"({spe} per epoch).", flush=True)
+    log.start(start)
+    for step in range(start + 1, total_steps + 1):
+        batch = next(batches)
+        batch = parallel.host_to_global({"view_a": batch["view_a"], "view_b": batch["view_b"]},
+                                        mesh)
+        state, metrics = train_step(state, batch)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(
+                    f"The loss became {metrics['loss']} at step {step}. Lower optim.lr_weights, "
+                    "or use model.dtype='float32'; the last good checkpoint is kept.")
+            log.write(step, metrics)
+        manager.maybe_save(step, state, force=step == total_steps)
+    manager.wait()
+    log.close()
+
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    trained_backbone = jax.device_get(backbone_variables(variables))
+    with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
+        f.write(flax.serialization.to_bytes(trained_backbone))
+
+    results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
+                                    init_backbone, train_split, test_split)
+    evaluate.write_results(results, workdir)
+    print(evaluate.format_table(results), flush=True)
+    return results

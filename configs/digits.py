@@ -1,0 +1,40 @@
+"""Demo recipe: scikit-learn's 8x8 digits upsampled to 32x32, a narrow CIFAR-stem ResNet-18.
+
+Runs in minutes on a 2-core CPU:
+  python -m bt_jax.main --config configs/digits.py --workdir runs/demo
+"""
+from bt_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.batch_size = 256
+    c.num_epochs = 30
+    c.log_every_steps = 10
+
+    c.data.name = "digits"
+    c.data.image_size = 32
+    a = c.data.augment
+    a.crop_scale = (0.3, 1.0)      # an 8x8 digit survives only mild crops
+    a.flip_prob = 0.0              # mirrored digits are other glyphs
+    a.hue = 0.0                    # grayscale images: hue and saturation do nothing
+    a.saturation = 0.0
+    a.blur_sigma = (0.1, 1.0)      # sigma in pixels of the 32x32 image
+
+    c.model.backbone = "resnet18"
+    c.model.stem = "cifar"
+    c.model.width = 0.25
+    c.model.projector_dims = (512, 512, 512)
+
+    c.loss.lambd = 0.0051
+    c.loss.scale = 1.0
+
+    c.optim.lr_weights = 0.2
+    c.optim.lr_biases = 0.0048
+    c.optim.scale_lr_by_batch = True
+    c.optim.weight_decay = 1.5e-6
+    c.optim.warmup_epochs = 3
+
+    c.checkpoint.every_steps = 100
+    c.eval.linear_epochs = 100
+    return c

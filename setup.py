@@ -1,0 +1,32 @@
+"""bt_jax: Barlow Twins (Zbontar et al., ICML 2021) in JAX and Flax."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.6",
+    "flax>=0.10",
+    "optax>=0.2.4",
+    "chex>=0.1.88",
+    "ml-collections>=0.1.1",
+    "numpy>=1.26",
+]
+TRAIN = [
+    "tensorflow-cpu>=2.16",
+    "tensorflow-datasets>=4.9.4",
+    "scikit-learn>=1.3",
+    "orbax-checkpoint>=0.6",
+    "clu>=0.0.10",
+    "tensorboard>=2.16",
+    "matplotlib>=3.7",
+    "absl-py>=1.4",
+]
+TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5"]
+
+setup(
+    name="bt_jax",
+    version="0.1.0",
+    description="Barlow Twins self-supervised pretraining in JAX/Flax",
+    packages=find_packages(include=["bt_jax", "bt_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"train": TRAIN, "test": TRAIN + TEST},
+)

@@ -6,6 +6,10 @@ import ml_collections
 DTYPES = ("float32", "bfloat16")
 
 
+class ConfigError(ValueError):
+    """A config value or a command-line choice that cannot work; the message names the fix."""
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Paper defaults (ImageNet recipe); recipes in configs/ override what differs."""
     c = ml_collections.ConfigDict()
@@ -75,10 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the field and the fix for values that cannot work."""
+    """Raises ConfigError naming the field and the fix for values that cannot work."""
     def need(ok: bool, msg: str):
         if not ok:
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
     need(config.batch_size > 0, f"batch_size must be positive; got {config.batch_size}.")
     need(config.num_steps >= 0, f"num_steps must be >= 0 (0: from num_epochs); got "

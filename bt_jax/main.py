@@ -1,15 +1,21 @@
 """Entry point:  python -m bt_jax.main --config configs/digits.py --workdir runs/demo
 
 Any config field can be overridden: --config.batch_size=512 --config.model.width=0.5.
+Mistakes in the command line or the config end with one line that names the problem
+(exit status 2), not a traceback.
 """
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from bt_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
@@ -18,14 +24,36 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with unknown config fields reported in one line."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
+        hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
+        _fail(f"unknown config field among {overrides} ({hint}). Fields are listed in "
+              "bt_jax/config.py; a recipe may only override fields that exist.")
+    except flags.Error as e:
+        _fail(f"{e}. Run with --helpfull for the flags.")
+    return argv
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from bt_jax import data, train  # pylint: disable=import-outside-toplevel
     data.keep_tensorflow_off_accelerators()
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

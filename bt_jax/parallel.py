@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bt_jax.config import ConfigError
+
 BATCH_AXIS = "batch"
 
 
@@ -26,7 +28,7 @@ def per_device_batch_size(global_batch: int, mesh: Mesh) -> int:
     n = mesh.size
     if global_batch <= 0 or global_batch % n:
         lo = max(n, global_batch // n * n)
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {global_batch} is not divisible by the {n} devices of the mesh. "
             f"Set config.batch_size to a multiple of {n} (e.g. {lo} or {lo + n}).")
     return global_batch // n

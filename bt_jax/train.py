@@ -118,7 +118,7 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
                                opt_state=opt_state)
         return new_state, metrics

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from bt_jax.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
@@ -39,21 +41,21 @@ class ViewConfig:
     def __post_init__(self):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
+            raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
+            raise ConfigError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} is a probability and must be in [0, 1]; got {p}.")
+                raise ConfigError(f"{name} is a probability and must be in [0, 1]; got {p}.")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
+            raise ConfigError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
         if self.blur_prob > 0 and self.image_size <= gaussian_kernel_size(self.blur_sigma[1]) // 2:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is too small for a blur with sigma up to "
                 f"{self.blur_sigma[1]}: lower blur_sigma or set blur_prob to 0.")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5]; got {self.hue}.")
+            raise ConfigError(f"hue must be in [0, 0.5]; got {self.hue}.")
 
 
 def view_seed(seed: int, epoch, index) -> tf.Tensor:

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from bt_jax.config import ConfigError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
 
@@ -25,10 +27,10 @@ class Split:
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, H, W, C]; got {self.images.dtype} "
+            raise ConfigError(f"images must be uint8 [N, H, W, C]; got {self.images.dtype} "
                              f"{self.images.shape}.")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be [N={self.images.shape[0]}]; got {self.labels.shape}.")
+            raise ConfigError(f"labels must be [N={self.images.shape[0]}]; got {self.labels.shape}.")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -111,10 +113,10 @@ SOURCES: dict[str, Callable[..., Split]] = {
 def load_split(name: str, split: str, *, image_size: int, path: str = "") -> Split:
     """Loads split ("train" | "test") of the named source (config field data.name)."""
     if name not in SOURCES:
-        raise ValueError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
+        raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
                          f"{sorted(SOURCES)}.")
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; use one of {SPLITS}.")
+        raise ConfigError(f"Unknown split {split!r}; use one of {SPLITS}.")
     if image_size <= 0:
-        raise ValueError(f"data.image_size must be positive; got {image_size}.")
+        raise ConfigError(f"data.image_size must be positive; got {image_size}.")
     return SOURCES[name](split, image_size, path)

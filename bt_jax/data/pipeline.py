@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from bt_jax.config import ConfigError
 from bt_jax.data import augment, datasets
 
 AUGMENT_ON = ("host",)
@@ -32,7 +33,7 @@ def view_configs(config) -> tuple[augment.ViewConfig, augment.ViewConfig]:
             solarize_prob=aug.solarize_prob[k])
 
     if config.data.augment_on not in AUGMENT_ON:
-        raise ValueError(f"data.augment_on must be one of {AUGMENT_ON}; got "
+        raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}; got "
                          f"{config.data.augment_on!r}.")
     return view(0), view(1)
 
@@ -58,7 +59,7 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     """Full global batches in one epoch; raises if there is not even one."""
     steps = num_examples // global_batch
     if steps == 0:
-        raise ValueError(f"batch_size {global_batch} is larger than the {num_examples} training "
+        raise ConfigError(f"batch_size {global_batch} is larger than the {num_examples} training "
                          "examples: lower config.batch_size.")
     return steps
 
@@ -73,7 +74,7 @@ def train_batches(config, split: datasets.Split, *, start_step: int = 0,
     """
     global_batch = config.batch_size
     if global_batch % process_count:
-        raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} "
+        raise ConfigError(f"batch_size {global_batch} is not divisible by the {process_count} "
                          "processes.")
     local = global_batch // process_count
     spe = steps_per_epoch(len(split), global_batch)

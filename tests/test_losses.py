@@ -1,0 +1,145 @@
+"""barlow_twins_loss and cross_correlation against float64 NumPy references."""
+import functools
+
+import chex
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax.sharding import PartitionSpec as P
+
+from bt_jax import parallel
+from bt_jax.losses import barlow_twins_loss, barlow_twins_terms, cross_correlation
+from numpy_reference import bt_loss_and_grads, standardize
+
+
+def _views(seed, n, d, noise=0.5):
+    rng = np.random.default_rng(seed)
+    z_a = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=d) + rng.normal(size=d)
+    z_b = z_a + noise * rng.normal(size=(n, d))
+    return z_a, z_b
+
+
+def _rel_err(x, ref):
+    return np.max(np.abs(np.asarray(x, np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(5, 3), (16, 8), (64, 32), (32, 128)])
+@pytest.mark.parametrize("redundancy", ["cross", "auto"])
+@pytest.mark.parametrize("lambd", [0.0051, 0.5])
+def test_value_and_grads_match_float64_reference(n, d, redundancy, lambd):
+    z_a, z_b = _views(n * d, n, d)
+    ref_loss, ref_ga, ref_gb = bt_loss_and_grads(z_a, z_b, lambd, redundancy)
+    fn = functools.partial(barlow_twins_loss, lambd=lambd, redundancy=redundancy)
+    loss, (g_a, g_b) = jax.value_and_grad(fn, argnums=(0, 1))(
+        jnp.float32(z_a), jnp.float32(z_b))
+    assert loss.dtype == jnp.float32 and loss.shape == ()
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=2e-5)
+    assert _rel_err(g_a, ref_ga) < 1e-4
+    assert _rel_err(g_b, ref_gb) < 1e-4
+
+
+def test_cross_correlation_matches_numpy():
+    z_a, z_b = _views(1, 40, 6)
+    a, _ = standardize(z_a)
+    b, _ = standardize(z_b)
+    c = cross_correlation(jnp.float32(z_a), jnp.float32(z_b))
+    chex.assert_shape(c, (6, 6))
+    np.testing.assert_allclose(np.asarray(c), a.T @ b / 40, atol=2e-6)
+
+
+def test_terms_weight_to_the_loss_and_auto_differs_from_cross():
+    z_a, z_b = map(jnp.float32, _views(2, 32, 16))
+    cross = barlow_twins_terms(z_a, z_b, redundancy="cross")
+    auto = barlow_twins_terms(z_a, z_b, redundancy="auto")
+    np.testing.assert_allclose(barlow_twins_loss(z_a, z_b, lambd=0.3),
+                               cross["on_diag"] + 0.3 * cross["off_diag"], rtol=1e-6)
+    assert cross["on_diag"] == auto["on_diag"]
+    assert abs(float(cross["off_diag"]) - float(auto["off_diag"])) > 1e-3
+
+
+def test_zero_for_identical_decorrelated_views():
+    # Columns of a Hadamard matrix (minus the constant one): mean 0, variance 1, orthogonal.
+    h = np.array([[1]])
+    for _ in range(3):
+        h = np.block([[h, h], [h, -h]])
+    z = jnp.float32(h[:, 1:])            # [8, 7]
+    for redundancy in ("cross", "auto"):
+        assert float(barlow_twins_loss(z, z, redundancy=redundancy, eps=0.0)) < 1e-10
+        assert float(barlow_twins_loss(z, z, redundancy=redundancy)) < 1e-8
+    # ... and positive as soon as the views differ.
+    assert float(barlow_twins_loss(z, jnp.roll(z, 1, axis=0), eps=0.0)) > 0.1
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=hnp.arrays(np.float64, 6, elements=st.floats(0.5, 4.0)),
+       shift=hnp.arrays(np.float64, 6, elements=st.floats(-10.0, 10.0)),
+       which=st.sampled_from(["a", "b"]))
+def test_invariant_to_per_feature_affine_map(seed, scale, shift, which):
+    z_a, z_b = _views(seed, 24, 6)
+    base = float(barlow_twins_loss(jnp.float32(z_a), jnp.float32(z_b), lambd=0.1))
+    if which == "a":
+        z_a = z_a * scale + shift
+    else:
+        z_b = z_b * scale + shift
+    moved = float(barlow_twins_loss(jnp.float32(z_a), jnp.float32(z_b), lambd=0.1))
+    np.testing.assert_allclose(moved, base, rtol=1e-3, atol=1e-4)
+
+
+def test_finite_gradients_with_a_constant_feature():
+    z_a, z_b = _views(3, 16, 5)
+    z_a[:, 2] = 7.0
+    z_b[:, 4] = 0.0
+    for redundancy in ("cross", "auto"):
+        g_a, g_b = jax.grad(functools.partial(barlow_twins_loss, redundancy=redundancy),
+                            argnums=(0, 1))(jnp.float32(z_a), jnp.float32(z_b))
+        assert np.all(np.isfinite(g_a)) and np.all(np.isfinite(g_b))
+
+
+def test_jit_vmap_and_bfloat16_inputs():
+    z_a, z_b = _views(4, 16, 8)
+    stacked_a = jnp.float32(np.stack([z_a, z_b, z_a]))
+    stacked_b = jnp.float32(np.stack([z_b, z_a, z_a]))
+    batched = jax.jit(jax.vmap(barlow_twins_loss))(stacked_a, stacked_b)
+    chex.assert_shape(batched, (3,))
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], barlow_twins_loss(stacked_a[i], stacked_b[i]),
+                                   rtol=1e-5)
+    low = barlow_twins_loss(jnp.bfloat16(z_a), jnp.bfloat16(z_b))
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, bt_loss_and_grads(z_a, z_b, 0.0051)[0], rtol=5e-2)
+
+
+@pytest.mark.parametrize("redundancy", ["cross", "auto"])
+def test_axis_name_gives_the_global_batch_value_and_gradients(redundancy):
+    """On 8 devices with axis_name, loss and input gradients equal the global batch's."""
+    z_a, z_b = _views(5, 64, 16)
+    ref_loss, ref_ga, ref_gb = bt_loss_and_grads(z_a, z_b, 0.0051, redundancy)
+    mesh = parallel.make_mesh()
+    assert mesh.size == 8
+
+    def per_device(a, b):
+        fn = functools.partial(barlow_twins_loss, redundancy=redundancy,
+                               axis_name=parallel.BATCH_AXIS)
+        loss, grads = jax.value_and_grad(fn, argnums=(0, 1))(a, b)
+        return loss, grads
+
+    spec = P(parallel.BATCH_AXIS)
+    fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec),
+                               out_specs=(P(), (spec, spec))))
+    loss, (g_a, g_b) = fn(jnp.float32(z_a), jnp.float32(z_b))
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=2e-5)
+    assert _rel_err(g_a, ref_ga) < 1e-4
+    assert _rel_err(g_b, ref_gb) < 1e-4
+
+
+def test_bad_shapes_and_modes_raise_clear_errors():
+    z = jnp.zeros((8, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        barlow_twins_loss(z, jnp.zeros((8, 5)))
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        barlow_twins_loss(jnp.zeros((8, 4, 2)), jnp.zeros((8, 4, 2)))
+    with pytest.raises(ValueError, match="redundancy"):
+        barlow_twins_loss(z, z, redundancy="diag")

@@ -1,0 +1,99 @@
+"""ResNets in torchvision's layout, the projector and BarlowTwins."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bt_jax.models import BarlowTwins, ResNet18, ResNet34, ResNet50, make_backbone
+
+
+def _abstract_variables(model, shape):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("ctor,expected", [
+    (ResNet50, 23_508_032),   # torchvision resnet50 (25,557,032) minus its fc (2,049,000)
+    (ResNet18, 11_176_512),   # resnet18 (11,689,512) minus fc (513,000)
+    (ResNet34, 21_284_672),   # resnet34 (21,797,672) minus fc (513,000)
+])
+def test_parameter_counts_match_torchvision(ctor, expected):
+    variables = _abstract_variables(ctor(), (1, 224, 224, 3))
+    assert _count(variables["params"]) == expected
+
+
+def test_resnet50_names_and_shapes_map_to_torchvision():
+    params = _abstract_variables(ResNet50(), (1, 224, 224, 3))["params"]
+    expected_top = {"conv1", "bn1"} | {f"layer{s}_{i}" for s, n in
+                                       zip(range(1, 5), (3, 4, 6, 3)) for i in range(n)}
+    assert set(params) == expected_top
+    block = params["layer2_0"]  # torchvision layer2.0: stride on conv2, downsample.0/.1
+    assert set(block) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample_conv",
+                          "downsample_bn"}
+    assert block["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert block["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+    assert "downsample_conv" not in params["layer2_1"]
+    assert params["conv1"]["kernel"].shape == (7, 7, 3, 64)
+
+
+def test_stems_and_width():
+    x = jnp.zeros((2, 32, 32, 3))
+    for stem, first_hw in (("imagenet", 8), ("cifar", 32)):
+        model = ResNet18(stem=stem, width=0.25)
+        variables = model.init(jax.random.key(0), x, train=False)
+        _, inter = model.apply(variables, x, train=False, capture_intermediates=True)
+        assert inter["intermediates"]["layer1_0"]["__call__"][0].shape == (2, first_hw,
+                                                                            first_hw, 16)
+        chex.assert_shape(model.apply(variables, x, train=False), (2, 128))
+    assert ResNet50(width=0.5).num_features == 1024
+
+
+def test_zero_init_residual_and_torchvision_conv_init():
+    variables = ResNet18(width=0.5, stem="cifar").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    params = variables["params"]
+    assert np.all(params["layer3_1"]["bn2"]["scale"] == 0)
+    assert np.all(params["layer3_1"]["bn1"]["scale"] == 1)
+    assert np.all(params["layer3_0"]["downsample_bn"]["scale"] == 1)
+    k = np.asarray(params["layer3_1"]["conv1"]["kernel"])  # fan_out = 3*3*128
+    np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * k.shape[-1])), rtol=0.05)
+    off = ResNet18(stem="cifar", width=0.25, zero_init_residual=False)
+    p_off = off.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    assert np.all(p_off["layer1_0"]["bn2"]["scale"] == 1)
+
+
+def test_barlow_twins_network():
+    model = BarlowTwins(backbone=ResNet18(stem="cifar", width=0.125), projector_dims=(32, 24, 16))
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    proj = variables["params"]["projector"]
+    assert set(proj) == {"linear0", "bn0", "linear1", "bn1", "linear2"}
+    assert all(set(proj[f"linear{i}"]) == {"kernel"} for i in range(3))  # no biases
+    out, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    chex.assert_shape(out["features"], (4, 64))
+    chex.assert_shape(out["embedding"], (4, 16))
+    assert out["embedding"].dtype == jnp.float32
+    # Training mode updates the running statistics of backbone and projector BatchNorms.
+    assert not np.allclose(mutated["batch_stats"]["projector"]["bn0"]["mean"], 0)
+    feats = model.apply(variables, x, method=BarlowTwins.features)
+    chex.assert_trees_all_close(feats, model.apply(variables, x, train=False)["features"])
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = ResNet18(stem="cifar", width=0.125, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    assert model.apply(variables, x, train=False).dtype == jnp.float32
+
+
+def test_bad_backbone_stem_and_input_raise():
+    with pytest.raises(ValueError, match="resnet18"):
+        make_backbone("resnet19")
+    with pytest.raises(ValueError, match="stem"):
+        ResNet18(stem="tiny").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+        ResNet18().init(jax.random.key(0), jnp.zeros((16, 16, 3)))

@@ -1,0 +1,102 @@
+"""LARS and the schedules against NumPy re-derivations of the paper's rule."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bt_jax.optim import lars, scale_lr_by_batch, warmup_cosine_schedule
+
+
+def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta):
+    """The contract's rule in float64; w_lr/b_lr are functions of the step."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    mu = {k: np.zeros_like(v) for k, v in p.items()}
+    for step, grads in enumerate(grads_seq):
+        for k in p:
+            g = np.asarray(grads[k], np.float64)
+            if p[k].ndim > 1:
+                d = g + wd * p[k]
+                pn, dn = np.linalg.norm(p[k]), np.linalg.norm(d)
+                d = d * (eta * pn / dn if pn > 0 and dn > 0 else 1.0)
+                lr = w_lr(step)
+            else:
+                d, lr = g, b_lr(step)
+            mu[k] = momentum * mu[k] + d
+            p[k] = p[k] - lr * mu[k]
+    return p
+
+
+def _problem(seed):
+    rng = np.random.default_rng(seed)
+    params = {
+        "conv": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+        "dense": rng.normal(size=(8, 5)).astype(np.float32),
+        "zero_weight": np.zeros((4, 3), np.float32),          # |p| = 0: trust ratio 1
+        "bias": rng.normal(size=(5,)).astype(np.float32),
+        "bn_scale": np.ones((8,), np.float32),
+    }
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+             for _ in range(5)]
+    grads[2]["dense"][:] = 0.0  # |d| = wd|p| only
+    return params, grads
+
+
+def _run(tx, params, grads_seq):
+    state = tx.init(params)
+    p = jax.tree.map(jnp.asarray, params)
+    for g in grads_seq:
+        updates, state = jax.jit(tx.update)(g, state, p)
+        p = optax.apply_updates(p, updates)
+    return p
+
+
+@pytest.mark.parametrize("num_steps", [1, 5])
+def test_lars_matches_numpy_rule(num_steps):
+    params, grads = _problem(num_steps)
+    kw = dict(weight_decay=1e-2, momentum=0.9, eta=0.02)
+    got = _run(lars(0.5, 0.01, **kw), params, grads[:num_steps])
+    want = numpy_lars(params, grads[:num_steps], lambda s: 0.5, lambda s: 0.01, 1e-2, 0.9, 0.02)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_biases_and_batchnorm_skip_decay_and_trust_ratio():
+    params, grads = _problem(0)
+    got = _run(lars(0.5, 0.01, weight_decay=0.1, eta=1e-3), params, grads[:1])
+    # One step from mu = 0: ndim <= 1 leaves move by exactly -bias_lr * g.
+    for k in ("bias", "bn_scale"):
+        np.testing.assert_allclose(np.asarray(got[k]), params[k] - 0.01 * grads[0][k], rtol=1e-6)
+    # Weights move by lr * eta * |p| along the normalised (g + wd p): a step of known norm.
+    step = np.asarray(got["dense"]) - params["dense"]
+    np.testing.assert_allclose(np.linalg.norm(step), 0.5 * 1e-3 * np.linalg.norm(params["dense"]),
+                               rtol=2e-4)  # float32 rounding of (p + step) - p
+
+
+def test_lars_with_schedules_and_requires_params():
+    params, grads = _problem(7)
+    w = warmup_cosine_schedule(1.0, 5, 2)
+    b = warmup_cosine_schedule(0.1, 5, 2)
+    got = _run(lars(w, b, weight_decay=1e-3, eta=0.01), params, grads)
+    want = numpy_lars(params, grads, lambda s: float(w(s)), lambda s: float(b(s)), 1e-3, 0.9, 0.01)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    tx = lars(0.1, 0.1)
+    with pytest.raises(ValueError, match="parameters"):
+        tx.update(grads[0], tx.init(params))
+
+
+def test_warmup_cosine_schedule_matches_official_formula():
+    peak, total, warm = 0.8, 100, 10
+    sched = warmup_cosine_schedule(peak, total, warm)
+    for s in [0, 1, 5, 9, 10, 11, 50, 99, 100]:
+        if s < warm:
+            want = peak * s / warm
+        else:
+            q = 0.5 * (1 + np.cos(np.pi * (s - warm) / (total - warm)))
+            want = peak * q + peak * 1e-3 * (1 - q)
+        np.testing.assert_allclose(float(sched(s)), want, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(float(sched(total)), peak / 1000, rtol=1e-4)
+    assert scale_lr_by_batch(0.2, 2048) == pytest.approx(1.6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine_schedule(0.1, 10, 11)

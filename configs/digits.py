@@ -23,7 +23,7 @@ def get_config():
 
     c.model.backbone = "resnet18"
     c.model.stem = "cifar"
-    c.model.width = 0.25
+    c.model.width = 0.125
     c.model.projector_dims = (512, 512, 512)
 
     c.loss.lambd = 0.0051

@@ -1,0 +1,203 @@
+"""Data sources, the paired-view augmentations and the train iterator."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bt_jax import config as config_lib
+from bt_jax.data import augment, datasets, pipeline
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.load_split("digits", "train", image_size=16)
+
+
+def test_digits_splits_are_disjoint_stratified_and_upsampled():
+    train = datasets.load_split("digits", "train", image_size=32)
+    test = datasets.load_split("digits", "test", image_size=32)
+    assert len(train) + len(test) == 1797
+    assert train.images.shape[1:] == (32, 32, 1) and train.images.dtype == np.uint8
+    assert abs(len(test) / 1797 - 0.2) < 0.01
+    assert set(np.unique(test.labels)) == set(range(10))
+    assert train.images.max() > 200  # 0..16 scaled to 0..255
+    # No test image appears in train (compare exact bytes).
+    train_keys = {img.tobytes() for img in train.images}
+    assert sum(img.tobytes() in train_keys for img in test.images) < 5  # duplicates in the data
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big")
+                                                      for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 9], np.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    split = datasets.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
+    np.testing.assert_array_equal(split.images[..., 0], images)
+    np.testing.assert_array_equal(split.labels, labels)
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        datasets.load_split("fashion_mnist", "train", image_size=28, path=str(tmp_path))
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(config_lib.ConfigError, match=r"Unknown dataset 'mnist2'.*digits"):
+        datasets.load_split("mnist2", "train", image_size=32)
+
+
+def _image(seed=0, size=24):
+    return tf.constant(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8))
+
+
+def test_views_are_pure_functions_of_seed_epoch_and_index():
+    cfg = augment.ViewConfig(16)
+    img = _image()
+    v1 = augment.augment_view(img, augment.view_seed(0, 3, 7), cfg).numpy()
+    v2 = augment.augment_view(img, augment.view_seed(0, 3, 7), cfg).numpy()
+    np.testing.assert_array_equal(v1, v2)
+    for other in (augment.view_seed(1, 3, 7), augment.view_seed(0, 4, 7),
+                  augment.view_seed(0, 3, 8)):
+        assert not np.allclose(augment.augment_view(img, other, cfg).numpy(), v1)
+    assert v1.shape == (16, 16, 3) and v1.dtype == np.float32
+    assert v1.min() >= 0.0 and v1.max() <= 1.0
+
+
+def _torchvision_mean_crop_area(size=100, draws=20000, seed=0):
+    """Mean crop area fraction of torchvision's rejection sampler, simulated in NumPy."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(draws):
+        for _ in range(10):
+            area = size * size * rng.uniform(0.08, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < w <= size and 0 < h <= size:
+                total += w * h / size**2
+                break
+        else:
+            total += 1.0
+    return total / draws
+
+
+def test_crop_windows_follow_torchvision_ranges():
+    areas, ratios = [], []
+    for i in range(300):
+        top, left, h, w = (int(v) for v in augment.crop_window(
+            tf.constant([i, 0], tf.int64), 100, 100, (0.08, 1.0), (3 / 4, 4 / 3)))
+        assert 0 <= top <= 100 - h and 0 <= left <= 100 - w
+        areas.append(h * w / 1e4)
+        ratios.append(w / h)
+    assert 0.07 <= min(areas) and max(areas) <= 1.0
+    assert np.mean(areas) == pytest.approx(_torchvision_mean_crop_area(), abs=0.04)
+    assert min(ratios) > 0.7 and max(ratios) < 1.4
+    # Impossible ratio (image far wider than 4:3 at full scale) -> centred fallback crop.
+    top, left, h, w = (int(v) for v in augment.crop_window(
+        tf.constant([1, 2], tf.int64), 10, 100, (1.0, 1.0), (3 / 4, 4 / 3)))
+    assert (h, w) == (10, 13) and left == (100 - 13) // 2 and top == 0
+
+
+def test_grayscale_solarize_and_flip_match_numpy():
+    x = np.random.default_rng(1).uniform(size=(5, 6, 3)).astype(np.float32)
+    gray = augment.to_grayscale(tf.constant(x)).numpy()
+    np.testing.assert_allclose(gray[..., 1], x @ np.array([0.299, 0.587, 0.114]), rtol=1e-5)
+    np.testing.assert_allclose(augment.solarize(tf.constant(x)).numpy(),
+                               np.where(x >= 0.5, 1 - x, x))
+
+
+def test_gaussian_blur_matches_float64_reference():
+    x = np.random.default_rng(2).uniform(size=(12, 10, 3))
+    sigma, ksize = 1.3, 9
+    got = augment.gaussian_blur(tf.constant(x, tf.float32), sigma, ksize).numpy()
+    r = ksize // 2
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
+    rows = np.stack([(pad[i:i + ksize] * k[:, None, None]).sum(0) for i in range(12)])
+    want = np.stack([(rows[:, j:j + ksize] * k[None, :, None]).sum(1) for j in range(10)], 1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_probabilities_switch_ops_on_and_off():
+    img = _image(3)
+    seed = augment.view_seed(0, 0, 0)
+    plain = augment.ViewConfig(24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
+                               jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    identity = augment.augment_view(img, seed, plain).numpy()
+    np.testing.assert_allclose(identity, img.numpy() / 255.0, atol=1e-5)
+    for field, check in [
+        ("flip_prob", lambda v: np.allclose(v, identity[:, ::-1])),
+        ("grayscale_prob", lambda v: np.allclose(v[..., 0], v[..., 2])),
+        ("solarize_prob", lambda v: np.allclose(v, np.where(identity >= 0.5, 1 - identity,
+                                                            identity))),
+        ("blur_prob", lambda v: v.std() < identity.std()),
+        ("jitter_prob", lambda v: not np.allclose(v, identity, atol=1e-3)),
+    ]:
+        cfg = augment.ViewConfig(**{**plain.__dict__, field: 1.0})
+        assert check(augment.augment_view(img, seed, cfg).numpy()), field
+
+
+def test_solarize_probability_is_respected_statistically():
+    cfg = augment.ViewConfig(8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
+                             jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                             solarize_prob=0.2)
+    img = tf.fill([8, 8, 3], tf.constant(230, tf.uint8))   # bright: solarised -> dark
+    dark = [augment.augment_view(img, augment.view_seed(0, 0, i), cfg).numpy().mean() < 0.5
+            for i in range(400)]
+    assert np.mean(dark) == pytest.approx(0.2, abs=0.06)
+
+
+def test_bad_augmentation_settings_are_clear_errors():
+    with pytest.raises(config_lib.ConfigError, match="flip_prob"):
+        augment.ViewConfig(32, flip_prob=1.5)
+    with pytest.raises(config_lib.ConfigError, match="crop_scale"):
+        augment.ViewConfig(32, crop_scale=(0.5, 0.2))
+    with pytest.raises(config_lib.ConfigError, match="too small for a blur"):
+        augment.ViewConfig(4, blur_sigma=(0.1, 2.0))
+
+
+def _config(batch_size=32):
+    c = config_lib.base_config()
+    c.seed = 3
+    c.batch_size = batch_size
+    c.data.image_size = 16
+    c.data.augment.blur_sigma = (0.1, 1.0)
+    return c
+
+
+def test_train_batches_resume_exactly_and_split_over_processes(digits):
+    c = _config()
+    spe = len(digits) // 32
+    stream = pipeline.train_batches(c, digits)
+    first = [next(stream) for _ in range(spe + 2)]     # crosses an epoch boundary
+    b = first[0]
+    assert b["view_a"].shape == (32, 16, 16, 3) and b["view_a"].dtype == np.float32
+    assert not np.allclose(b["view_a"], b["view_b"])
+    resumed = next(pipeline.train_batches(c, digits, start_step=spe + 1))
+    np.testing.assert_array_equal(resumed["view_a"], first[spe + 1]["view_a"])
+    np.testing.assert_array_equal(resumed["index"], first[spe + 1]["index"])
+    # Each epoch visits distinct examples, in a new order.
+    epoch0 = np.concatenate([x["index"] for x in first[:spe]])
+    assert len(set(epoch0)) == spe * 32
+    assert not np.array_equal(first[0]["index"], first[spe]["index"])
+    # Two processes each get half of every global batch.
+    halves = [next(pipeline.train_batches(c, digits, process_index=p, process_count=2))
+              for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([h["view_b"] for h in halves]), b["view_b"])
+
+
+def test_pipeline_config_errors(digits):
+    c = _config(batch_size=len(digits) + 1)
+    with pytest.raises(config_lib.ConfigError, match="larger than"):
+        next(pipeline.train_batches(c, digits))
+    c = _config()
+    c.data.augment_on = "gpu"
+    with pytest.raises(config_lib.ConfigError, match="augment_on"):
+        next(pipeline.train_batches(c, digits))

@@ -1,0 +1,93 @@
+"""End to end: the CLI trains, checkpoints, resumes, evaluates; bad input fails clearly."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.serialization
+import jax
+import pytest
+
+from bt_jax import config as config_lib
+from bt_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(num_steps):
+    c = config_lib.base_config()
+    c.batch_size = 64
+    c.num_steps = num_steps
+    c.log_every_steps = 2
+    c.data.name = "digits"
+    c.data.image_size = 16
+    c.data.augment.blur_sigma = (0.1, 1.0)
+    c.model.backbone = "resnet18"
+    c.model.stem = "cifar"
+    c.model.width = 0.0625
+    c.model.projector_dims = (32, 32)
+    c.optim.warmup_epochs = 0
+    c.checkpoint.every_steps = 2
+    c.eval.linear_epochs = 3
+    c.eval.knn_k = 20
+    return c
+
+
+def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(_tiny(3), workdir)
+    out = capsys.readouterr().out
+    assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
+    assert "Barlow Twins" in out and "random init" in out and "pixels" in out
+    for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    saved = json.load(open(os.path.join(workdir, "results.json")))
+    assert saved == json.loads(json.dumps(results))
+    for r in (saved, saved["baselines"]["random_init"], saved["baselines"]["pixels"]):
+        assert 0.0 <= r["linear_top1"] <= 1.0 and 0.0 <= r["knn_top1"] <= 1.0
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 3]
+    assert all(r["loss"] > 0 for r in rows)
+    # backbone.msgpack holds the backbone's params and batch_stats.
+    model = train.create_model(_tiny(3))
+    target = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
+    restored = flax.serialization.from_bytes(target, open(os.path.join(workdir,
+                                                                       "backbone.msgpack"), "rb").read())
+    assert jax.tree.structure(restored) == jax.tree.structure(target)
+    # A longer run in the same workdir resumes from the last checkpoint.
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+    train.train_and_evaluate(_tiny(5), workdir)
+    out = capsys.readouterr().out
+    assert "Resumed from step 3 of 5." in out
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert steps == [2, 3, 4, 5]
+
+
+def _cli(*args):
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "bt_jax.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    base = ["--config", "configs/digits.py", "--workdir", str(tmp_path / "x")]
+    r = _cli(*base, "--config.model.widht=2")
+    assert r.returncode == 2
+    assert "unknown config field" in r.stderr and "width" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _cli(*base, "--config.data.name=imagenet9")
+    assert r.returncode == 2 and "Unknown dataset 'imagenet9'" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _cli(*base, "--config.batch_size=0")
+    assert r.returncode == 2 and "batch_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_batch_size_must_divide_over_devices(tmp_path):
+    env_flags = "--xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=env_flags, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "bt_jax.main", "--config", "configs/digits.py",
+                        "--workdir", str(tmp_path / "y"), "--config.batch_size=30"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "not divisible by the 4 devices" in r.stderr and "Traceback" not in r.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any
 
 import flax.linen as nn
 import jax

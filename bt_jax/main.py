@@ -21,6 +21,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("jax_distributed", False,
+                  "Call jax.distributed.initialize() first: one process per host of a GPU "
+                  "cluster or TPU pod (coordinator from the environment: SLURM, TPU, or "
+                  "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,11 +51,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    if FLAGS.jax_distributed:
+        import jax  # pylint: disable=import-outside-toplevel
+        jax.distributed.initialize()
     from bt_jax import data, train  # pylint: disable=import-outside-toplevel
     data.keep_tensorflow_off_accelerators()
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ConfigError as e:
+    except (ConfigError, FileNotFoundError) as e:
         _fail(str(e))
 
 

@@ -1,7 +1,6 @@
 """TrainState, the data-parallel train step, and train_and_evaluate(config, workdir)."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -17,7 +16,7 @@ import optax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import losses, optim, parallel
+from bt_jax import losses, optim, parallel, plots
 from bt_jax.models import BarlowTwins, make_backbone
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -43,18 +42,26 @@ def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = N
                        axis_name=axis_name, dtype=dtype)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                     total_steps: int) -> optax.GradientTransformation:
-    """LARS with the warm-up + cosine schedule of config.optim."""
+def learning_rate_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                            total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
+    """(weights, biases) warm-up + cosine schedules; peaks scaled by batch/256 if configured."""
     o = config.optim
-    factor = config.batch_size / 256 if o.scale_lr_by_batch else 1.0
     warmup = min(int(round(o.warmup_epochs * steps_per_epoch)), total_steps)
 
     def sched(base):
-        return optim.warmup_cosine_schedule(base * factor, total_steps, warmup, o.end_lr_fraction)
+        peak = optim.scale_lr_by_batch(base, config.batch_size) if o.scale_lr_by_batch else base
+        return optim.warmup_cosine_schedule(peak, total_steps, warmup, o.end_lr_fraction)
 
-    return optim.lars(sched(o.lr_weights), sched(o.lr_biases), weight_decay=o.weight_decay,
-                      momentum=o.momentum, eta=o.eta)
+    return sched(o.lr_weights), sched(o.lr_biases)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     total_steps: int) -> optax.GradientTransformation:
+    """LARS with the warm-up + cosine schedules of config.optim."""
+    o = config.optim
+    weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
+    return optim.lars(weight_lr, bias_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                      eta=o.eta)
 
 
 def init_variables(model: BarlowTwins, rng: jax.Array, image_size: int) -> dict:
@@ -136,11 +143,12 @@ def _format_eta(seconds: float) -> str:
 class MetricsLog:
     """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line."""
 
-    def __init__(self, workdir: str, total_steps: int, global_batch: int):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
+                 write_files: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl") if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
-        self.writer = _tensorboard_writer(workdir)
+        self.writer = _tensorboard_writer(workdir) if write_files else None
         self._t0 = None
         self._s0 = 0
 
@@ -153,8 +161,9 @@ class MetricsLog:
         rate = done * self.global_batch / max(elapsed, 1e-9)
         row = {"step": step, **{k: float(v) for k, v in scalars.items()},
                "pairs_per_s": rate}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, row)
         eta = (self.total_steps - step) * elapsed / done
@@ -177,6 +186,14 @@ def _tensorboard_writer(workdir: str):
     return metric_writers.create_default_writer(workdir, just_logging=False)
 
 
+def _check_finite(loss, step: int) -> None:
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"The loss became {loss} at step {step}. Lower optim.lr_weights or use "
+            "model.dtype='float32', then rerun: training resumes from the last checkpoint, "
+            "which holds finite values.")
+
+
 def backbone_variables(variables: dict) -> dict:
     """{"params", "batch_stats"} of the backbone alone, from the full model's variables."""
     return {"params": variables["params"]["backbone"],
@@ -193,9 +210,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
 
     config_lib.validate(config)
+    chief = jax.process_index() == 0   # the one process that writes files on a cluster
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
 
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
@@ -226,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = pipeline.train_batches(config, train_split, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
-    log = MetricsLog(workdir, total_steps, config.batch_size)
+    log = MetricsLog(workdir, total_steps, config.batch_size, write_files=chief)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(train_split)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch).", flush=True)
@@ -236,24 +255,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = parallel.host_to_global({"view_a": batch["view_a"], "view_b": batch["view_b"]},
                                         mesh)
         state, metrics = train_step(state, batch)
-        if step % config.log_every_steps == 0 or step == total_steps:
+        last = step == total_steps
+        logging_step = step % config.log_every_steps == 0 or last
+        saving_step = step % config.checkpoint.every_steps == 0 or last
+        if logging_step or saving_step:
             metrics = jax.device_get(metrics)
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(
-                    f"The loss became {metrics['loss']} at step {step}. Lower optim.lr_weights, "
-                    "or use model.dtype='float32'; the last good checkpoint is kept.")
+            _check_finite(metrics["loss"], step)  # before a save: never checkpoint NaNs
+        if logging_step:
             log.write(step, metrics)
-        manager.maybe_save(step, state, force=step == total_steps)
+        if saving_step:
+            manager.maybe_save(step, state, force=True)
     manager.wait()
     log.close()
-
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
-    with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
-        f.write(flax.serialization.to_bytes(trained_backbone))
+    if chief:
+        plots.plot_training_curves(workdir)
+        with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
+            f.write(flax.serialization.to_bytes(trained_backbone))
 
     results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
                                     init_backbone, train_split, test_split)
-    evaluate.write_results(results, workdir)
+    if chief:
+        evaluate.write_results(results, workdir)
     print(evaluate.format_table(results), flush=True)
     return results

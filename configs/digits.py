@@ -9,7 +9,7 @@ from bt_jax.config import base_config
 def get_config():
     c = base_config()
     c.batch_size = 256
-    c.num_epochs = 30
+    c.num_epochs = 50
     c.log_every_steps = 10
 
     c.data.name = "digits"
@@ -37,4 +37,5 @@ def get_config():
 
     c.checkpoint.every_steps = 100
     c.eval.linear_epochs = 100
+    c.eval.knn_k = 20              # ~144 images per class: k=200 would outvote every class
     return c

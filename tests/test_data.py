@@ -1,6 +1,5 @@
 """Data sources, the paired-view augmentations and the train iterator."""
 import gzip
-import os
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ import sys
 
 import flax.serialization
 import jax
-import pytest
 
 from bt_jax import config as config_lib
 from bt_jax import train
@@ -39,7 +38,8 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
     assert "Barlow Twins" in out and "random init" in out and "pixels" in out
-    for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack"):
+    for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack",
+                 "training_curves.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     saved = json.load(open(os.path.join(workdir, "results.json")))

@@ -179,7 +179,7 @@ def augment_view(image, seed, cfg: ViewConfig):
     Returns:
       [image_size, image_size, 3] float32 in [0, 1].
     """
-    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 10))
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
     x = tf.image.convert_image_dtype(image, tf.float32)
     if x.shape[-1] == 1:
         x = tf.tile(x, [1, 1, 3])

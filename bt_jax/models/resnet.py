@@ -28,21 +28,30 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((k // 2, k // 2), (k // 2, k // 2))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+class _ResidualBlock(nn.Module):
+    """Fields and layer factories shared by BasicBlock and Bottleneck."""
     features: int
     strides: int = 1
-    expansion: int = 1
     zero_init_residual: bool = True
     axis_name: Any = None
     dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, train: bool):
+    def _layers(self, train: bool):
+        """(conv, norm, scale init of the block's last BN) for this block's settings."""
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        return conv, norm, last_scale
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv, norm, last_scale = self._layers(train)
         y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
@@ -50,21 +59,13 @@ class BasicBlock(nn.Module):
         return nn.relu(y + _shortcut(self, x, self.features, conv, norm))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (strided) -> 1x1 convolutions with a residual connection (ResNet-50+)."""
-    features: int
-    strides: int = 1
-    expansion: int = 4
-    zero_init_residual: bool = True
-    axis_name: Any = None
-    dtype: Any = jnp.float32
+    expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
-        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        conv, norm, last_scale = self._layers(train)
         out = self.features * self.expansion
         y = conv(self.features, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -120,12 +121,9 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet expects [N, H, W, C] images; got shape {tuple(x.shape)}.")
         x = x.astype(self.dtype)
         stem_channels = self._channels(0)
-        if self.stem == "imagenet":
-            x = nn.Conv(stem_channels, (7, 7), 2, padding=_pad(7), use_bias=False,
-                        kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-        else:
-            x = nn.Conv(stem_channels, (3, 3), 1, padding=_pad(3), use_bias=False,
-                        kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+        k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+        x = nn.Conv(stem_channels, (k, k), stride, padding=_pad(k), use_bias=False,
+                    kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)

@@ -112,12 +112,19 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
 
 
 def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
-                    loss_cfg: ml_collections.ConfigDict, mesh) -> Callable:
+                    loss_cfg: ml_collections.ConfigDict, mesh,
+                    learning_rate: Optional[optax.Schedule] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
 
     The model must be built with axis_name=parallel.BATCH_AXIS. Metrics are replicated
-    scalars: loss, on_diag, off_diag, learning rates, grad_norm.
+    scalars: loss, on_diag, off_diag, grad_norm, and learning_rate (the weights' rate at
+    this step) where the schedule is given.
     """
+    if model.axis_name != parallel.BATCH_AXIS:
+        raise ValueError(f"make_train_step needs a model built with axis_name="
+                         f"{parallel.BATCH_AXIS!r} (create_model(config, parallel.BATCH_AXIS)) "
+                         f"for cross-replica BatchNorm; got {model.axis_name!r}.")
+
     def step(state: TrainState, batch: dict):
         loss, grads, new_stats, terms = loss_and_grads(
             state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
@@ -126,6 +133,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
                    "grad_norm": optax.tree.norm(grads)}
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate(state.step)
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
                                opt_state=opt_state)
         return new_state, metrics
@@ -141,7 +150,11 @@ def _format_eta(seconds: float) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line."""
+    """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line.
+
+    pairs/s is measured over the interval since the previous line (the first interval
+    includes compilation); the ETA extrapolates that rate.
+    """
 
     def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
                  write_files: bool = True):
@@ -149,27 +162,28 @@ class MetricsLog:
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.writer = _tensorboard_writer(workdir) if write_files else None
-        self._t0 = None
-        self._s0 = 0
+        self._last = (time.perf_counter(), 0)
 
     def start(self, step: int):
-        self._t0, self._s0 = time.perf_counter(), step
+        self._last = (time.perf_counter(), step)
 
     def write(self, step: int, scalars: dict) -> dict:
-        elapsed = time.perf_counter() - self._t0
-        done = max(step - self._s0, 1)
-        rate = done * self.global_batch / max(elapsed, 1e-9)
+        now = time.perf_counter()
+        t0, s0 = self._last
+        self._last = (now, step)
+        seconds_per_step = (now - t0) / max(step - s0, 1)
         row = {"step": step, **{k: float(v) for k, v in scalars.items()},
-               "pairs_per_s": rate}
+               "pairs_per_s": self.global_batch / max(seconds_per_step, 1e-9)}
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, row)
-        eta = (self.total_steps - step) * elapsed / done
+        eta = _format_eta((self.total_steps - step) * seconds_per_step)
+        lr = f" | lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         print(f"step {step:>6}/{self.total_steps} | loss {row['loss']:.4f} | on-diag "
-              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f} | {rate:,.0f} pairs/s | "
-              f"ETA {_format_eta(eta)}", flush=True)
+              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr} | "
+              f"{row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
         return row
 
     def close(self):
@@ -241,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
     state = parallel.replicate(state, mesh)
 
-    train_step = make_train_step(model, tx, config.loss, mesh)
+    train_step = make_train_step(model, tx, config.loss, mesh,
+                                 learning_rate=learning_rate_schedules(config, spe, total_steps)[0])
     batches = pipeline.train_batches(config, train_split, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())

@@ -6,6 +6,7 @@ import sys
 
 import flax.serialization
 import jax
+import pytest
 
 from bt_jax import config as config_lib
 from bt_jax import train
@@ -48,7 +49,9 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
         assert 0.0 <= r["linear_top1"] <= 1.0 and 0.0 <= r["knn_top1"] <= 1.0
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [2, 3]
-    assert all(r["loss"] > 0 for r in rows)
+    assert all(r["loss"] > 0 and r["pairs_per_s"] > 0 for r in rows)
+    lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[0]
+    assert rows[0]["learning_rate"] == pytest.approx(float(lr(1)))  # rate used by step 2
     # backbone.msgpack holds the backbone's params and batch_stats.
     model = train.create_model(_tiny(3))
     target = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))

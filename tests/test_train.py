@@ -133,3 +133,10 @@ def test_host_to_global_shards_along_the_batch():
     assert len(g.addressable_shards) == 8
     assert g.addressable_shards[1].data.shape == (2, 3)
     np.testing.assert_array_equal(np.asarray(g), x)
+
+
+def test_train_step_refuses_a_model_without_the_batch_axis():
+    c = tiny_config()
+    tx = train.create_optimizer(c, steps_per_epoch=1, total_steps=1)
+    with pytest.raises(ValueError, match="axis_name='batch'"):
+        train.make_train_step(train.create_model(c), tx, c.loss, parallel.make_mesh())

@@ -58,7 +58,7 @@ def main(argv):
     data.keep_tensorflow_off_accelerators()
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
         _fail(str(e))
 
 

@@ -113,12 +113,15 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
 
 def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     loss_cfg: ml_collections.ConfigDict, mesh,
-                    learning_rate: Optional[optax.Schedule] = None) -> Callable:
+                    learning_rate: Optional[optax.Schedule] = None,
+                    make_views: Optional[Callable[[dict], dict]] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
 
-    The model must be built with axis_name=parallel.BATCH_AXIS. Metrics are replicated
-    scalars: loss, on_diag, off_diag, grad_norm, and learning_rate (the weights' rate at
-    this step) where the schedule is given.
+    The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
+    and "view_b", or whatever `make_views` (run per device, first thing in the step: the
+    on-device augmentation) turns into them. Metrics are replicated scalars: loss,
+    on_diag, off_diag, grad_norm, and learning_rate (the weights' rate at this step) where
+    the schedule is given.
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -126,6 +129,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                          f"for cross-replica BatchNorm; got {model.axis_name!r}.")
 
     def step(state: TrainState, batch: dict):
+        if make_views is not None:
+            batch = make_views(batch)
         loss, grads, new_stats, terms = loss_and_grads(
             state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
             axis_name=parallel.BATCH_AXIS)
@@ -255,8 +260,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
     state = parallel.replicate(state, mesh)
 
+    make_views = None
+    if config.data.augment_on == "device":
+        from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
+        make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
+                                                 *pipeline.channel_stats(train_split))
     train_step = make_train_step(model, tx, config.loss, mesh,
-                                 learning_rate=learning_rate_schedules(config, spe, total_steps)[0])
+                                 learning_rate=learning_rate_schedules(config, spe, total_steps)[0],
+                                 make_views=make_views)
     batches = pipeline.train_batches(config, train_split, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
@@ -267,8 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.start(start)
     for step in range(start + 1, total_steps + 1):
         batch = next(batches)
-        batch = parallel.host_to_global({"view_a": batch["view_a"], "view_b": batch["view_b"]},
-                                        mesh)
+        batch = parallel.host_to_global(batch, mesh)
         state, metrics = train_step(state, batch)
         last = step == total_steps
         logging_step = step % config.log_every_steps == 0 or last

@@ -33,3 +33,32 @@ def bt_loss_and_grads(z_a, z_b, lambd, redundancy="cross", eps=1e-5):
         return (g - g.mean(0) - x * (g * x).mean(0)) / sd
 
     return loss, through_standardize(g_a, a, sd_a), through_standardize(g_b, b, sd_b)
+
+
+def torchvision_mean_crop_area(size=100, draws=20000, seed=0):
+    """Mean crop area fraction of torchvision's rejection sampler, simulated in NumPy."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(draws):
+        for _ in range(10):
+            area = size * size * rng.uniform(0.08, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < w <= size and 0 < h <= size:
+                total += w * h / size**2
+                break
+        else:
+            total += 1.0
+    return total / draws
+
+
+def gaussian_blur(x, sigma, ksize):
+    """Separable Gaussian blur of [H, W, C] with reflect padding, float64."""
+    x = np.asarray(x, np.float64)
+    h, w = x.shape[:2]
+    r = ksize // 2
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
+    rows = np.stack([(pad[i:i + ksize] * k[:, None, None]).sum(0) for i in range(h)])
+    return np.stack([(rows[:, j:j + ksize] * k[None, :, None]).sum(1) for j in range(w)], 1)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from bt_jax import config as config_lib
 from bt_jax.data import augment, datasets, pipeline
+from numpy_reference import gaussian_blur, torchvision_mean_crop_area
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +70,6 @@ def test_views_are_pure_functions_of_seed_epoch_and_index():
     assert v1.min() >= 0.0 and v1.max() <= 1.0
 
 
-def _torchvision_mean_crop_area(size=100, draws=20000, seed=0):
-    """Mean crop area fraction of torchvision's rejection sampler, simulated in NumPy."""
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(draws):
-        for _ in range(10):
-            area = size * size * rng.uniform(0.08, 1.0)
-            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
-            if 0 < w <= size and 0 < h <= size:
-                total += w * h / size**2
-                break
-        else:
-            total += 1.0
-    return total / draws
-
-
 def test_crop_windows_follow_torchvision_ranges():
     areas, ratios = [], []
     for i in range(300):
@@ -95,7 +79,7 @@ def test_crop_windows_follow_torchvision_ranges():
         areas.append(h * w / 1e4)
         ratios.append(w / h)
     assert 0.07 <= min(areas) and max(areas) <= 1.0
-    assert np.mean(areas) == pytest.approx(_torchvision_mean_crop_area(), abs=0.04)
+    assert np.mean(areas) == pytest.approx(torchvision_mean_crop_area(), abs=0.04)
     assert min(ratios) > 0.7 and max(ratios) < 1.4
     # Impossible ratio (image far wider than 4:3 at full scale) -> centred fallback crop.
     top, left, h, w = (int(v) for v in augment.crop_window(
@@ -115,12 +99,7 @@ def test_gaussian_blur_matches_float64_reference():
     x = np.random.default_rng(2).uniform(size=(12, 10, 3))
     sigma, ksize = 1.3, 9
     got = augment.gaussian_blur(tf.constant(x, tf.float32), sigma, ksize).numpy()
-    r = ksize // 2
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    pad = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
-    rows = np.stack([(pad[i:i + ksize] * k[:, None, None]).sum(0) for i in range(12)])
-    want = np.stack([(rows[:, j:j + ksize] * k[None, :, None]).sum(1) for j in range(10)], 1)
+    want = gaussian_blur(x, sigma, ksize)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -200,3 +179,17 @@ def test_pipeline_config_errors(digits):
     c.data.augment_on = "gpu"
     with pytest.raises(config_lib.ConfigError, match="augment_on"):
         next(pipeline.train_batches(c, digits))
+
+
+def test_device_mode_yields_raw_images_with_their_epoch_and_index(digits):
+    c = _config()
+    c.data.augment_on = "device"
+    spe = len(digits) // 32
+    stream = pipeline.train_batches(c, digits, start_step=spe - 1)
+    last, nxt = next(stream), next(stream)
+    assert set(last) == {"image", "index", "epoch"}
+    assert last["image"].dtype == np.uint8 and last["image"].shape == (32, 16, 16, 1)
+    np.testing.assert_array_equal(last["image"], digits.images[last["index"]])
+    assert set(last["epoch"]) == {0} and set(nxt["epoch"]) == {1}
+    host = next(pipeline.train_batches(_config(), digits, start_step=spe - 1))
+    np.testing.assert_array_equal(host["index"], last["index"])  # same order either way

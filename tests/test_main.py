@@ -6,6 +6,7 @@ import sys
 
 import flax.serialization
 import jax
+import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
@@ -67,6 +68,16 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert steps == [2, 3, 4, 5]
 
 
+def test_train_and_evaluate_with_on_device_augmentation(tmp_path):
+    c = _tiny(2)
+    c.data.augment_on = "device"
+    c.eval.baselines = False
+    results = train.train_and_evaluate(c, str(tmp_path / "dev"))
+    assert 0.0 <= results["linear_top1"] <= 1.0 and "baselines" not in results
+    rows = [json.loads(line) for line in open(tmp_path / "dev" / "metrics.jsonl")]
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
+
+
 def _cli(*args):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "bt_jax.main", *args], cwd=ROOT, env=env,
@@ -94,3 +105,15 @@ def test_cli_batch_size_must_divide_over_devices(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "not divisible by the 4 devices" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_diverging_run_stops_clearly_and_saves_no_nan_checkpoint(tmp_path):
+    c = _tiny(4)
+    c.optim.lr_weights = 1e38          # overflows at once
+    c.optim.lr_biases = 1e38
+    c.optim.eta = 1.0
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(FloatingPointError, match="resumes from the last checkpoint"):
+        train.train_and_evaluate(c, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert not os.path.exists(ckpt_dir) or not [d for d in os.listdir(ckpt_dir) if d.isdigit()]

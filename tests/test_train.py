@@ -140,3 +140,25 @@ def test_train_step_refuses_a_model_without_the_batch_axis():
     tx = train.create_optimizer(c, steps_per_epoch=1, total_steps=1)
     with pytest.raises(ValueError, match="axis_name='batch'"):
         train.make_train_step(train.create_model(c), tx, c.loss, parallel.make_mesh())
+
+
+def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_count():
+    from bt_jax.data import device_augment
+    from bt_jax.data.views import ViewConfig
+    c = tiny_config()
+    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
+    cfg = ViewConfig(8, blur_sigma=(0.1, 1.0))
+    make_views = device_augment.make_view_fn(0, cfg, cfg, [0.5] * 3, [0.25] * 3)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (16, 12, 12, 1), np.uint8),
+             "index": np.arange(16, dtype=np.int32), "epoch": np.full(16, 3, np.int32)}
+    losses = []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = parallel.make_mesh(devices)
+        state = parallel.replicate(
+            train.init_state(train.create_model(c), tx, jax.random.key(0), 8), mesh)
+        step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss,
+                                     mesh, make_views=make_views)
+        _, metrics = step(state, parallel.host_to_global(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -12,50 +12,15 @@ pure function of (image, seed): `view_seed(seed, epoch, index)` makes it a funct
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
 import tensorflow as tf
 
-from bt_jax.config import ConfigError
+from bt_jax.data.views import ViewConfig, gaussian_kernel_size
 
-
-@dataclasses.dataclass(frozen=True)
-class ViewConfig:
-    """Augmentation strengths and probabilities for one view (config data.augment)."""
-    image_size: int
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.0
-
-    def __post_init__(self):
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ConfigError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
-        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"{name} is a probability and must be in [0, 1]; got {p}.")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ConfigError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
-        if self.blur_prob > 0 and self.image_size <= gaussian_kernel_size(self.blur_sigma[1]) // 2:
-            raise ConfigError(
-                f"image_size {self.image_size} is too small for a blur with sigma up to "
-                f"{self.blur_sigma[1]}: lower blur_sigma or set blur_prob to 0.")
-        if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"hue must be in [0, 0.5]; got {self.hue}.")
+__all__ = ["ViewConfig", "gaussian_kernel_size", "view_seed", "crop_window", "augment_view",
+           "augment_pair"]
 
 
 def view_seed(seed: int, epoch, index) -> tf.Tensor:
@@ -138,11 +103,6 @@ def color_jitter(image, seed, brightness: float, contrast: float, saturation: fl
         image = tf.switch_case(order[k], [lambda op=op: op(image) for op in ops])
         image.set_shape([None, None, 3])
     return image
-
-
-def gaussian_kernel_size(max_sigma: float) -> int:
-    """Odd kernel size covering +-3 sigma: 2 * ceil(3 * max_sigma) + 1."""
-    return 2 * math.ceil(3 * max_sigma) + 1
 
 
 def gaussian_blur(image, sigma, kernel_size: int):

@@ -14,29 +14,7 @@ import tensorflow as tf
 
 from bt_jax.config import ConfigError
 from bt_jax.data import augment, datasets
-
-AUGMENT_ON = ("host",)
-
-
-def view_configs(config) -> tuple[augment.ViewConfig, augment.ViewConfig]:
-    """The two views' augmentation settings from config.data (augment.*)."""
-    aug = config.data.augment
-
-    def view(k: int) -> augment.ViewConfig:
-        return augment.ViewConfig(
-            image_size=config.data.image_size,
-            crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio),
-            flip_prob=aug.flip_prob, jitter_prob=aug.jitter_prob,
-            brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
-            hue=aug.hue, grayscale_prob=aug.grayscale_prob,
-            blur_prob=aug.blur_prob[k], blur_sigma=tuple(aug.blur_sigma),
-            solarize_prob=aug.solarize_prob[k])
-
-    if config.data.augment_on not in AUGMENT_ON:
-        raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}; got "
-                         f"{config.data.augment_on!r}.")
-    return view(0), view(1)
-
+from bt_jax.data.views import view_configs
 
 def channel_stats(split: datasets.Split) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std ([3], [3], in [0, 1] units) of a split's images."""
@@ -68,9 +46,11 @@ def train_batches(config, split: datasets.Split, *, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
     """Endless iterator of this process's share of each global batch, from start_step on.
 
-    Yields {"view_a": float32 [B_local, S, S, 3], "view_b": same, "index": int64 [B_local]},
-    normalised with the train split's channel statistics; B_local = batch_size /
-    process_count.
+    With data.augment_on == "host" it yields {"view_a": float32 [B_local, S, S, 3],
+    "view_b": same, "index": int32 [B_local]}, normalised with the train split's channel
+    statistics. With "device" it yields the raw images for `device_augment`:
+    {"image": uint8 [B_local, H, W, C], "index": int32 [B_local], "epoch": int32 [B_local]}.
+    B_local = batch_size / process_count.
     """
     global_batch = config.batch_size
     if global_batch % process_count:
@@ -85,14 +65,21 @@ def train_batches(config, split: datasets.Split, *, start_step: int = 0,
     def make_pair(index, epoch):
         seed = augment.view_seed(config.seed, epoch, index)
         a, b = augment.augment_pair(tf.gather(images, index), seed, cfg_a, cfg_b)
-        return {"view_a": (a - mean) / std, "view_b": (b - mean) / std, "index": index}
+        return {"view_a": (a - mean) / std, "view_b": (b - mean) / std,
+                "index": tf.cast(index, tf.int32)}
+
+    def raw_image(index, epoch):
+        return {"image": tf.gather(images, index), "index": tf.cast(index, tf.int32),
+                "epoch": tf.constant(epoch, tf.int32)}
+
+    make_example = raw_image if config.data.augment_on == "device" else make_pair
 
     epoch, skip = divmod(start_step, spe)
     while True:
         order = epoch_order(config.seed, epoch, len(split), global_batch)
         mine = order[skip:, process_index * local:(process_index + 1) * local].reshape(-1)
         ds = tf.data.Dataset.from_tensor_slices(mine.astype(np.int64))
-        ds = ds.map(lambda i, e=epoch: make_pair(i, e), num_parallel_calls=tf.data.AUTOTUNE,
+        ds = ds.map(lambda i, e=epoch: make_example(i, e), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
         ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         yield from ds.as_numpy_iterator()

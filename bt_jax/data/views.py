@@ -1,0 +1,73 @@
+"""What the two views' augmentations are: settings shared by the host (tf) and device (JAX)
+implementations. No TensorFlow here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from bt_jax.config import ConfigError
+
+AUGMENT_ON = ("host", "device")
+
+
+def gaussian_kernel_size(max_sigma: float) -> int:
+    """Odd kernel size covering +-3 sigma: 2 * ceil(3 * max_sigma) + 1."""
+    return 2 * math.ceil(3 * max_sigma) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """Augmentation strengths and probabilities for one view (config data.augment)."""
+    image_size: int
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+    def __post_init__(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"{name} is a probability and must be in [0, 1]; got {p}.")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
+        if self.blur_prob > 0 and self.image_size <= gaussian_kernel_size(self.blur_sigma[1]) // 2:
+            raise ConfigError(
+                f"image_size {self.image_size} is too small for a blur with sigma up to "
+                f"{self.blur_sigma[1]}: lower blur_sigma or set blur_prob to 0.")
+        if not 0 <= self.hue <= 0.5:
+            raise ConfigError(f"hue must be in [0, 0.5]; got {self.hue}.")
+
+
+def view_configs(config) -> tuple[ViewConfig, ViewConfig]:
+    """The two views' augmentation settings from config.data (augment.*)."""
+    aug = config.data.augment
+
+    def view(k: int) -> ViewConfig:
+        return ViewConfig(
+            image_size=config.data.image_size,
+            crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio),
+            flip_prob=aug.flip_prob, jitter_prob=aug.jitter_prob,
+            brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
+            hue=aug.hue, grayscale_prob=aug.grayscale_prob,
+            blur_prob=aug.blur_prob[k], blur_sigma=tuple(aug.blur_sigma),
+            solarize_prob=aug.solarize_prob[k])
+
+    if config.data.augment_on not in AUGMENT_ON:
+        raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}; got "
+                          f"{config.data.augment_on!r}.")
+    return view(0), view(1)

@@ -30,7 +30,7 @@ def test_digits_splits_are_disjoint_stratified_and_upsampled():
 
 def _write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big")
-                                                      for s in array.shape)
+                                                     for s in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 

@@ -35,7 +35,7 @@ def test_resized_crop_equals_crop_then_tf_bicubic_resize(window, size):
 def test_crop_windows_follow_torchvision_ranges():
     keys = jax.random.split(jax.random.key(0), 2000)
     top, left, h, w = jax.vmap(lambda k: dev.crop_window(k, 100, 100, (0.08, 1.0),
-                                                        (3 / 4, 4 / 3)))(keys)
+                                                         (3 / 4, 4 / 3)))(keys)
     top, left, h, w = map(np.asarray, (top, left, h, w))
     assert np.all(top >= 0) and np.all(top + h <= 100) and np.all(left + w <= 100)
     assert np.mean(h * w / 1e4) == pytest.approx(torchvision_mean_crop_area(), abs=0.02)

@@ -56,8 +56,8 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     # backbone.msgpack holds the backbone's params and batch_stats.
     model = train.create_model(_tiny(3))
     target = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
-    restored = flax.serialization.from_bytes(target, open(os.path.join(workdir,
-                                                                       "backbone.msgpack"), "rb").read())
+    with open(os.path.join(workdir, "backbone.msgpack"), "rb") as f:
+        restored = flax.serialization.from_bytes(target, f.read())
     assert jax.tree.structure(restored) == jax.tree.structure(target)
     # A longer run in the same workdir resumes from the last checkpoint.
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]

@@ -47,7 +47,7 @@ def test_stems_and_width():
         variables = model.init(jax.random.key(0), x, train=False)
         _, inter = model.apply(variables, x, train=False, capture_intermediates=True)
         assert inter["intermediates"]["layer1_0"]["__call__"][0].shape == (2, first_hw,
-                                                                            first_hw, 16)
+                                                                           first_hw, 16)
         chex.assert_shape(model.apply(variables, x, train=False), (2, 128))
     assert ResNet50(width=0.5).num_features == 1024
 

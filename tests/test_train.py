@@ -120,7 +120,8 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
 
 def test_batch_size_not_divisible_by_devices_is_a_clear_error():
     mesh = parallel.make_mesh()
-    with pytest.raises(config_lib.ConfigError, match=r"not divisible by the 8 devices.*multiple of 8"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"not divisible by the 8 devices.*multiple of 8"):
         parallel.per_device_batch_size(100, mesh)
     assert parallel.per_device_batch_size(96, mesh) == 12
 

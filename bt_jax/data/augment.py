@@ -52,12 +52,14 @@ def crop_window(seed, height, width, scale: Sequence[float], ratio: Sequence[flo
     first = tf.argmax(tf.cast(fits, tf.int32))
     # Fallback: whole image clamped to the ratio range, centred.
     in_ratio = w / h
-    fb_w = tf.where(in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w))
+    fb_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
     fb_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
     any_fit = tf.reduce_any(fits)
     crop_h = tf.where(any_fit, ch[first], fb_h)
     crop_w = tf.where(any_fit, cw[first], fb_w)
-    top = tf.where(any_fit, tf.floor(_uniform(s_top) * (h - crop_h + 1)), tf.floor((h - crop_h) / 2))
+    top = tf.where(any_fit,
+                   tf.floor(_uniform(s_top) * (h - crop_h + 1)),
+                   tf.floor((h - crop_h) / 2))
     left = tf.where(any_fit, tf.floor(_uniform(s_left) * (w - crop_w + 1)),
                     tf.floor((w - crop_w) / 2))
     return tuple(tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w))

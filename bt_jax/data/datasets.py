@@ -28,9 +28,10 @@ class Split:
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ConfigError(f"images must be uint8 [N, H, W, C]; got {self.images.dtype} "
-                             f"{self.images.shape}.")
+                              f"{self.images.shape}.")
         if self.labels.shape != (self.images.shape[0],):
-            raise ConfigError(f"labels must be [N={self.images.shape[0]}]; got {self.labels.shape}.")
+            raise ConfigError(
+                f"labels must be [N={self.images.shape[0]}]; got {self.labels.shape}.")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -61,8 +62,8 @@ def load_digits(split: str, image_size: int, path: str = "") -> Split:
     """scikit-learn's 1,797 8x8 handwritten digits, upsampled to image_size.
 
     The data has no official split: a fixed stratified 80/20 split (seed 0, independent
-    of the run's seed) gives 1,438 train and 359 test images (rounding per class). Pixel values 0..16 are
-    scaled to 0..255.
+    of the run's seed) gives 1,438 train and 359 test images (rounding per class). Pixel
+    values 0..16 are scaled to 0..255.
     """
     del path
     from sklearn.datasets import load_digits as sk_digits  # pylint: disable=import-outside-toplevel
@@ -114,7 +115,7 @@ def load_split(name: str, split: str, *, image_size: int, path: str = "") -> Spl
     """Loads split ("train" | "test") of the named source (config field data.name)."""
     if name not in SOURCES:
         raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
-                         f"{sorted(SOURCES)}.")
+                          f"{sorted(SOURCES)}.")
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; use one of {SPLITS}.")
     if image_size <= 0:

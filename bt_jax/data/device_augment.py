@@ -41,8 +41,7 @@ def crop_window(key, height: int, width: int, scale, ratio, attempts: int = 10):
     fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
     first = jnp.argmax(fits)
     in_ratio = w / h
-    fb_w = w if ratio[0] <= in_ratio <= ratio[1] else (w if in_ratio < ratio[0]
-                                                       else round(h * ratio[1]))
+    fb_w = round(h * ratio[1]) if in_ratio > ratio[1] else w
     fb_h = round(w / ratio[0]) if in_ratio < ratio[0] else h
     any_fit = jnp.any(fits)
     crop_h = jnp.where(any_fit, ch[first], fb_h)

@@ -16,6 +16,7 @@ from bt_jax.config import ConfigError
 from bt_jax.data import augment, datasets
 from bt_jax.data.views import view_configs
 
+
 def channel_stats(split: datasets.Split) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std ([3], [3], in [0, 1] units) of a split's images."""
     x = split.images.astype(np.float64) / 255.0
@@ -38,7 +39,7 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     steps = num_examples // global_batch
     if steps == 0:
         raise ConfigError(f"batch_size {global_batch} is larger than the {num_examples} training "
-                         "examples: lower config.batch_size.")
+                          "examples: lower config.batch_size.")
     return steps
 
 
@@ -55,7 +56,7 @@ def train_batches(config, split: datasets.Split, *, start_step: int = 0,
     global_batch = config.batch_size
     if global_batch % process_count:
         raise ConfigError(f"batch_size {global_batch} is not divisible by the {process_count} "
-                         "processes.")
+                          "processes.")
     local = global_batch // process_count
     spe = steps_per_epoch(len(split), global_batch)
     cfg_a, cfg_b = view_configs(config)

@@ -24,7 +24,8 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         if not self.dims:
-            raise ValueError("projector dims must name at least one layer, e.g. (2048, 2048, 2048).")
+            raise ValueError(
+                "projector dims must name at least one layer, e.g. (2048, 2048, 2048).")
         x = x.astype(self.dtype)
         for i, d in enumerate(self.dims[:-1]):
             x = nn.Dense(d, use_bias=False, dtype=self.dtype, name=f"linear{i}")(x)

@@ -48,4 +48,5 @@ class CheckpointManager:
         self._manager.wait_until_finished()
 
     def close(self):
+        """Waits for pending saves, then releases Orbax's threads."""
         self._manager.close()

@@ -290,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             log.write(step, metrics)
         if saving_step:
             manager.maybe_save(step, state, force=True)
-    manager.wait()
+    manager.close()  # waits for the last asynchronous save
     log.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))

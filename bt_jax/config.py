@@ -21,7 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
-    c.data.path = ""
+    c.data.path = ""             # data files, or TFDS's data_dir for TFDS sources
+    c.data.download = False      # may TFDS sources download (needs a network)?
     c.data.image_size = 224
     c.data.augment_on = "host"
     c.data.augment = ml_collections.ConfigDict()

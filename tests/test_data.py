@@ -193,3 +193,21 @@ def test_device_mode_yields_raw_images_with_their_epoch_and_index(digits):
     assert set(last["epoch"]) == {0} and set(nxt["epoch"]) == {1}
     host = next(pipeline.train_batches(_config(), digits, start_step=spe - 1))
     np.testing.assert_array_equal(host["index"], last["index"])  # same order either way
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_tfds_sources_through_mock_data(name, num_classes, tmp_path):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=12):
+        split = datasets.load_split(name, "train", image_size=32, path=str(tmp_path))
+        small = datasets.load_split(name, "test", image_size=16, path=str(tmp_path))
+    assert split.images.shape == (12, 32, 32, 3) and split.images.dtype == np.uint8
+    assert split.num_classes == num_classes
+    assert split.labels.dtype == np.int32 and split.labels.max() < num_classes
+    assert small.images.shape == (12, 16, 16, 3)
+
+
+def test_tfds_source_missing_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"'cifar10' split 'train' was not found in .*tfds build cifar10"):
+        datasets.load_split("cifar10", "train", image_size=32, path=str(tmp_path / "none"))

@@ -58,14 +58,14 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np
     return is_test
 
 
-def load_digits(split: str, image_size: int, path: str = "") -> Split:
+def load_digits(split: str, image_size: int, path: str = "", download: bool = False) -> Split:
     """scikit-learn's 1,797 8x8 handwritten digits, upsampled to image_size.
 
     The data has no official split: a fixed stratified 80/20 split (seed 0, independent
     of the run's seed) gives 1,438 train and 359 test images (rounding per class). Pixel
     values 0..16 are scaled to 0..255.
     """
-    del path
+    del path, download  # embedded in scikit-learn
     from sklearn.datasets import load_digits as sk_digits  # pylint: disable=import-outside-toplevel
     bunch = sk_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -96,8 +96,10 @@ def _find_idx(directory: str, stem: str) -> str:
         f"{FASHION_MNIST_DIR}) or point data.path at a folder holding the four IDX files.")
 
 
-def load_fashion_mnist(split: str, image_size: int, path: str = "") -> Split:
+def load_fashion_mnist(split: str, image_size: int, path: str = "",
+                       download: bool = False) -> Split:
     """Fashion-MNIST (Xiao et al. 2017) from its IDX files: 60,000 train, 10,000 test."""
+    del download  # local IDX files only
     directory = path or FASHION_MNIST_DIR
     prefix = "train" if split == "train" else "t10k"
     images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte"))[..., None]
@@ -105,14 +107,60 @@ def load_fashion_mnist(split: str, image_size: int, path: str = "") -> Split:
     return Split(_resize_uint8(images, image_size), labels, 10)
 
 
+def load_tfds_in_memory(name: str, split: str, image_size: int, path: str = "", *,
+                        download: bool = False) -> Split:
+    """A small labelled TFDS dataset (e.g. CIFAR-10: 50,000 32x32 images) read into memory.
+
+    `path` is TFDS's data_dir ("" for TFDS's default, ~/tensorflow_datasets). With
+    download=False nothing is fetched: the data must already be prepared there.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    data_dir = path or None
+    try:
+        ds, info = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
+                             with_info=True, download=download)
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+        where = path or "TFDS's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        raise ConfigError(
+            f"TFDS dataset {name!r} split {split!r} was not found in {where} "
+            f"({str(e).splitlines()[0]}). Prepare it where there is a network "
+            f"(`tfds build {name} --data_dir=DIR`) and set --config.data.path=DIR, or allow "
+            "downloading with --config.data.download=True.") from None
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(4096)):
+        images.append(x)
+        labels.append(y)
+    images = np.concatenate(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    return Split(_resize_uint8(images.astype(np.uint8), image_size),
+                 np.concatenate(labels).astype(np.int32), info.features["label"].num_classes)
+
+
+def _tfds_source(tfds_name: str) -> Callable[..., Split]:
+    def load(split: str, image_size: int, path: str = "", download: bool = False) -> Split:
+        return load_tfds_in_memory(tfds_name, split, image_size, path, download=download)
+
+    load.__doc__ = f"TFDS {tfds_name!r}, read into memory (see load_tfds_in_memory)."
+    return load
+
+
+# name -> loader(split, image_size, path, download) -> Split
 SOURCES: dict[str, Callable[..., Split]] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
+    "cifar10": _tfds_source("cifar10"),
+    "cifar100": _tfds_source("cifar100"),
 }
 
 
-def load_split(name: str, split: str, *, image_size: int, path: str = "") -> Split:
-    """Loads split ("train" | "test") of the named source (config field data.name)."""
+def load_split(name: str, split: str, *, image_size: int, path: str = "",
+               download: bool = False) -> Split:
+    """Loads split ("train" | "test") of the named source (config field data.name).
+
+    path: data.path (a directory of files, or TFDS's data_dir for TFDS sources).
+    download: whether TFDS sources may download (config field data.download).
+    """
     if name not in SOURCES:
         raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
                           f"{sorted(SOURCES)}.")
@@ -120,4 +168,4 @@ def load_split(name: str, split: str, *, image_size: int, path: str = "") -> Spl
         raise ConfigError(f"Unknown split {split!r}; use one of {SPLITS}.")
     if image_size <= 0:
         raise ConfigError(f"data.image_size must be positive; got {image_size}.")
-    return SOURCES[name](split, image_size, path)
+    return SOURCES[name](split, image_size, path, download)

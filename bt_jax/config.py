@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "digits"
     c.data.path = ""             # data files, or TFDS's data_dir for TFDS sources
     c.data.download = False      # may TFDS sources download (needs a network)?
+    c.data.strict_decode = False  # folder: stop at an undecodable file (else skip + count)
     c.data.image_size = 224
     c.data.augment_on = "host"
     c.data.augment = ml_collections.ConfigDict()

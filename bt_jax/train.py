@@ -239,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parallel.per_device_batch_size(config.batch_size, mesh)
     train_split, test_split = (
         datasets.load_split(config.data.name, split, image_size=config.data.image_size,
-                            path=config.data.path, download=config.data.download)
+                            path=config.data.path, download=config.data.download,
+                            strict=config.data.strict_decode)
         for split in ("train", "test"))
     spe = pipeline.steps_per_epoch(len(train_split), config.batch_size)
     total_steps = config.num_steps or config.num_epochs * spe

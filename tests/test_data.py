@@ -1,5 +1,6 @@
 """Data sources, the paired-view augmentations and the train iterator."""
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -211,3 +212,59 @@ def test_tfds_source_missing_offline_is_a_clear_error(tmp_path):
     with pytest.raises(config_lib.ConfigError,
                        match=r"'cifar10' split 'train' was not found in .*tfds build cifar10"):
         datasets.load_split("cifar10", "train", image_size=32, path=str(tmp_path / "none"))
+
+
+def _write_folder(root):
+    """train/ and test/ with classes 'cat' and 'dog' in every PNG/JPEG flavour, plus junk."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 30, 3), np.uint8)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            os.makedirs(root / split / c)
+        Image.fromarray(rgb).save(root / split / "cat" / "rgb.png")
+        Image.fromarray(rgb).save(root / split / "cat" / "photo.JPG", quality=95)
+        Image.fromarray(rgb[..., 0]).save(root / split / "dog" / "gray.png")
+        Image.fromarray(np.dstack([rgb, np.full((40, 30), 128, np.uint8)])).save(
+            root / split / "dog" / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(root / "train" / "dog" / "palette.png")
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(root / "train" / "cat" / "deep.png")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return rgb
+
+
+def test_folder_source_reads_every_format_and_skips_corrupt_files(tmp_path, capsys):
+    rgb = _write_folder(tmp_path)
+    train = datasets.load_split("folder", "train", image_size=20, path=str(tmp_path))
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert train.images.shape == (6, 20, 20, 3) and train.num_classes == 2
+    assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]   # cat: 3 files, dog: 3 + broken
+    test = datasets.load_split("folder", "test", image_size=30, path=str(tmp_path))
+    assert test.images.shape == (4, 30, 30, 3)
+    # The RGB PNG at its own size (30 wide) keeps its centre 30x30 square exactly.
+    np.testing.assert_array_equal(test.images[test.labels == 0][1], rgb[5:35])
+    gray = test.images[test.labels == 1][0]           # grayscale -> 3 equal channels
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    deep = train.images[train.labels == 0][0]          # 16-bit PNG scaled to 8 bits
+    from PIL import Image
+    Image.fromarray(rgb[..., 1]).save(tmp_path / "eight_bit.png")
+    want = datasets.decode_image_file(str(tmp_path / "eight_bit.png"), 20)
+    assert np.max(np.abs(deep.astype(int) - want.astype(int))) <= 1
+
+
+def test_folder_bad_input_gives_clear_errors(tmp_path):
+    _write_folder(tmp_path)
+    with pytest.raises(config_lib.ConfigError, match=r"Cannot decode image .*broken\.png"):
+        datasets.load_split("folder", "train", image_size=16, path=str(tmp_path), strict=True)
+    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+        datasets.load_split("folder", "train", image_size=16, path=str(tmp_path / "nope"))
+    with pytest.raises(config_lib.ConfigError, match="needs data.path"):
+        datasets.load_split("folder", "train", image_size=16)
+    empty = tmp_path / "empty"
+    os.makedirs(empty / "train" / "a")
+    with pytest.raises(config_lib.ConfigError, match="No images"):
+        datasets.load_split("folder", "train", image_size=16, path=str(empty))
+    os.makedirs(tmp_path / "test" / "bird")
+    with pytest.raises(config_lib.ConfigError, match=r"classes that .* lacks: \['bird'\]"):
+        datasets.load_split("folder", "test", image_size=16, path=str(tmp_path))

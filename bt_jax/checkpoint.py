@@ -11,16 +11,19 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from bt_jax.config import ConfigError
+
 
 class CheckpointManager:
     """Saves a pytree every `every_steps` steps into `directory`, keeping the last `keep`."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int = 3):
         if every_steps <= 0:
-            raise ValueError(f"checkpoint.every_steps must be positive; got {every_steps}.")
+            raise ConfigError(f"checkpoint.every_steps must be positive; got {every_steps}.")
         self.every_steps = every_steps
+        self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def latest_step(self):
@@ -33,7 +36,14 @@ class CheckpointManager:
         if step is None:
             return state
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"The checkpoint at step {step} in {self.directory!r} does not fit this "
+                f"config's model or optimiser ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}). Resume with the config that wrote it "
+                "(config.json beside it), or start in a new --workdir.") from None
 
     def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves at multiples of every_steps (or when forced); True if it saved."""

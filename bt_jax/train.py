@@ -205,6 +205,25 @@ def _tensorboard_writer(workdir: str):
     return metric_writers.create_default_writer(workdir, just_logging=False)
 
 
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume checkpoints written for another model (shapes would not fit)."""
+    saved_path = os.path.join(workdir, "config.json")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.exists(saved_path) and os.path.isdir(ckpt_dir)
+            and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+        return
+    with open(saved_path) as f:
+        saved = json.load(f)
+    now = json.loads(config.to_json_best_effort())
+    changed = [f"model.{k}" for k in sorted(set(saved.get("model", {})) | set(now["model"]))
+               if saved.get("model", {}).get(k) != now["model"].get(k)]
+    if changed:
+        raise config_lib.ConfigError(
+            f"{workdir!r} holds checkpoints of another model ({', '.join(changed)} differ from "
+            "its config.json). Resume with the config that wrote them, or start in a new "
+            "--workdir.")
+
+
 def _check_finite(loss, step: int) -> None:
     if not np.isfinite(loss):
         raise FloatingPointError(
@@ -231,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.validate(config)
     chief = jax.process_index() == 0   # the one process that writes files on a cluster
     os.makedirs(workdir, exist_ok=True)
+    _check_resumable(workdir, config)
     if chief:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))

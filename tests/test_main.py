@@ -117,3 +117,16 @@ def test_a_diverging_run_stops_clearly_and_saves_no_nan_checkpoint(tmp_path):
         train.train_and_evaluate(c, workdir)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     assert not os.path.exists(ckpt_dir) or not [d for d in os.listdir(ckpt_dir) if d.isdigit()]
+
+
+def test_resuming_with_a_different_model_is_a_clear_error(tmp_path):
+    workdir = str(tmp_path / "run")
+    c = _tiny(2)
+    c.eval.baselines = False
+    train.train_and_evaluate(c, workdir)
+    c.model.projector_dims = (48, 32)
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"another model \(model.projector_dims differ.*new --workdir"):
+        train.train_and_evaluate(c, workdir)
+    # The checkpoint it refused is still there, intact.
+    assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -6,6 +6,7 @@ and int32 labels [N]. The registry `SOURCES` maps config names (`data.name`) to 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 from typing import Callable
@@ -137,14 +138,6 @@ def load_tfds_in_memory(name: str, split: str, image_size: int, path: str = "", 
                  np.concatenate(labels).astype(np.int32), info.features["label"].num_classes)
 
 
-def _tfds_source(tfds_name: str) -> Callable[..., Split]:
-    def load(split: str, image_size: int, **options) -> Split:
-        return load_tfds_in_memory(tfds_name, split, image_size, **options)
-
-    load.__doc__ = f"TFDS {tfds_name!r}, read into memory (see load_tfds_in_memory)."
-    return load
-
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -229,8 +222,8 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
 SOURCES: dict[str, Callable[..., Split]] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
-    "cifar10": _tfds_source("cifar10"),
-    "cifar100": _tfds_source("cifar100"),
+    "cifar10": functools.partial(load_tfds_in_memory, "cifar10"),
+    "cifar100": functools.partial(load_tfds_in_memory, "cifar100"),
     "folder": load_folder,
 }
 

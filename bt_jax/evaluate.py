@@ -138,8 +138,9 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
              "baselines": {"random_init": {...}, "pixels": {...}}}.
     """
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    train_img = pipeline.eval_arrays(train_split, train_split)
-    test_img = pipeline.eval_arrays(test_split, train_split)
+    stats = pipeline.channel_stats(train_split)
+    train_img = pipeline.eval_arrays(train_split, *stats)
+    test_img = pipeline.eval_arrays(test_split, *stats)
     k = train_split.num_classes
     e = config.eval
 

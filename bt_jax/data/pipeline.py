@@ -17,11 +17,20 @@ from bt_jax.data import augment, datasets
 from bt_jax.data.views import view_configs
 
 
-def channel_stats(split: datasets.Split) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std ([3], [3], in [0, 1] units) of a split's images."""
-    x = split.images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 1, 2))
-    std = x.std(axis=(0, 1, 2))
+def channel_stats(split: datasets.Split, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std ([3], [3], in [0, 1] units) of a split's images.
+
+    Sums in float64 over chunks of images, so no float copy of the whole split is made.
+    """
+    total = np.zeros(split.images.shape[-1])
+    total_sq = np.zeros(split.images.shape[-1])
+    for i in range(0, len(split), chunk):
+        x = split.images[i:i + chunk].astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 1, 2))
+        total_sq += np.square(x).sum(axis=(0, 1, 2))
+    count = split.images[..., 0].size
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
     if mean.shape[0] == 1:
         mean, std = np.repeat(mean, 3), np.repeat(std, 3)
     return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
@@ -87,9 +96,9 @@ def train_batches(config, split: datasets.Split, *, start_step: int = 0,
         epoch, skip = epoch + 1, 0
 
 
-def eval_arrays(split: datasets.Split, train_split: datasets.Split) -> np.ndarray:
-    """[N, S, S, 3] float32 images of a split, normalised with the train split's statistics."""
-    mean, std = channel_stats(train_split)
+def eval_arrays(split: datasets.Split, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[N, S, S, 3] float32 images of a split, normalised with mean and std ([3] each; the
+    train split's `channel_stats`)."""
     x = split.images.astype(np.float32) / 255.0
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)

@@ -23,7 +23,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "digits"
     c.data.path = ""             # data files, or TFDS's data_dir for TFDS sources
     c.data.download = False      # may TFDS sources download (needs a network)?
+    c.data.pretrain_split = ""   # "" = the source's default ("train"; stl10 "train+unlabelled")
     c.data.strict_decode = False  # folder: stop at an undecodable file (else skip + count)
+    c.data.verify_files = True   # folder: decode every file once up front, drop bad ones
+    c.data.shuffle_buffer = 10_000  # streamed sources: per-process shuffle buffer (examples)
+    c.data.prefetch_batches = 2  # global batches transferred to the devices ahead of the step
     c.data.image_size = 224
     c.data.augment_on = "host"
     c.data.augment = ml_collections.ConfigDict()
@@ -69,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.enabled = True        # False: pretrain only (e.g. unlabelled data); no results.json
     c.eval.batch_size = 512
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
@@ -100,3 +105,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"loss.redundancy must be 'cross' or 'auto'; got {config.loss.redundancy!r}.")
     need(config.log_every_steps > 0, "log_every_steps must be positive.")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be positive.")
+    need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "
+         "buffer, record files still shuffled).")
+    need(config.data.prefetch_batches >= 1, "data.prefetch_batches must be >= 1.")

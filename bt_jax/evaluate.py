@@ -131,14 +131,17 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_c
 
 
 def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
-                 train_split, test_split) -> dict:
+                 train_split, test_split, stats=None) -> dict:
     """Trained encoder, randomly initialised encoder and raw pixels, probed the same way.
+
+    stats: (mean [3], std [3]) the encoder's inputs were normalised with in pretraining;
+    default: the train split's channel statistics.
 
     Returns {"linear_top1", "knn_top1", "num_train", "num_test",
              "baselines": {"random_init": {...}, "pixels": {...}}}.
     """
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    stats = pipeline.channel_stats(train_split)
+    stats = pipeline.channel_stats(train_split) if stats is None else stats
     train_img = pipeline.eval_arrays(train_split, *stats)
     test_img = pipeline.eval_arrays(test_split, *stats)
     k = train_split.num_classes

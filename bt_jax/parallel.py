@@ -6,7 +6,9 @@ around `jax.shard_map` runs it on every device of the mesh, across hosts too.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import collections
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -61,6 +63,22 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
     """
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
+    """Yields `host_to_global` of each host batch, keeping `size` batches already on their way
+    to the devices (transfers are asynchronous), so the step never waits for a copy."""
+    batches = iter(batches)
+    queue = collections.deque()
+
+    def enqueue(n: int):
+        for batch in itertools.islice(batches, n):
+            queue.append(host_to_global(batch, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def data_parallel(fn: Callable, mesh: Mesh, *, num_replicated_args: int = 1,

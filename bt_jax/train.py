@@ -257,13 +257,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
-    train_split, test_split = (
-        datasets.load_split(config.data.name, split, image_size=config.data.image_size,
-                            path=config.data.path, download=config.data.download,
-                            strict=config.data.strict_decode)
-        for split in ("train", "test"))
-    spe = pipeline.steps_per_epoch(len(train_split), config.batch_size)
+    source = datasets.pretrain_split(config.data)
+    spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
+    stats = pipeline.normalization_stats(source)
+    if config.eval.enabled:   # loaded first: a missing test split fails before training
+        train_split, test_split = (
+            datasets.load_split(config.data.name, split, image_size=config.data.image_size,
+                                path=config.data.path, download=config.data.download,
+                                strict=config.data.strict_decode)
+            for split in ("train", "test"))
 
     model = create_model(config, axis_name=parallel.BATCH_AXIS)
     tx = create_optimizer(config, spe, total_steps)
@@ -285,21 +288,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.data.augment_on == "device":
         from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
         make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
-                                                 *pipeline.channel_stats(train_split))
+                                                 *stats)
     train_step = make_train_step(model, tx, config.loss, mesh,
                                  learning_rate=learning_rate_schedules(config, spe, total_steps)[0],
                                  make_views=make_views)
-    batches = pipeline.train_batches(config, train_split, start_step=start,
+    batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+                                     process_count=jax.process_count(), stats=stats)
+    batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
     log = MetricsLog(workdir, total_steps, config.batch_size, write_files=chief)
-    print(f"Training {config.model.backbone} on {config.data.name}: {len(train_split)} images, "
+    print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch).", flush=True)
     log.start(start)
     for step in range(start + 1, total_steps + 1):
         batch = next(batches)
-        batch = parallel.host_to_global(batch, mesh)
         state, metrics = train_step(state, batch)
         last = step == total_steps
         logging_step = step % config.log_every_steps == 0 or last
@@ -320,8 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
             f.write(flax.serialization.to_bytes(trained_backbone))
 
+    if not config.eval.enabled:
+        print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
+        return {}
     results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
-                                    init_backbone, train_split, test_split)
+                                    init_backbone, train_split, test_split, stats)
     if chief:
         evaluate.write_results(results, workdir)
     print(evaluate.format_table(results), flush=True)

@@ -209,8 +209,8 @@ def test_tfds_sources_through_mock_data(name, num_classes, tmp_path):
 
 
 def test_tfds_source_missing_offline_is_a_clear_error(tmp_path):
-    with pytest.raises(config_lib.ConfigError,
-                       match=r"'cifar10' split 'train' was not found in .*tfds build cifar10"):
+    with pytest.raises(config_lib.ConfigError, match=r"'cifar10' \(split 'train'\) was not found "
+                       r"in .*none: it has not been prepared.*tfds build cifar10"):
         datasets.load_split("cifar10", "train", image_size=32, path=str(tmp_path / "none"))
 
 

@@ -19,8 +19,9 @@ import tensorflow as tf
 
 from bt_jax.data.views import ViewConfig, gaussian_kernel_size
 
-__all__ = ["ViewConfig", "gaussian_kernel_size", "view_seed", "crop_window", "augment_view",
-           "augment_pair"]
+__all__ = ["ViewConfig", "gaussian_kernel_size", "view_seed", "crop_window", "decode_rgb",
+           "decode_crop", "augment_view", "augment_pair", "augment_view_encoded",
+           "augment_pair_encoded", "crop_pair_encoded"]
 
 
 def view_seed(seed: int, epoch, index) -> tf.Tensor:
@@ -70,8 +71,7 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
     shape = tf.shape(image)
     top, left, ch, cw = crop_window(seed, shape[0], shape[1], scale, ratio)
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([ch, cw, shape[2]]))
-    out = tf.image.resize(crop, (size, size), method="bicubic", antialias=True)
-    return tf.clip_by_value(out, 0.0, 1.0)
+    return _resize_unit(crop, size)
 
 
 def to_grayscale(image):
@@ -130,23 +130,53 @@ def solarize(image, threshold: float = 0.5):
     return tf.where(image >= threshold, 1.0 - image, image)
 
 
-def augment_view(image, seed, cfg: ViewConfig):
-    """One augmented view.
+def decode_rgb(encoded):
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3].
 
-    Args:
-      image: [H, W, C] uint8 (C = 1 or 3).
-      seed: [2] integer tensor; the view is a pure function of (image, seed).
-      cfg: the view's strengths and probabilities.
-
-    Returns:
-      [image_size, image_size, 3] float32 in [0, 1].
+    Grayscale is repeated to 3 channels, palettes are expanded, alpha is dropped and 16-bit
+    PNGs are scaled to 8 bits.
     """
-    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
-    x = tf.image.convert_image_dtype(image, tf.float32)
-    if x.shape[-1] == 1:
-        x = tf.tile(x, [1, 1, 3])
-    x = random_resized_crop(x, seeds[0], cfg.image_size, cfg.crop_scale, cfg.crop_ratio)
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
 
+
+def decode_crop(encoded, seed, scale, ratio):
+    """The random crop window of `crop_window`, decoding only that window of a JPEG.
+
+    For JPEGs the window is drawn from the header's size (`extract_jpeg_shape`) and only
+    it is decoded (`decode_and_crop_jpeg`), as ImageNet input pipelines do; other formats
+    are decoded whole and sliced. The window equals that of `random_resized_crop` with the
+    same seed on the decoded image. Returns uint8 [crop_h, crop_w, 3].
+    """
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        window = tf.stack(crop_window(seed, shape[0], shape[1], scale, ratio))
+        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+    def other():
+        image = decode_rgb(encoded)
+        shape = tf.shape(image)
+        top, left, ch, cw = crop_window(seed, shape[0], shape[1], scale, ratio)
+        return tf.slice(image, tf.stack([top, left, 0]), tf.stack([ch, cw, 3]))
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crop.set_shape([None, None, 3])
+    return crop
+
+
+def _resize_unit(crop, size: int):
+    """uint8 or [0, 1] float [h, w, C] -> float32 [size, size, C] in [0, 1], bicubic."""
+    x = tf.image.convert_image_dtype(crop, tf.float32)
+    out = tf.image.resize(x, (size, size), method="bicubic", antialias=True)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def photometric(x, seeds, cfg: ViewConfig):
+    """Flip, colour jitter, grayscale, blur and solarize of a crop: [S, S, 3] in [0, 1].
+
+    seeds: the view's 8 seeds from `_view_seeds`; seeds[0] (the crop's) is not used here.
+    """
     def maybe(prob, s, fn, x):
         if prob <= 0.0:
             return x
@@ -167,7 +197,63 @@ def augment_view(image, seed, cfg: ViewConfig):
     return x
 
 
+def _view_seeds(seed):
+    """[2] seed -> 8 [2] seeds: crop, flip, jitter, jitter params, gray, blur, sigma, solarize."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 8))
+
+
+def augment_view(image, seed, cfg: ViewConfig):
+    """One augmented view of a decoded image.
+
+    Args:
+      image: [H, W, C] uint8 (C = 1 or 3).
+      seed: [2] integer tensor; the view is a pure function of (image, seed).
+      cfg: the view's strengths and probabilities.
+
+    Returns:
+      [image_size, image_size, 3] float32 in [0, 1].
+    """
+    seeds = _view_seeds(seed)
+    x = tf.image.convert_image_dtype(image, tf.float32)
+    if x.shape[-1] == 1:
+        x = tf.tile(x, [1, 1, 3])
+    x = random_resized_crop(x, seeds[0], cfg.image_size, cfg.crop_scale, cfg.crop_ratio)
+    return photometric(x, seeds, cfg)
+
+
+def crop_view_encoded(encoded, seed, cfg: ViewConfig):
+    """The random resized crop of one view from encoded bytes: float32 [S, S, 3] in [0, 1].
+
+    The same crop as `augment_view` with the same seed would take from the decoded image.
+    """
+    crop = decode_crop(encoded, _view_seeds(seed)[0], cfg.crop_scale, cfg.crop_ratio)
+    return _resize_unit(crop, cfg.image_size)
+
+
+def augment_view_encoded(encoded, seed, cfg: ViewConfig):
+    """`augment_view` of an encoded image, decoding only the crop window of a JPEG."""
+    return photometric(crop_view_encoded(encoded, seed, cfg), _view_seeds(seed), cfg)
+
+
+def _pair_seeds(seed):
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+
 def augment_pair(image, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
-    """Two views of one image: ([S, S, 3], [S, S, 3]) float32 in [0, 1]."""
-    s_a, s_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    """Two views of one decoded image: ([S, S, 3], [S, S, 3]) float32 in [0, 1]."""
+    s_a, s_b = _pair_seeds(seed)
     return augment_view(image, s_a, cfg_a), augment_view(image, s_b, cfg_b)
+
+
+def augment_pair_encoded(encoded, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
+    """Two views of one encoded image (each decodes its own crop window)."""
+    s_a, s_b = _pair_seeds(seed)
+    return augment_view_encoded(encoded, s_a, cfg_a), augment_view_encoded(encoded, s_b, cfg_b)
+
+
+def crop_pair_encoded(encoded, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
+    """The two views' crops only, as uint8 [S, S, 3] each (data.augment_on="device")."""
+    s_a, s_b = _pair_seeds(seed)
+    return tuple(tf.image.convert_image_dtype(crop_view_encoded(encoded, s, c), tf.uint8,
+                                              saturate=True)
+                 for s, c in ((s_a, cfg_a), (s_b, cfg_b)))

@@ -1,7 +1,13 @@
-"""Named data sources -> in-memory uint8 images and int32 labels, or tf.data of them.
+"""Named data sources -> uint8 images and int32 labels, held in memory or streamed.
 
-Every source returns the same thing: a `Split` of uint8 images [N, H, W, C] (C = 1 or 3)
-and int32 labels [N]. The registry `SOURCES` maps config names (`data.name`) to loaders.
+Three kinds of split, each giving (uint8 [H, W, C] image, int32 label) per example:
+- `Split`: decoded images in memory, [N, H, W, C] (digits, Fashion-MNIST, CIFAR, and every
+  split used for evaluation, resized to data.image_size);
+- `FileSplit`: image files on disk, decoded when read (folders of any size);
+- `TFDSSplit`: a TFDS split streamed from its record files (STL-10, Imagenette, ImageNet),
+  each process reading only its share.
+`load_split` gives the in-memory evaluation splits; `pretrain_split` the split pretraining
+reads. Every failure to find data is a ConfigError naming what was looked for and where.
 """
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import dataclasses
 import functools
 import gzip
 import os
-from typing import Callable
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -17,6 +23,10 @@ from bt_jax.config import ConfigError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
+# torchvision's ImageNet statistics: the normalisation of streamed sources, whose channel
+# statistics would take a pass over the data to compute.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,99 +117,403 @@ def load_fashion_mnist(split: str, image_size: int, path: str = "", **unused) ->
     return Split(_resize_uint8(images, image_size), labels, 10)
 
 
-def load_tfds_in_memory(name: str, split: str, image_size: int, path: str = "", *,
-                        download: bool = False, **unused) -> Split:
-    """A small labelled TFDS dataset (e.g. CIFAR-10: 50,000 32x32 images) read into memory.
+# --------------------------------------------------------------------------- TFDS sources
 
+
+@dataclasses.dataclass(frozen=True)
+class TFDSSpec:
+    """How a named source maps onto TFDS.
+
+    tfds_name: TFDS's name (with config, e.g. "imagenette/full-size-v2").
+    pretrain: the default split pretraining reads (data.pretrain_split overrides it).
+    train, test: the labelled splits of evaluation.
+    streamed: pretraining streams the records (large or variable-size images) instead of
+      decoding the split into memory (small fixed-size images).
+    """
+    tfds_name: str
+    pretrain: str = "train"
+    train: str = "train"
+    test: str = "test"
+    streamed: bool = True
+
+
+TFDS_SOURCES = {
+    "cifar10": TFDSSpec("cifar10", streamed=False),
+    "cifar100": TFDSSpec("cifar100", streamed=False),
+    "stl10": TFDSSpec("stl10", pretrain="train+unlabelled"),       # 5k + 100k 96x96 images
+    "imagenette": TFDSSpec("imagenette", test="validation"),
+    "imagenet2012": TFDSSpec("imagenet2012", test="validation"),
+}
+TFDS_PREFIX = "tfds:"   # data.name="tfds:<name>": any TFDS image classification dataset
+
+
+def tfds_spec(name: str) -> Optional[TFDSSpec]:
+    """The TFDSSpec of a source name, or None if the source is not read through TFDS."""
+    if name.startswith(TFDS_PREFIX):
+        return TFDSSpec(name[len(TFDS_PREFIX):])
+    return TFDS_SOURCES.get(name)
+
+
+def _tfds_not_found(name: str, split: str, data_dir: str, why: str) -> ConfigError:
+    where = data_dir or "TFDS's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    return ConfigError(
+        f"TFDS dataset {name!r} (split {split!r}) was not found in {where}: {why}. Prepare it "
+        f"where there is a network (`tfds build {name} --data_dir=DIR`; ImageNet needs its "
+        "tar files in DIR/downloads/manual first), copy DIR here and set "
+        "--config.data.path=DIR, or allow downloading with --config.data.download=True.")
+
+
+def _split_names(split: str) -> list[str]:
+    """"train+unlabelled[:50%]" -> ["train", "unlabelled"]."""
+    return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def tfds_builder(name: str, split: str, data_dir: str = "", download: bool = False):
+    """The TFDS builder of `name` with `split` checked to exist; ConfigError otherwise."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ConfigError(f"TFDS has no dataset named {name!r} ({str(e).splitlines()[0]}). "
+                          "Check data.name (see `tfds.list_builders()`).") from None
+    if download:
+        builder.download_and_prepare()
+    known = list(builder.info.splits.keys())   # empty when not prepared (or mocked)
+    missing = [s for s in _split_names(split) if known and s not in known]
+    if missing:
+        raise ConfigError(f"TFDS dataset {name!r} has no split {missing[0]!r}; its splits are "
+                          f"{known}. Set data.pretrain_split (or pick another dataset).")
+    return builder
+
+
+def tfds_records(builder, split, *, data_dir: str = "", shuffle_seed: Optional[int] = None):
+    """tf.data of this split's raw examples, images still encoded, with "tfds_id".
+
+    split: a split string or a `tfds.split_for_jax_process` share. With shuffle_seed set,
+    the record files are read in an order drawn from it (deterministic); else in order.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed,
+                                  interleave_cycle_length=16)
+    try:
+        return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                  decoders={"image": tfds.decode.SkipDecoding()},
+                                  read_config=read_config)
+    except (AssertionError, FileNotFoundError):
+        raise _tfds_not_found(builder.name, str(split), data_dir,
+                              "it has not been prepared there") from None
+
+
+def _num_examples(builder, split) -> int:
+    """Examples in a (possibly sliced or per-process) split: from TFDS's metadata, else by
+    the dataset's cardinality (mocked datasets)."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        n = int(tfds_records(builder, split).cardinality())
+        if n < 0:
+            raise ConfigError(f"Cannot count the examples of split {split!r} of "
+                              f"{builder.name!r}.") from None
+        return n
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSSplit:
+    """A TFDS split read as a stream of records: nothing is held in memory.
+
+    name: TFDS's dataset name; split: e.g. "train+unlabelled"; data_dir: "" for TFDS's
+    default; num_classes: labels of the dataset (unlabelled examples have label -1).
+    """
+    name: str
+    split: str
+    data_dir: str
+    num_classes: int
+    download: bool = False
+
+    def builder(self):
+        return tfds_builder(self.name, self.split, self.data_dir, self.download)
+
+    def process_share(self, process_index: int, process_count: int):
+        """This process's contiguous 1/process_count of the split (TFDS's even split)."""
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        if process_count == 1:
+            return self.split
+        return tfds.split_for_jax_process(self.split, process_index=process_index,
+                                          process_count=process_count)
+
+    def share_sizes(self, process_count: int) -> list[int]:
+        """Examples in each process's share, [process_count]."""
+        builder = self.builder()
+        return [_num_examples(builder, self.process_share(p, process_count))
+                for p in range(process_count)]
+
+    def __len__(self) -> int:
+        return self.share_sizes(1)[0]
+
+    def stream(self, *, shuffle_seed: int, shuffle_buffer: int, process_index: int = 0,
+               process_count: int = 1):
+        """One pass over this process's share in an order drawn from shuffle_seed.
+
+        Returns tf.data of {"encoded": string [], "label": int32 [] (-1: none),
+        "index": int32 [] (the example's position in the whole split: the same on every
+        process and in every epoch)}. The order is deterministic: the record files are
+        interleaved in an order drawn from the seed, then shuffled in a buffer of
+        shuffle_buffer examples seeded by it.
+        """
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        builder = self.builder()
+        ds = tfds_records(builder, self.process_share(process_index, process_count),
+                          data_dir=self.data_dir, shuffle_seed=shuffle_seed)
+        index_of = _example_index_fn(builder, self.split)
+        has_label = "label" in builder.info.features
+
+        def example(ex):
+            label = tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1, tf.int32)
+            return {"encoded": ex["image"], "label": label, "index": index_of(ex["tfds_id"])}
+
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return ds
+
+
+def _example_index_fn(builder, split: str):
+    """A tf function tfds_id (b"<file>__<position>") -> int32 index of the example in split.
+
+    The index is the record file's offset in the split plus the position in the file, so
+    examples are numbered 0..N-1 over "train+unlabelled" as a whole. Where the file layout
+    is unknown (mocked datasets) it falls back to a 31-bit hash of the id.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    keys, offsets, total = [], [], 0
+    for name in _split_names(split):
+        try:
+            instructions = builder.info.splits[name].file_instructions
+        except (KeyError, ValueError):
+            instructions = []
+        for fi in instructions:
+            keys.append(os.path.basename(fi.filename))
+            offsets.append(total)
+            total += fi.examples_in_shard
+    table = None
+    if keys:
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(offsets, tf.int64)),
+            default_value=-1)
+
+    def index_of(tfds_id):
+        parts = tf.strings.split(tfds_id, "__")
+        position = tf.strings.to_number(parts[-1], tf.int64)
+        fallback = tf.strings.to_hash_bucket_fast(tfds_id, 2**31 - 1)
+        if table is None:
+            return tf.cast(fallback, tf.int32)
+        offset = table.lookup(tf.strings.reduce_join(parts[:-1], separator="__"))
+        return tf.cast(tf.where(offset >= 0, offset + position, fallback), tf.int32)
+
+    return index_of
+
+
+def center_square(image, size: int):
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: shorter side resized to size (bicubic,
+    antialiased), centre square kept. The evaluation transform."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    x = tf.image.resize(tf.cast(image, tf.float32), new, method="bicubic", antialias=True)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    x = x[top:top + size, left:left + size]
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def load_tfds_in_memory(spec: TFDSSpec, split: str, image_size: int, path: str = "", *,
+                        download: bool = False, **unused) -> Split:
+    """A labelled TFDS split decoded into memory at image_size (see `center_square`).
+
+    split: "train" | "test" (the spec's labelled splits) or a TFDS split string.
     `path` is TFDS's data_dir ("" for TFDS's default, ~/tensorflow_datasets). With
     download=False nothing is fetched: the data must already be prepared there.
     """
     del unused
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    data_dir = path or None
-    try:
-        ds, info = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
-                             with_info=True, download=download)
-    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
-        where = path or "TFDS's default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-        raise ConfigError(
-            f"TFDS dataset {name!r} split {split!r} was not found in {where} "
-            f"({str(e).splitlines()[0]}). Prepare it where there is a network "
-            f"(`tfds build {name} --data_dir=DIR`) and set --config.data.path=DIR, or allow "
-            "downloading with --config.data.download=True.") from None
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
+    split = {"train": spec.train, "test": spec.test}.get(split, split)
+    builder = tfds_builder(spec.tfds_name, split, path, download)
+    ds = tfds_records(builder, split, data_dir=path)
+    gray = builder.info.features["image"].shape[-1] == 1
+
+    def example(ex):
+        image = decode_rgb(ex["image"])
+        image = image[..., :1] if gray else image
+        size_ok = tf.reduce_all(tf.shape(image)[:2] == image_size)
+        image = tf.cond(size_ok, lambda: image, lambda: center_square(image, image_size))
+        return image, tf.cast(ex["label"], tf.int32)
+
     images, labels = [], []
-    for x, y in tfds.as_numpy(ds.batch(4096)):
+    for x, y in ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator():
         images.append(x)
         labels.append(y)
-    images = np.concatenate(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    return Split(_resize_uint8(images.astype(np.uint8), image_size),
-                 np.concatenate(labels).astype(np.int32), info.features["label"].num_classes)
+    if not images:
+        raise _tfds_not_found(spec.tfds_name, split, path, "the split is empty")
+    return Split(np.concatenate(images), np.concatenate(labels),
+                 builder.info.features["label"].num_classes)
+
+
+# ---------------------------------------------------------------------------- image folders
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+UNLABELLED = -1
 
 
-def decode_image_file(path: str, image_size: int) -> np.ndarray:
-    """One JPEG/PNG file -> uint8 [image_size, image_size, 3].
+@dataclasses.dataclass(frozen=True)
+class FileSplit:
+    """Image files decoded when read. paths: str [N]; labels: int32 [N] (-1: unlabelled)."""
+    paths: np.ndarray
+    labels: np.ndarray
+    num_classes: int
 
-    Any bit depth (16-bit PNGs are scaled to 8 bits), grayscale (repeated to 3 channels),
-    palette (expanded) or alpha (dropped). The shorter side is resized to image_size
-    (bicubic, antialiased) and the centre square kept. Raises tf.errors.OpError on a file
-    that cannot be decoded.
-    """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    img = tf.io.decode_image(tf.io.read_file(path), dtype=tf.uint8, expand_animations=False)
-    img = img[..., :1] if img.shape[-1] in (1, 2) else img[..., :3]
-    if img.shape[-1] == 1:
-        img = tf.tile(img, [1, 1, 3])
-    h, w = img.shape[0], img.shape[1]
-    scale = image_size / min(h, w)
-    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    img = tf.image.resize(tf.cast(img, tf.float32), (nh, nw), method="bicubic", antialias=True)
-    top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    img = img[top:top + image_size, left:left + image_size]
-    return np.clip(np.round(img.numpy()), 0, 255).astype(np.uint8)
+    def __len__(self) -> int:
+        return self.paths.shape[0]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 def _class_dirs(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                  and not d.startswith("."))
+
+
+def list_image_files(root: str, classes: Optional[list[str]] = None
+                     ) -> tuple[list[str], list[int]]:
+    """(paths, labels) of the images under root, sorted.
+
+    A root with sub-directories is labelled: each sub-directory is a class, numbered by its
+    position in `classes` (default: root's own sorted sub-directories). A root holding
+    image files directly is unlabelled (label -1). Raises ConfigError for a missing or empty
+    root, or a class not in `classes`.
+    """
+    if not os.path.isdir(root):
+        raise ConfigError(f"Image folder {root!r} does not exist. data.path must hold one "
+                          "directory per split (train/, test/, optionally unlabelled/), each "
+                          "with one sub-directory of JPEG/PNG images per class, or the images "
+                          "themselves (unlabelled).")
+    subdirs = _class_dirs(root)
+    if subdirs:
+        classes = subdirs if classes is None else classes
+        extra = sorted(set(subdirs) - set(classes))
+        if extra:
+            raise ConfigError(f"{root!r} has classes that the train split lacks: {extra}.")
+        pairs = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
+                 if os.path.isdir(os.path.join(root, c))
+                 for f in sorted(os.listdir(os.path.join(root, c))) if _is_image(f)]
+    else:
+        pairs = [(os.path.join(root, f), UNLABELLED) for f in sorted(os.listdir(root))
+                 if _is_image(f)]
+    if not pairs:
+        raise ConfigError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {root!r} or its "
+                          "class sub-directories.")
+    return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def _undecodable(paths: list[str]) -> list[str]:
+    """The files among `paths` that TF cannot decode (read and decoded in parallel)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
+
+    def check(path):
+        return path, tf.shape(decode_rgb(tf.io.read_file(path)))
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.apply(tf.data.experimental.ignore_errors())
+    good = {p.decode() for p, _ in ds.as_numpy_iterator()}
+    return [p for p in paths if p not in good]
+
+
+def drop_undecodable(paths: list[str], labels: list[int], *, strict: bool, where: str
+                     ) -> tuple[list[str], list[int]]:
+    """Removes files TF cannot decode, printing how many; with strict, raises naming one."""
+    bad = _undecodable(paths)
+    if bad and strict:
+        raise ConfigError(f"Cannot decode image {bad[0]!r} ({len(bad)} unreadable file(s) in "
+                          f"{where!r}). Remove or replace it, or set data.strict_decode=False "
+                          "to skip unreadable files.")
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image file(s) in {where!r}, e.g. "
+              f"{bad[0]!r}.", flush=True)
+        bad_set = set(bad)
+        keep = [i for i, p in enumerate(paths) if p not in bad_set]
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    if not paths:
+        raise ConfigError(f"None of the image files in {where!r} could be decoded.")
+    return paths, labels
+
+
+def _folder_classes(path: str) -> Optional[list[str]]:
+    train = os.path.join(path, "train")
+    return _class_dirs(train) if os.path.isdir(train) and _class_dirs(train) else None
+
+
+def folder_files(path: str, split: str, *, strict: bool = False, verify: bool = True
+                 ) -> FileSplit:
+    """The image files of `split` under a folder dataset, for streaming.
+
+    split: "+"-joined sub-directory names of path ("train", "train+unlabelled"); "." is
+    path itself. Labelled sub-directories use path/train's classes. With verify, files TF
+    cannot decode are dropped up front (one parallel decoding pass) and counted in a
+    warning, or with strict stop the run naming the file; then a resumed run reads the same
+    files in the same order.
+    """
+    if not path:
+        raise ConfigError("data.name='folder' needs data.path: a directory holding train/ and "
+                          "test/, each with one sub-directory of images per class.")
+    classes = _folder_classes(path)
+    paths, labels = [], []
+    for name in split.split("+"):
+        p, y = list_image_files(os.path.normpath(os.path.join(path, name)), classes)
+        paths += p
+        labels += y
+    if verify:
+        paths, labels = drop_undecodable(paths, labels, strict=strict,
+                                         where=os.path.join(path, split))
+    return FileSplit(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
+                     len(classes or []))
+
+
+def decode_image_file(path: str, image_size: int) -> np.ndarray:
+    """One JPEG/PNG file -> uint8 [image_size, image_size, 3] (see `center_square`).
+
+    Any bit depth (16-bit PNGs are scaled to 8 bits), grayscale (repeated to 3 channels),
+    palette (expanded) or alpha (dropped). Raises tf.errors.OpError on a file that cannot
+    be decoded.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
+    return center_square(decode_rgb(tf.io.read_file(path)), image_size).numpy()
 
 
 def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = False,
                 **unused) -> Split:
-    """Labelled image folders: path/train/<class>/*.{jpg,jpeg,png} and path/test/<class>/...
+    """A labelled image folder split, path/<split>/<class>/*.{jpg,jpeg,png}, decoded into
+    memory at image_size (see `decode_image_file`): the evaluation splits.
 
     Classes are the sorted sub-directory names of path/train (the test split must not add
     any). Files that cannot be decoded are skipped and counted in a printed warning, or,
-    with strict=True, stop the load with an error naming the file. Images are decoded into
-    memory at image_size (see decode_image_file): for folders of up to a few hundred
-    thousand small images.
+    with strict=True, stop the load with an error naming the file.
     """
     del unused
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    if not path:
-        raise ConfigError("data.name='folder' needs data.path: a directory holding train/ and "
-                          "test/, each with one sub-directory of images per class.")
-    root = os.path.join(path, split)
-    if not os.path.isdir(root):
-        raise ConfigError(f"Image folder {root!r} does not exist: data.path must hold train/ "
-                          "and test/, each with one sub-directory of images per class.")
-    classes = _class_dirs(os.path.join(path, "train")) if os.path.isdir(
-        os.path.join(path, "train")) else []
-    extra = sorted(set(_class_dirs(root)) - set(classes))
-    if extra:
-        raise ConfigError(f"{root!r} has classes that {path}/train lacks: {extra}.")
-    files = [(os.path.join(root, c, f), label) for label, c in enumerate(classes)
-             if os.path.isdir(os.path.join(root, c))
-             for f in sorted(os.listdir(os.path.join(root, c)))
-             if f.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-        raise ConfigError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class "
-                          f"sub-directories of {root!r}.")
+    files = folder_files(path, split, strict=strict, verify=False)
+    if files.num_classes == 0 or (files.labels == UNLABELLED).any():
+        raise ConfigError(f"{os.path.join(path, split)!r} has no class sub-directories, so it "
+                          "cannot be used to evaluate: lay it out as <class>/<images>, or set "
+                          "eval.enabled=False.")
     images, labels, skipped = [], [], []
-    for file, label in files:
+    for file, label in zip(files.paths, files.labels):
         try:
             images.append(decode_image_file(file, image_size))
             labels.append(label)
@@ -209,38 +523,75 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
                                   "Remove or replace it, or set data.strict_decode=False to "
                                   "skip unreadable files.") from None
             skipped.append(file)
+    root = os.path.join(path, split)
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image file(s) in {root!r}, e.g. "
               f"{skipped[0]!r}.", flush=True)
     if not images:
         raise ConfigError(f"None of the {len(files)} image files in {root!r} could be decoded.")
-    return Split(np.stack(images), np.asarray(labels, np.int32), len(classes))
+    return Split(np.stack(images), np.asarray(labels, np.int32), files.num_classes)
 
 
 # name -> loader(split, image_size, *, path, download, strict) -> Split; a loader ignores
 # the options it has no use for.
-SOURCES: dict[str, Callable[..., Split]] = {
+IN_MEMORY_SOURCES: dict[str, Callable[..., Split]] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
-    "cifar10": functools.partial(load_tfds_in_memory, "cifar10"),
-    "cifar100": functools.partial(load_tfds_in_memory, "cifar100"),
     "folder": load_folder,
 }
+SOURCES = sorted([*IN_MEMORY_SOURCES, *TFDS_SOURCES]) + [TFDS_PREFIX + "<name>"]
+
+
+def _check_name(name: str) -> None:
+    if name not in IN_MEMORY_SOURCES and tfds_spec(name) is None:
+        raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
+                          f"{SOURCES}.")
 
 
 def load_split(name: str, split: str, *, image_size: int, path: str = "",
                download: bool = False, strict: bool = False) -> Split:
-    """Loads split ("train" | "test") of the named source (config field data.name).
+    """The labelled split ("train" | "test") of a source, in memory at image_size.
 
     path: data.path (a directory of files, or TFDS's data_dir for TFDS sources).
     download: whether TFDS sources may download (data.download).
     strict: whether an undecodable image file stops the load (data.strict_decode).
     """
-    if name not in SOURCES:
-        raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
-                          f"{sorted(SOURCES)}.")
+    _check_name(name)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; use one of {SPLITS}.")
     if image_size <= 0:
         raise ConfigError(f"data.image_size must be positive; got {image_size}.")
-    return SOURCES[name](split, image_size, path=path, download=download, strict=strict)
+    spec = tfds_spec(name)
+    if spec is not None:
+        return load_tfds_in_memory(spec, split, image_size, path, download=download)
+    return IN_MEMORY_SOURCES[name](split, image_size, path=path, download=download,
+                                   strict=strict)
+
+
+PretrainSplit = Union[Split, FileSplit, TFDSSplit]
+
+
+def pretrain_split(data_config) -> PretrainSplit:
+    """The split pretraining reads, from config.data.
+
+    In memory for small fixed-size sources (digits, Fashion-MNIST, CIFAR), streamed for
+    the others: image folders as a `FileSplit`, STL-10 / Imagenette / ImageNet / "tfds:"
+    as a `TFDSSplit`. data.pretrain_split overrides the source's default split.
+    """
+    d = data_config
+    _check_name(d.name)
+    if d.image_size <= 0:
+        raise ConfigError(f"data.image_size must be positive; got {d.image_size}.")
+    spec = tfds_spec(d.name)
+    split = d.pretrain_split or (spec.pretrain if spec else "train")
+    if d.name == "folder":
+        return folder_files(d.path, split, strict=d.strict_decode, verify=d.verify_files)
+    if spec is None or not spec.streamed:
+        if split not in SPLITS:
+            raise ConfigError(f"data.pretrain_split of {d.name!r} must be one of {SPLITS}; "
+                              f"got {split!r}.")
+        return load_split(d.name, split, image_size=d.image_size, path=d.path,
+                          download=d.download, strict=d.strict_decode)
+    builder = tfds_builder(spec.tfds_name, split, d.path, d.download)
+    return TFDSSplit(spec.tfds_name, split, d.path, builder.info.features["label"].num_classes,
+                     d.download)

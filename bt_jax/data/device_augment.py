@@ -162,15 +162,11 @@ def solarize(image, threshold: float = 0.5):
     return jnp.where(image >= threshold, 1.0 - image, image)
 
 
-def augment_view(image, key, cfg: ViewConfig):
-    """One view: uint8 [H, W, C] (C = 1 or 3) and a key -> float32 [S, S, 3] in [0, 1]."""
-    keys = jax.random.split(key, 8)
-    x = image.astype(jnp.float32) / 255.0
-    if x.shape[-1] == 1:
-        x = jnp.repeat(x, 3, axis=-1)
-    window = crop_window(keys[0], x.shape[0], x.shape[1], cfg.crop_scale, cfg.crop_ratio)
-    x = resized_crop(x, *window, cfg.image_size)
+def photometric(x, keys, cfg: ViewConfig):
+    """Flip, colour jitter, grayscale, blur and solarize of a crop [S, S, 3] in [0, 1].
 
+    keys: the view's 8 keys from `jax.random.split(key, 8)`; keys[0] (the crop's) is unused.
+    """
     def maybe(prob, k, fn, x):
         if prob <= 0.0:
             return x
@@ -189,6 +185,20 @@ def augment_view(image, key, cfg: ViewConfig):
     return maybe(cfg.solarize_prob, keys[7], solarize, x)
 
 
+def _unit_rgb(image):
+    """uint8 [H, W, C] (C = 1 or 3) -> float32 [H, W, 3] in [0, 1]."""
+    x = image.astype(jnp.float32) / 255.0
+    return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def augment_view(image, key, cfg: ViewConfig):
+    """One view: uint8 [H, W, C] (C = 1 or 3) and a key -> float32 [S, S, 3] in [0, 1]."""
+    keys = jax.random.split(key, 8)
+    x = _unit_rgb(image)
+    window = crop_window(keys[0], x.shape[0], x.shape[1], cfg.crop_scale, cfg.crop_ratio)
+    return photometric(resized_crop(x, *window, cfg.image_size), keys, cfg)
+
+
 def augment_batch(images, keys, cfg_a: ViewConfig, cfg_b: ViewConfig):
     """Both views of a batch: uint8 [B, H, W, C], keys [B] -> two float32 [B, S, S, 3]."""
     def pair(image, key):
@@ -198,10 +208,23 @@ def augment_batch(images, keys, cfg_a: ViewConfig, cfg_b: ViewConfig):
     return jax.vmap(pair)(images, keys)
 
 
+def augment_cropped_batch(crops_a, crops_b, keys, cfg_a: ViewConfig, cfg_b: ViewConfig):
+    """Photometric ops on crops the host already took: uint8 [B, S, S, 3] x 2, keys [B] ->
+    two float32 [B, S, S, 3]."""
+    def pair(crop_a, crop_b, key):
+        k_a, k_b = jax.random.split(key)
+        return (photometric(_unit_rgb(crop_a), jax.random.split(k_a, 8), cfg_a),
+                photometric(_unit_rgb(crop_b), jax.random.split(k_b, 8), cfg_b))
+
+    return jax.vmap(pair)(crops_a, crops_b, keys)
+
+
 def make_view_fn(seed: int, cfg_a: ViewConfig, cfg_b: ViewConfig, mean, std):
     """The per-device batch transform of data.augment_on = "device".
 
-    Returns a function {"image": uint8 [B, H, W, C], "index": int [B], "epoch": int [B]} ->
+    Returns a function of a batch with "index": int [B] and "epoch": int [B], and either
+    "image": uint8 [B, H, W, C] (fixed-size images: crop and all else on device) or
+    "crop_a", "crop_b": uint8 [B, S, S, 3] (the host decoded and cropped) ->
     {"view_a": float32 [B, S, S, 3], "view_b": same}, normalised with mean and std ([3]).
     """
     mean = jnp.asarray(mean, jnp.float32)
@@ -209,7 +232,10 @@ def make_view_fn(seed: int, cfg_a: ViewConfig, cfg_b: ViewConfig, mean, std):
 
     def views(batch: dict) -> dict:
         keys = example_keys(seed, batch["epoch"], batch["index"])
-        a, b = augment_batch(batch["image"], keys, cfg_a, cfg_b)
+        if "image" in batch:
+            a, b = augment_batch(batch["image"], keys, cfg_a, cfg_b)
+        else:
+            a, b = augment_cropped_batch(batch["crop_a"], batch["crop_b"], keys, cfg_a, cfg_b)
         return {"view_a": (a - mean) / std, "view_b": (b - mean) / std}
 
     return views

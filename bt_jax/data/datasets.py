@@ -204,14 +204,13 @@ def tfds_records(builder, split, *, data_dir: str = "", shuffle_seed: Optional[i
                               "it has not been prepared there") from None
 
 
-def _num_examples(builder, split) -> int:
+def _num_examples(builder, split, data_dir: str = "") -> int:
     """Examples in a (possibly sliced or per-process) split: from TFDS's metadata, else by
     the dataset's cardinality (mocked datasets)."""
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        n = int(tfds_records(builder, split).cardinality())
+        n = int(tfds_records(builder, split, data_dir=data_dir).cardinality())
         if n < 0:
             raise ConfigError(f"Cannot count the examples of split {split!r} of "
                               f"{builder.name!r}.") from None
@@ -245,7 +244,7 @@ class TFDSSplit:
     def share_sizes(self, process_count: int) -> list[int]:
         """Examples in each process's share, [process_count]."""
         builder = self.builder()
-        return [_num_examples(builder, self.process_share(p, process_count))
+        return [_num_examples(builder, self.process_share(p, process_count), self.data_dir)
                 for p in range(process_count)]
 
     def __len__(self) -> int:
@@ -593,5 +592,7 @@ def pretrain_split(data_config) -> PretrainSplit:
         return load_split(d.name, split, image_size=d.image_size, path=d.path,
                           download=d.download, strict=d.strict_decode)
     builder = tfds_builder(spec.tfds_name, split, d.path, d.download)
-    return TFDSSplit(spec.tfds_name, split, d.path, builder.info.features["label"].num_classes,
-                     d.download)
+    source = TFDSSplit(spec.tfds_name, split, d.path,
+                       builder.info.features["label"].num_classes, d.download)
+    len(source)   # fails here, with the fix, if the records are not there
+    return source

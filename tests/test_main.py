@@ -78,6 +78,43 @@ def test_train_and_evaluate_with_on_device_augmentation(tmp_path):
     assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
 
 
+def _write_folder_dataset(root, n_train=24, n_unlabelled=16):
+    """train/ and test/ with two classes of variable-size JPEGs, and a flat unlabelled/."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", 8), ("unlabelled", n_unlabelled)):
+        for i in range(n):
+            d = root / split if split == "unlabelled" else root / split / "ab"[i % 2]
+            os.makedirs(d, exist_ok=True)
+            shade = rng.integers(0, 256, 3) // (1 + i % 2)   # class b: darker
+            img = np.clip(rng.normal(shade, 30, (30 + i % 7, 36, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.jpg")
+
+
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_train_and_evaluate_streams_a_folder_with_unlabelled_images(tmp_path, augment_on):
+    _write_folder_dataset(tmp_path / "data")
+    c = _tiny(2)
+    c.batch_size = 16
+    c.data.name = "folder"
+    c.data.path = str(tmp_path / "data")
+    c.data.pretrain_split = "train+unlabelled"
+    c.data.augment_on = augment_on
+    c.eval.baselines = False
+    c.eval.knn_k = 5
+    results = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert results["num_train"] == 24 and results["num_test"] == 8
+    assert 0.0 <= results["linear_top1"] <= 1.0
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
+    if augment_on == "host":
+        return
+    c.eval.enabled = False   # pretraining only: no results.json
+    assert train.train_and_evaluate(c, str(tmp_path / "no_eval")) == {}
+    assert not os.path.exists(tmp_path / "no_eval" / "results.json")
+    assert os.path.exists(tmp_path / "no_eval" / "backbone.msgpack")
+
+
 def _cli(*args):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "bt_jax.main", *args], cwd=ROOT, env=env,

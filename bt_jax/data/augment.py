@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import tensorflow as tf
-
+from bt_jax.data import import_tensorflow
 from bt_jax.data.views import ViewConfig, gaussian_kernel_size
+
+tf = import_tensorflow()
 
 __all__ = ["ViewConfig", "gaussian_kernel_size", "view_seed", "crop_window", "decode_rgb",
            "decode_crop", "augment_view", "augment_pair", "augment_view_encoded",
@@ -74,10 +75,22 @@ def random_resized_crop(image, seed, size: int, scale, ratio):
     return _resize_unit(crop, size)
 
 
+LUMA = (0.299, 0.587, 0.114)   # ITU-R 601-2, as PIL's convert("L")
+
+
+def _luma(image):
+    """[H, W, 3] -> [H, W, 1] luma."""
+    return tf.reduce_sum(image * tf.constant(LUMA), axis=-1, keepdims=True)
+
+
 def to_grayscale(image):
-    """[H, W, 3] -> [H, W, 3] luma (ITU-R 601-2, as PIL's convert("L")), repeated."""
-    luma = tf.tensordot(image, tf.constant([0.299, 0.587, 0.114]), axes=1)[..., None]
-    return tf.tile(luma, [1, 1, 3])
+    """[H, W, 3] -> [H, W, 3] luma, repeated."""
+    return tf.tile(_luma(image), [1, 1, 3])
+
+
+def _mean_luma(image):
+    """Scalar mean of the luma of [H, W, 3]: the channel means' weighted sum (one pass)."""
+    return tf.reduce_sum(tf.reduce_mean(image, axis=[0, 1]) * tf.constant(LUMA))
 
 
 def _blend(image, other, factor):
@@ -96,8 +109,8 @@ def color_jitter(image, seed, brightness: float, contrast: float, saturation: fl
     )
     ops = (
         lambda x: tf.clip_by_value(x * factors[0], 0.0, 1.0),
-        lambda x: _blend(x, tf.reduce_mean(to_grayscale(x)), factors[1]),
-        lambda x: _blend(x, to_grayscale(x), factors[2]),
+        lambda x: _blend(x, _mean_luma(x), factors[1]),
+        lambda x: _blend(x, _luma(x), factors[2]),
         lambda x: tf.image.adjust_hue(x, factors[3]),
     )
     order = tf.argsort(_uniform(s_perm, shape=[4]))
@@ -141,28 +154,42 @@ def decode_rgb(encoded):
     return image
 
 
-def decode_crop(encoded, seed, scale, ratio):
-    """The random crop window of `crop_window`, decoding only that window of a JPEG.
+def _image_shape(encoded):
+    """[2] int32 (height, width) of encoded bytes; read from the header alone for JPEGs."""
+    return tf.cond(tf.io.is_jpeg(encoded),
+                   lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                   lambda: tf.shape(decode_rgb(encoded))[:2])
 
-    For JPEGs the window is drawn from the header's size (`extract_jpeg_shape`) and only
-    it is decoded (`decode_and_crop_jpeg`), as ImageNet input pipelines do; other formats
-    are decoded whole and sliced. The window equals that of `random_resized_crop` with the
-    same seed on the decoded image. Returns uint8 [crop_h, crop_w, 3].
+
+def decode_windows(encoded, windows):
+    """Decodes only the bounding box of crop windows, then cuts each window out of it.
+
+    encoded: string [] (JPEG, PNG, ...); windows: list of (top, left, crop_h, crop_w) int32
+    scalars. JPEGs decode only the box (`decode_and_crop_jpeg`, as ImageNet pipelines do),
+    once for all windows; other formats decode whole. Returns one uint8 [crop_h, crop_w, 3]
+    per window.
     """
+    top = tf.reduce_min([w[0] for w in windows])
+    left = tf.reduce_min([w[1] for w in windows])
+    bottom = tf.reduce_max([w[0] + w[2] for w in windows])
+    right = tf.reduce_max([w[1] + w[3] for w in windows])
+
     def jpeg():
-        shape = tf.image.extract_jpeg_shape(encoded)
-        window = tf.stack(crop_window(seed, shape[0], shape[1], scale, ratio))
-        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+        return tf.image.decode_and_crop_jpeg(
+            encoded, tf.stack([top, left, bottom - top, right - left]), channels=3)
 
     def other():
-        image = decode_rgb(encoded)
-        shape = tf.shape(image)
-        top, left, ch, cw = crop_window(seed, shape[0], shape[1], scale, ratio)
-        return tf.slice(image, tf.stack([top, left, 0]), tf.stack([ch, cw, 3]))
+        return decode_rgb(encoded)[top:bottom, left:right]
 
-    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-    crop.set_shape([None, None, 3])
-    return crop
+    box = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    return [box[t - top:t - top + h, lf - left:lf - left + w] for t, lf, h, w in windows]
+
+
+def decode_crop(encoded, seed, scale, ratio):
+    """The random crop window of `crop_window`, drawn from the image's header size before
+    decoding; only the window is decoded. Returns uint8 [crop_h, crop_w, 3]."""
+    shape = _image_shape(encoded)
+    return decode_windows(encoded, [crop_window(seed, shape[0], shape[1], scale, ratio)])[0]
 
 
 def _resize_unit(crop, size: int):
@@ -245,15 +272,27 @@ def augment_pair(image, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
     return augment_view(image, s_a, cfg_a), augment_view(image, s_b, cfg_b)
 
 
+def _pair_crops(encoded, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
+    """Both views' crops, resized: two float32 [S, S, 3] in [0, 1], and the views' seeds.
+
+    Both windows are drawn from the header's size first; one partial decode covers both.
+    """
+    shape = _image_shape(encoded)
+    seeds = [_view_seeds(s) for s in _pair_seeds(seed)]
+    windows = [crop_window(v[0], shape[0], shape[1], c.crop_scale, c.crop_ratio)
+               for v, c in zip(seeds, (cfg_a, cfg_b))]
+    crops = decode_windows(encoded, windows)
+    return [_resize_unit(x, c.image_size) for x, c in zip(crops, (cfg_a, cfg_b))], seeds
+
+
 def augment_pair_encoded(encoded, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
-    """Two views of one encoded image (each decodes its own crop window)."""
-    s_a, s_b = _pair_seeds(seed)
-    return augment_view_encoded(encoded, s_a, cfg_a), augment_view_encoded(encoded, s_b, cfg_b)
+    """`augment_pair` of an encoded image, decoding only the box around the two crops. Each
+    view equals `augment_view_encoded` with its seed."""
+    (a, b), (seeds_a, seeds_b) = _pair_crops(encoded, seed, cfg_a, cfg_b)
+    return photometric(a, seeds_a, cfg_a), photometric(b, seeds_b, cfg_b)
 
 
 def crop_pair_encoded(encoded, seed, cfg_a: ViewConfig, cfg_b: ViewConfig):
     """The two views' crops only, as uint8 [S, S, 3] each (data.augment_on="device")."""
-    s_a, s_b = _pair_seeds(seed)
-    return tuple(tf.image.convert_image_dtype(crop_view_encoded(encoded, s, c), tf.uint8,
-                                              saturate=True)
-                 for s, c in ((s_a, cfg_a), (s_b, cfg_b)))
+    crops, _ = _pair_crops(encoded, seed, cfg_a, cfg_b)
+    return tuple(tf.image.convert_image_dtype(x, tf.uint8, saturate=True) for x in crops)

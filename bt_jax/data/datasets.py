@@ -12,7 +12,6 @@ reads. Every failure to find data is a ConfigError naming what was looked for an
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import os
 from typing import Callable, Optional, Union
@@ -20,6 +19,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from bt_jax.config import ConfigError
+from bt_jax.data import import_tensorflow
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
@@ -52,7 +52,7 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """Bicubic resize of uint8 [N, h, w, C] to [N, size, size, C], rounded and clipped."""
     if images.shape[1] == size and images.shape[2] == size:
         return images
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), (size, size),
                           method="bicubic", antialias=True)
     return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
@@ -260,7 +260,7 @@ class TFDSSplit:
         interleaved in an order drawn from the seed, then shuffled in a buffer of
         shuffle_buffer examples seeded by it.
         """
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        tf = import_tensorflow()
         builder = self.builder()
         ds = tfds_records(builder, self.process_share(process_index, process_count),
                           data_dir=self.data_dir, shuffle_seed=shuffle_seed)
@@ -284,7 +284,7 @@ def _example_index_fn(builder, split: str):
     examples are numbered 0..N-1 over "train+unlabelled" as a whole. Where the file layout
     is unknown (mocked datasets) it falls back to a 31-bit hash of the id.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     keys, offsets, total = [], [], 0
     for name in _split_names(split):
         try:
@@ -316,7 +316,7 @@ def _example_index_fn(builder, split: str):
 def center_square(image, size: int):
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: shorter side resized to size (bicubic,
     antialiased), centre square kept. The evaluation transform."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = size / tf.reduce_min(shape)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
@@ -335,7 +335,7 @@ def load_tfds_in_memory(spec: TFDSSpec, split: str, image_size: int, path: str =
     download=False nothing is fetched: the data must already be prepared there.
     """
     del unused
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
     split = {"train": spec.train, "test": spec.test}.get(split, split)
     builder = tfds_builder(spec.tfds_name, split, path, download)
@@ -420,7 +420,7 @@ def list_image_files(root: str, classes: Optional[list[str]] = None
 
 def _undecodable(paths: list[str]) -> list[str]:
     """The files among `paths` that TF cannot decode (read and decoded in parallel)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
 
     def check(path):
@@ -490,7 +490,7 @@ def decode_image_file(path: str, image_size: int) -> np.ndarray:
     palette (expanded) or alpha (dropped). Raises tf.errors.OpError on a file that cannot
     be decoded.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
     return center_square(decode_rgb(tf.io.read_file(path)), image_size).numpy()
 
@@ -505,7 +505,7 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
     with strict=True, stop the load with an error naming the file.
     """
     del unused
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     files = folder_files(path, split, strict=strict, verify=False)
     if files.num_classes == 0 or (files.labels == UNLABELLED).any():
         raise ConfigError(f"{os.path.join(path, split)!r} has no class sub-directories, so it "

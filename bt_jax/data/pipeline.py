@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from bt_jax.config import ConfigError
-from bt_jax.data import augment, datasets
+from bt_jax.data import augment, datasets, import_tensorflow
 from bt_jax.data.views import view_configs
+
+tf = import_tensorflow()
 
 
 def channel_stats(split: datasets.Split, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -83,44 +84,60 @@ def _tfds_epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0x7FD5]).integers(2**31 - 1))
 
 
-def epoch_examples(config, source: datasets.PretrainSplit, epoch: int, *, skip_steps: int,
-                   steps: int, process_index: int, process_count: int) -> tf.data.Dataset:
-    """This process's examples of one epoch from step skip_steps on, in training order.
+def _index_stream(config, num_examples: int, start_step: int, steps: int, local: int,
+                  process_index: int) -> tf.data.Dataset:
+    """Endless tf.data of {"index", "epoch"}: int32 [] from global step start_step on, this
+    process's columns of each global batch of `epoch_order`. Skipping steps costs nothing."""
+    def rows():
+        epoch, skip = divmod(start_step, steps)
+        while True:
+            order = epoch_order(config.seed, epoch, num_examples, config.batch_size)
+            for row in order[skip:steps, process_index * local:(process_index + 1) * local]:
+                yield row.astype(np.int32), np.full(local, epoch, np.int32)
+            epoch, skip = epoch + 1, 0
 
-    Returns tf.data of {"index": int32 []} plus "image": uint8 [H, W, C] (in-memory
-    splits) or "encoded": string [] (files and TFDS records, still encoded). Skipping reads
-    no image: in-memory and file splits slice the epoch's index order; TFDS streams skip
-    records before they are decoded.
-    """
-    local = _local_batch(config.batch_size, process_count)
-    if isinstance(source, datasets.TFDSSplit):
+    spec = tf.TensorSpec([local], tf.int32)
+    ds = tf.data.Dataset.from_generator(rows, output_signature=(spec, spec))
+    return ds.unbatch().map(lambda i, e: {"index": i, "epoch": e})
+
+
+def _tfds_epochs(config, source: datasets.TFDSSplit, start_step: int, steps: int, local: int,
+                 process_index: int, process_count: int):
+    """Endless iterator of per-epoch tf.data of {"encoded", "index", "epoch"}: this process's
+    share in each epoch's order, from start_step on. Skipped records are read, not decoded."""
+    epoch, skip = divmod(start_step, steps)
+    while True:
         ds = source.stream(shuffle_seed=_tfds_epoch_seed(config.seed, epoch),
                            shuffle_buffer=config.data.shuffle_buffer,
                            process_index=process_index, process_count=process_count)
-        ds = ds.skip(skip_steps * local).take((steps - skip_steps) * local)
-        return ds.map(lambda ex: {"encoded": ex["encoded"], "index": ex["index"]})
-    order = epoch_order(config.seed, epoch, len(source), config.batch_size)
-    mine = order[skip_steps:steps, process_index * local:(process_index + 1) * local]
-    ds = tf.data.Dataset.from_tensor_slices(mine.reshape(-1).astype(np.int32))
+        ds = ds.skip(skip * local).take((steps - skip) * local)
+        yield ds.map(lambda ex, e=epoch: {"encoded": ex["encoded"], "index": ex["index"],
+                                          "epoch": tf.constant(e, tf.int32)})
+        epoch, skip = epoch + 1, 0
+
+
+def _load_example(source):
+    """{"index", "epoch"} -> the same plus "image" (in memory) or "encoded" (files)."""
     if isinstance(source, datasets.FileSplit):
         paths = tf.constant(source.paths.astype(str))
-        return ds.map(lambda i: {"encoded": tf.io.read_file(tf.gather(paths, i)), "index": i},
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return lambda ex: {**ex, "encoded": tf.io.read_file(tf.gather(paths, ex["index"]))}
     images = tf.constant(source.images)
-    return ds.map(lambda i: {"image": tf.gather(images, i), "index": i})
+    return lambda ex: {**ex, "image": tf.gather(images, ex["index"])}
 
 
 def _example_to_views(config, mean, std):
-    """The host's per-example transform: {"image" | "encoded", "index"}, epoch -> either
-    normalised views (augment_on="host") or raw images / uint8 crops ("device")."""
+    """The host's per-example transform, traced once for the whole run:
+    {"image" | "encoded", "index", "epoch"} -> normalised views (augment_on="host"), or
+    the raw image / uint8 crops ("device")."""
     cfg_a, cfg_b = view_configs(config)
     on_device = config.data.augment_on == "device"
 
-    def transform(ex, epoch):
-        seed = augment.view_seed(config.seed, epoch, ex["index"])
+    @tf.function
+    def transform(ex):
+        seed = augment.view_seed(config.seed, ex["epoch"], ex["index"])
         out = {"index": ex["index"]}
         if on_device:
-            out["epoch"] = tf.constant(epoch, tf.int32)
+            out["epoch"] = ex["epoch"]
             if "image" in ex:
                 out["image"] = ex["image"]
             else:
@@ -158,31 +175,37 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
     "index" and "epoch": int32 [B_local]. B_local = batch_size / process_count.
 
     Batch k is a function of (config, k) alone: the same on a resumed run, and computed
-    without augmenting the k batches before it.
+    without augmenting the k batches before it. In-memory and file splits run as one
+    tf.data pipeline for the whole run (no stall at epoch boundaries); TFDS streams as one
+    pipeline per epoch.
     """
     local = _local_batch(config.batch_size, process_count)
     spe = steps_per_epoch(source, config.batch_size, process_count)
     mean, std = stats if stats is not None else normalization_stats(source)
     transform = _example_to_views(config, mean, std)
-    epoch, skip = divmod(start_step, spe)
-    while True:
-        ds = epoch_examples(config, source, epoch, skip_steps=skip, steps=spe,
-                            process_index=process_index, process_count=process_count)
-        ds = ds.map(lambda ex, e=epoch: transform(ex, e), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-        ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        step = skip
-        try:
-            for batch in ds.as_numpy_iterator():
-                yield batch
-                step += 1
-        except tf.errors.InvalidArgumentError as e:
-            if not isinstance(source, datasets.FileSplit):
-                raise
-            order = epoch_order(config.seed, epoch, len(source), config.batch_size)
-            raise _name_bad_file(source, order[step, process_index * local:
-                                               (process_index + 1) * local], e) from None
-        epoch, skip = epoch + 1, 0
+
+    def finish(ds):
+        ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    if isinstance(source, datasets.TFDSSplit):
+        for ds in _tfds_epochs(config, source, start_step, spe, local, process_index,
+                               process_count):
+            yield from finish(ds).as_numpy_iterator()
+    ds = _index_stream(config, len(source), start_step, spe, local, process_index)
+    ds = ds.map(_load_example(source), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    step = start_step
+    try:
+        for batch in finish(ds).as_numpy_iterator():
+            yield batch
+            step += 1
+    except tf.errors.InvalidArgumentError as e:
+        if not isinstance(source, datasets.FileSplit):
+            raise
+        epoch, row = divmod(step, spe)
+        order = epoch_order(config.seed, epoch, len(source), config.batch_size)
+        raise _name_bad_file(source, order[row, process_index * local:
+                                           (process_index + 1) * local], e) from None
 
 
 def eval_arrays(split: datasets.Split, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

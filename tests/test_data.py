@@ -45,8 +45,17 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
     split = datasets.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
     np.testing.assert_array_equal(split.images[..., 0], images)
     np.testing.assert_array_equal(split.labels, labels)
-    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+    with pytest.raises(config_lib.ConfigError, match=r"train-images-idx3-ubyte.* not in .*"
+                       r"tfds build fashion_mnist.*apt-get install -y dataset-fashion-mnist"):
         datasets.load_split("fashion_mnist", "train", image_size=28, path=str(tmp_path))
+
+
+def test_fashion_mnist_falls_back_to_tfds_without_idx_files(tmp_path):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=5):
+        split = datasets.load_split("fashion_mnist", "train", image_size=32, path=str(tmp_path))
+    assert split.images.shape == (5, 32, 32, 1) and split.images.dtype == np.uint8
+    assert split.num_classes == 10 and split.labels.max() < 10
 
 
 def test_unknown_dataset_is_a_clear_error():

@@ -9,6 +9,11 @@ torchvision's transforms on images in [0, 1].
 Every function takes an explicit seed (an int32/int64 tensor of shape [2]), so a view is a
 pure function of (image, seed): `view_seed(seed, epoch, index)` makes it a function of
 (run seed, epoch, example index) and a resumed run sees the same views.
+
+Views come from decoded images (`augment_pair`: in-memory splits) or from encoded bytes
+(`augment_pair_encoded`: files and TFDS records), where both crop windows are drawn from
+the image's header size first and only the box around them is decoded; `photometric` is the
+part after the crop, and `crop_pair_encoded` the host's part of data.augment_on="device".
 """
 from __future__ import annotations
 

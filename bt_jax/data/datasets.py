@@ -96,25 +96,41 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _find_idx(directory: str, stem: str) -> str:
+def _find_idx(directory: str, stem: str) -> Optional[str]:
     for name in (stem, stem + ".gz"):
         p = os.path.join(directory, name)
         if os.path.exists(p):
             return p
-    raise FileNotFoundError(
-        f"Fashion-MNIST file {stem}[.gz] not found in {directory!r}. Install it with "
-        "`apt-get install -y dataset-fashion-mnist` (puts the IDX files in "
-        f"{FASHION_MNIST_DIR}) or point data.path at a folder holding the four IDX files.")
+    return None
 
 
-def load_fashion_mnist(split: str, image_size: int, path: str = "", **unused) -> Split:
-    """Fashion-MNIST (Xiao et al. 2017) from its IDX files: 60,000 train, 10,000 test."""
-    del unused  # local IDX files only
+def load_fashion_mnist(split: str, image_size: int, path: str = "", *, download: bool = False,
+                       **unused) -> Split:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 train, 10,000 test 28x28 grayscale images.
+
+    Read from the four IDX files (optionally gzipped) in `path`, or by default in
+    /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist package); where they
+    are not there, from TFDS's "fashion_mnist" (data_dir `path`, or TFDS's default).
+    """
+    del unused
     directory = path or FASHION_MNIST_DIR
     prefix = "train" if split == "train" else "t10k"
-    images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte"))[..., None]
-    labels = _read_idx(_find_idx(directory, f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
-    return Split(_resize_uint8(images, image_size), labels, 10)
+    files = [_find_idx(directory, f"{prefix}-{kind}-idx{n}-ubyte")
+             for kind, n in (("images", 3), ("labels", 1))]
+    if None not in files:
+        images = _read_idx(files[0])[..., None]
+        labels = _read_idx(files[1]).astype(np.int32)
+        return Split(_resize_uint8(images, image_size), labels, 10)
+    try:
+        return load_tfds_in_memory(TFDSSpec("fashion_mnist", streamed=False), split, image_size,
+                                   path, download=download)
+    except ConfigError as e:
+        raise ConfigError(
+            f"Fashion-MNIST: the IDX files {prefix}-images-idx3-ubyte[.gz] and "
+            f"{prefix}-labels-idx1-ubyte[.gz] are not in {directory!r}, and TFDS cannot "
+            f"load it either ({e}). Offline, install the IDX files with `apt-get install -y "
+            f"dataset-fashion-mnist` (into {FASHION_MNIST_DIR}) or set data.path to a folder "
+            "holding them.") from None
 
 
 # --------------------------------------------------------------------------- TFDS sources
@@ -350,7 +366,8 @@ def load_tfds_in_memory(spec: TFDSSpec, split: str, image_size: int, path: str =
         return image, tf.cast(ex["label"], tf.int32)
 
     images, labels = [], []
-    for x, y in ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator():
+    batches = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    for x, y in batches.as_numpy_iterator():
         images.append(x)
         labels.append(y)
     if not images:

@@ -31,19 +31,37 @@ class CheckpointManager:
         return self._manager.latest_step()
 
     def restore_or(self, state: Any) -> Any:
-        """The newest checkpoint restored into `state`'s structure, or `state` if none."""
-        step = self._manager.latest_step()
-        if step is None:
+        """The newest readable checkpoint restored into `state`'s structure, or `state` if
+        there is none.
+
+        A newest checkpoint that cannot be read (corrupt or half-written files) is reported
+        and the one before it is used; it is left on disk for inspection. If no checkpoint
+        can be read, the newest one's error is raised as a ConfigError (typically: it was
+        written for another model).
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             return state
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(
-                f"The checkpoint at step {step} in {self.directory!r} does not fit this "
-                f"config's model or optimiser ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}). Resume with the config that wrote it "
-                "(config.json beside it), or start in a new --workdir.") from None
+        first_error = None
+        for step in steps:
+            try:
+                restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+                first_error = first_error or (step, e)
+                continue
+            if step != steps[0]:
+                bad, e = first_error
+                print(f"warning: the checkpoint at step {bad} in {self.directory!r} cannot be "
+                      f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); resuming "
+                      f"from step {step} instead.", flush=True)
+            return restored
+        step, e = first_error
+        raise ConfigError(
+            f"The checkpoint at step {step} in {self.directory!r} cannot be restored into "
+            f"this config's model and optimiser ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Resume with the config that wrote it "
+            "(config.json beside it), or start in a new --workdir.") from None
 
     def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves at multiples of every_steps (or when forced); True if it saved."""

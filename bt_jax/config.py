@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1.5e-6
     c.optim.momentum = 0.9
     c.optim.eta = 0.001
+    c.optim.clip_trust_ratio = False   # solo-learn's LARS clip_lr: rate min(trust, lr)
     c.optim.warmup_epochs = 10
     c.optim.end_lr_fraction = 1e-3
 
@@ -83,6 +84,58 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_weight_decay = 1e-6
     c.eval.baselines = True
     return c
+
+
+def cifar_recipe() -> ml_collections.ConfigDict:
+    """solo-learn's CIFAR recipe (DESIGN.md's table), shared by configs/cifar10.py,
+    cifar100.py and stl10.py: ResNet-18 with the CIFAR stem, projector 2048-2048-2048,
+    lambda 0.0051 with loss scale 0.1, LARS (eta 0.02, wd 1e-4, trust ratio clipped at the
+    learning rate), lr 0.3 for weights and biases not scaled by batch, 10 warm-up epochs,
+    batch 256, 1000 epochs, 32 px crops, blur p 0 / 0, solarize p 0 / 0.2."""
+    c = base_config()
+    c.batch_size = 256
+    c.num_epochs = 1000
+    c.data.image_size = 32
+    c.data.augment.blur_prob = (0.0, 0.0)
+    c.data.augment.solarize_prob = (0.0, 0.2)
+    c.model.backbone = "resnet18"
+    c.model.stem = "cifar"
+    c.model.projector_dims = (2048, 2048, 2048)
+    c.loss.lambd = 0.0051
+    c.loss.scale = 0.1
+    c.optim.lr_weights = 0.3
+    c.optim.lr_biases = 0.3
+    c.optim.scale_lr_by_batch = False
+    c.optim.weight_decay = 1e-4
+    c.optim.eta = 0.02
+    c.optim.clip_trust_ratio = True
+    c.optim.warmup_epochs = 10
+    c.checkpoint.every_steps = 2000
+    return c
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def diff(reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
+    """["field: old -> new", ...] for every leaf field where config differs from reference
+    (sorted by name; fields only one of them has show "(absent)")."""
+    a, b = _flatten(reference), _flatten(config)
+    lines = []
+    for name in sorted(set(a) | set(b)):
+        old, new = a.get(name, "(absent)"), b.get(name, "(absent)")
+        if old != new and not (isinstance(old, (tuple, list)) and isinstance(new, (tuple, list))
+                               and tuple(old) == tuple(new)):
+            lines.append(f"{name}: {old!r} -> {new!r}")
+    return lines
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

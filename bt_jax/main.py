@@ -2,7 +2,8 @@
 
 Any config field can be overridden: --config.batch_size=512 --config.model.width=0.5.
 Mistakes in the command line or the config end with one line that names the problem
-(exit status 2), not a traceback.
+(exit status 2), not a traceback. SIGTERM (a scheduler's preemption) saves a checkpoint of
+the step reached and exits with status 143; rerunning the command resumes from it.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ flags.DEFINE_bool("jax_distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+PREEMPTED_EXIT_STATUS = 143   # 128 + SIGTERM, as a shell reports a process it terminated
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -47,6 +51,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     return argv
 
 
+def describe_config() -> str:
+    """"Config: FILE" and the command line's changes to that recipe, one per line."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    path = config_flags.get_config_filename(FLAGS["config"])
+    spec = importlib.util.spec_from_file_location("_bt_jax_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    changes = config_lib.diff(recipe.get_config(), FLAGS.config)
+    lines = [f"Config: {path}" + ("" if changes else " (the recipe as it is)")]
+    return "\n".join(lines + [f"  {line}" for line in changes])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -56,8 +73,12 @@ def main(argv):
         jax.distributed.initialize()
     from bt_jax import data, train  # pylint: disable=import-outside-toplevel
     data.keep_tensorflow_off_accelerators()
+    print(describe_config(), flush=True)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
     except (ConfigError, FileNotFoundError, FloatingPointError) as e:
         _fail(str(e))
 

@@ -41,17 +41,20 @@ def _trust_ratio(p: jax.Array, d: jax.Array, eta: float) -> jax.Array:
 
 def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
          weight_decay: float = 1.5e-6, momentum: float = 0.9,
-         eta: float = 0.001) -> optax.GradientTransformation:
+         eta: float = 0.001, clip_trust_ratio: bool = False) -> optax.GradientTransformation:
     """LARS as in the Barlow Twins paper.
 
     For leaves with ndim > 1, each step:
-      d = g + weight_decay * p;  d *= eta * |p| / |d| (1 where either norm is 0);
-      mu = momentum * mu + d;    update = -weight_lr(step) * mu.
+      d = g + weight_decay * p;  r = eta * |p| / |d| (1 where either norm is 0);
+      d *= r;  mu = momentum * mu + d;  update = -weight_lr(step) * mu.
     For leaves with ndim <= 1: d = g;  mu = momentum * mu + d;  update = -bias_lr(step) * mu.
+    With clip_trust_ratio (solo-learn's `clip_lr`, used by its CIFAR recipes), r is
+    replaced by min(r / weight_lr(step), 1) (1 where weight_lr(step) is 0): a layer's
+    effective rate weight_lr * r becomes min(eta * |p| / |d|, weight_lr).
 
     Args:
       weight_lr, bias_lr: float or optax schedule (a function of the step count).
-      weight_decay, momentum, eta: as above.
+      weight_decay, momentum, eta, clip_trust_ratio: as above.
 
     Returns:
       An optax.GradientTransformation; its `update` needs `params`.
@@ -73,7 +76,11 @@ def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
             if not is_weight(p):
                 return g
             d = g + weight_decay * p
-            return d * _trust_ratio(p, d, eta)
+            ratio = _trust_ratio(p, d, eta)
+            if clip_trust_ratio:
+                ratio = jnp.where(w_lr > 0, jnp.minimum(ratio / jnp.where(w_lr > 0, w_lr, 1.0),
+                                                        1.0), 1.0)
+            return d * ratio
 
         new_mu = jax.tree.map(lambda g, p, mu: momentum * mu + direction(g, p),
                               grads, params, state.momentum)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -61,7 +63,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
     o = config.optim
     weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
     return optim.lars(weight_lr, bias_lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                      eta=o.eta)
+                      eta=o.eta, clip_trust_ratio=o.clip_trust_ratio)
 
 
 def init_variables(model: BarlowTwins, rng: jax.Array, image_size: int) -> dict:
@@ -232,6 +234,48 @@ def _check_finite(loss, step: int) -> None:
             "which holds finite values.")
 
 
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint of the step it had reached."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(f"Stopped by SIGTERM at step {step}; the checkpoint of step {step} is "
+                         f"saved in {directory!r}. Rerun the same command to resume.")
+        self.step = step
+
+
+class PreemptionWatch:
+    """Turns SIGTERM (a scheduler's preemption notice) into a flag the training loop polls.
+
+    Installs its handler on entering (main thread only) and restores the previous one on
+    leaving. With several processes, `requested` is true on every process as soon as one
+    of them got the signal, so that all save the same step together.
+    """
+
+    def __init__(self):
+        self._flag = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._flag = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    def requested(self) -> bool:
+        if jax.process_count() == 1:
+            return self._flag
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
+
+
 def backbone_variables(variables: dict) -> dict:
     """{"params", "batch_stats"} of the backbone alone, from the full model's variables."""
     return {"params": variables["params"]["backbone"],
@@ -301,19 +345,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch).", flush=True)
     log.start(start)
-    for step in range(start + 1, total_steps + 1):
-        batch = next(batches)
-        state, metrics = train_step(state, batch)
-        last = step == total_steps
-        logging_step = step % config.log_every_steps == 0 or last
-        saving_step = step % config.checkpoint.every_steps == 0 or last
-        if logging_step or saving_step:
-            metrics = jax.device_get(metrics)
-            _check_finite(metrics["loss"], step)  # before a save: never checkpoint NaNs
-        if logging_step:
-            log.write(step, metrics)
-        if saving_step:
-            manager.maybe_save(step, state, force=True)
+    with PreemptionWatch() as preemption:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(batches)
+            state, metrics = train_step(state, batch)
+            last = step == total_steps
+            preempted = preemption.requested()
+            logging_step = step % config.log_every_steps == 0 or last
+            saving_step = step % config.checkpoint.every_steps == 0 or last or preempted
+            if logging_step or saving_step:
+                metrics = jax.device_get(metrics)
+                _check_finite(metrics["loss"], step)  # before a save: never checkpoint NaNs
+            if logging_step:
+                log.write(step, metrics)
+            if saving_step:
+                manager.maybe_save(step, state, force=True)
+            if preempted:
+                manager.close()
+                log.close()
+                raise Preempted(step, manager.directory)
     manager.close()  # waits for the last asynchronous save
     log.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}

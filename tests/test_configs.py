@@ -72,3 +72,33 @@ def test_core_imports_without_tensorflow():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_recipes_hold_design_md_numbers():
+    paper = load(os.path.join(ROOT, "configs", "imagenet.py"))
+    assert (paper.model.backbone, paper.model.projector_dims, paper.batch_size,
+            paper.num_epochs) == ("resnet50", (8192, 8192, 8192), 2048, 1000)
+    assert (paper.loss.lambd, paper.optim.lr_weights, paper.optim.lr_biases,
+            paper.optim.weight_decay, paper.optim.eta, paper.optim.warmup_epochs,
+            paper.optim.end_lr_fraction) == (0.0051, 0.2, 0.0048, 1.5e-6, 0.001, 10, 1e-3)
+    assert paper.optim.scale_lr_by_batch and not paper.optim.clip_trust_ratio
+    assert (paper.data.augment.blur_prob, paper.data.augment.solarize_prob) == (
+        (1.0, 0.1), (0.0, 0.2))
+    for name in ("cifar10", "cifar100"):
+        c = load(os.path.join(ROOT, "configs", f"{name}.py"))
+        assert c.data.name == name and c.model.stem == "cifar"
+        assert (c.model.projector_dims, c.loss.scale, c.optim.eta, c.optim.weight_decay,
+                c.optim.lr_weights, c.batch_size) == ((2048, 2048, 2048), 0.1, 0.02, 1e-4,
+                                                      0.3, 256)
+        assert c.optim.clip_trust_ratio and not c.optim.scale_lr_by_batch
+
+
+def test_config_diff_lists_changed_fields_readably():
+    a = config_lib.base_config()
+    b = config_lib.base_config()
+    assert config_lib.diff(a, b) == []
+    b.batch_size = 512
+    b.model.projector_dims = [8192, 8192, 8192]   # a list equal to the tuple: no change
+    b.data.augment.blur_prob = (1.0, 0.0)
+    assert config_lib.diff(a, b) == ["batch_size: 2048 -> 512",
+                                     "data.augment.blur_prob: (1.0, 0.1) -> (1.0, 0.0)"]

@@ -8,8 +8,9 @@ import pytest
 from bt_jax.optim import lars, scale_lr_by_batch, warmup_cosine_schedule
 
 
-def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta):
-    """The contract's rule in float64; w_lr/b_lr are functions of the step."""
+def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta, clip=False):
+    """The contract's rule in float64; w_lr/b_lr are functions of the step; clip: solo-learn's
+    clip_lr (trust ratio r -> min(r / lr, 1))."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     mu = {k: np.zeros_like(v) for k, v in p.items()}
     for step, grads in enumerate(grads_seq):
@@ -18,8 +19,11 @@ def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta):
             if p[k].ndim > 1:
                 d = g + wd * p[k]
                 pn, dn = np.linalg.norm(p[k]), np.linalg.norm(d)
-                d = d * (eta * pn / dn if pn > 0 and dn > 0 else 1.0)
+                r = eta * pn / dn if pn > 0 and dn > 0 else 1.0
                 lr = w_lr(step)
+                if clip:
+                    r = min(r / lr, 1.0) if lr > 0 else 1.0
+                d = d * r
             else:
                 d, lr = g, b_lr(step)
             mu[k] = momentum * mu[k] + d
@@ -100,3 +104,15 @@ def test_warmup_cosine_schedule_matches_official_formula():
     assert scale_lr_by_batch(0.2, 2048) == pytest.approx(1.6)
     with pytest.raises(ValueError, match="warmup_steps"):
         warmup_cosine_schedule(0.1, 10, 11)
+
+
+def test_lars_trust_ratio_clipping_matches_numpy():
+    params, grads = _problem(3)
+    w = warmup_cosine_schedule(2.0, total_steps=5, warmup_steps=2)
+    got = _run(lars(w, 0.05, weight_decay=1e-4, eta=0.02, clip_trust_ratio=True), params, grads)
+    want = numpy_lars(params, grads, lambda s: float(w(s)), lambda s: 0.05, 1e-4, 0.9, 0.02,
+                      clip=True)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    unclipped = _run(lars(w, 0.05, weight_decay=1e-4, eta=0.02), params, grads)
+    assert not np.allclose(unclipped["conv"], got["conv"])   # the clip binds here

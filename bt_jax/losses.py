@@ -128,7 +128,9 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
       eps: added to the batch variance.
 
     Returns:
-      {"on_diag": scalar, "off_diag": scalar}, float32.
+      float32 scalars: "on_diag" and "off_diag" (the two terms), and for monitoring the
+      cross-correlation C itself: "c_diag_mean" (mean of C_ii; 1 when the views agree)
+      and "c_offdiag_rms" (root mean square of C_ij, i != j; 0 when decorrelated).
     """
     if redundancy not in REDUNDANCY_MODES:
         raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
@@ -140,7 +142,10 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
         redundant = c
     else:
         redundant = correlation_of_standardized(a, a, axis_name=axis_name)
-    return {"on_diag": on_diagonal_term(c), "off_diag": off_diagonal_term(redundant)}
+    d = c.shape[0]
+    return {"on_diag": on_diagonal_term(c), "off_diag": off_diagonal_term(redundant),
+            "c_diag_mean": jnp.mean(jnp.diagonal(c)),
+            "c_offdiag_rms": jnp.sqrt(off_diagonal_term(c) / max(d * (d - 1), 1))}
 
 
 def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,

@@ -122,8 +122,9 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
     The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
     and "view_b", or whatever `make_views` (run per device, first thing in the step: the
     on-device augmentation) turns into them. Metrics are replicated scalars: loss,
-    on_diag, off_diag, grad_norm, and learning_rate (the weights' rate at this step) where
-    the schedule is given.
+    on_diag, off_diag, c_diag_mean, c_offdiag_rms (see `losses.barlow_twins_terms`),
+    grad_norm, and learning_rate (the weights' rate at this step) where the schedule is
+    given.
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -138,8 +139,7 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
             axis_name=parallel.BATCH_AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "on_diag": terms["on_diag"], "off_diag": terms["off_diag"],
-                   "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
@@ -164,10 +164,11 @@ class MetricsLog:
     """
 
     def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
-                 write_files: bool = True):
+                 steps_per_epoch: int = 0, write_files: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl") if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
+        self.steps_per_epoch = steps_per_epoch
         self.writer = _tensorboard_writer(workdir) if write_files else None
         self._last = (time.perf_counter(), 0)
 
@@ -180,7 +181,10 @@ class MetricsLog:
         self._last = (now, step)
         seconds_per_step = (now - t0) / max(step - s0, 1)
         row = {"step": step, **{k: float(v) for k, v in scalars.items()},
-               "pairs_per_s": self.global_batch / max(seconds_per_step, 1e-9)}
+               "pairs_per_s": self.global_batch / max(seconds_per_step, 1e-9),
+               "step_time_s": seconds_per_step}
+        if self.steps_per_epoch:
+            row["epoch"] = step / self.steps_per_epoch
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -188,7 +192,8 @@ class MetricsLog:
             self.writer.write_scalars(step, row)
         eta = _format_eta((self.total_steps - step) * seconds_per_step)
         lr = f" | lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
-        print(f"step {step:>6}/{self.total_steps} | loss {row['loss']:.4f} | on-diag "
+        epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""
+        print(f"step {step:>6}/{self.total_steps}{epoch} | loss {row['loss']:.4f} | on-diag "
               f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr} | "
               f"{row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
         return row
@@ -340,7 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
-    log = MetricsLog(workdir, total_steps, config.batch_size, write_files=chief)
+    log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
+                     write_files=chief)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch).", flush=True)

@@ -57,6 +57,12 @@ def test_terms_weight_to_the_loss_and_auto_differs_from_cross():
     np.testing.assert_allclose(barlow_twins_loss(z_a, z_b, lambd=0.3),
                                cross["on_diag"] + 0.3 * cross["off_diag"], rtol=1e-6)
     assert cross["on_diag"] == auto["on_diag"]
+    a, _ = standardize(np.asarray(z_a))
+    b, _ = standardize(np.asarray(z_b))
+    c = a.T @ b / a.shape[0]
+    off = c[~np.eye(c.shape[0], dtype=bool)]
+    np.testing.assert_allclose(cross["c_diag_mean"], np.mean(np.diag(c)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cross["c_offdiag_rms"], np.sqrt(np.mean(off ** 2)), rtol=1e-5)
     assert abs(float(cross["off_diag"]) - float(auto["off_diag"])) > 1e-3
 
 

@@ -50,7 +50,14 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
         assert 0.0 <= r["linear_top1"] <= 1.0 and 0.0 <= r["knn_top1"] <= 1.0
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [2, 3]
-    assert all(r["loss"] > 0 and r["pairs_per_s"] > 0 for r in rows)
+    assert all(r["loss"] > 0 and r["pairs_per_s"] > 0 and r["step_time_s"] > 0 for r in rows)
+    assert [r["epoch"] for r in rows] == pytest.approx([2 / 22, 3 / 22])   # 1438 // 64 = 22
+    for r in rows:   # the cross-correlation's diagonal mean and off-diagonal RMS
+        assert -1.0 <= r["c_diag_mean"] <= 1.0 and 0.0 <= r["c_offdiag_rms"] <= 1.0
+        d = 32   # projector_dims[-1]: on_diag = sum (1 - C_ii)^2 >= d (1 - mean C_ii)^2
+        assert r["on_diag"] >= d * (1 - r["c_diag_mean"]) ** 2 - 1e-3
+        assert r["off_diag"] == pytest.approx(d * (d - 1) * r["c_offdiag_rms"] ** 2, rel=1e-4)
+    assert "(epoch 0.14)" in out
     lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[0]
     assert rows[0]["learning_rate"] == pytest.approx(float(lr(1)))  # rate used by step 2
     # backbone.msgpack holds the backbone's params and batch_stats.

@@ -163,3 +163,31 @@ def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_cou
         _, metrics = step(state, parallel.host_to_global(batch, mesh))
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
+    """model.dtype="bfloat16": convolutions and dense layers in bf16; parameters, optimiser
+    state, BatchNorm statistics, the cross-correlation and the loss in float32."""
+    c = tiny_config()
+    c.model.dtype = "bfloat16"
+    mesh = parallel.make_mesh()
+    model = train.create_model(c, axis_name=parallel.BATCH_AXIS)
+    tx = train.create_optimizer(c, steps_per_epoch=10, total_steps=10)
+    state = parallel.replicate(train.init_state(train.create_model(c), tx, jax.random.key(0),
+                                                c.data.image_size), mesh)
+    step = train.make_train_step(model, tx, c.loss, mesh)
+    state, metrics = step(state, parallel.host_to_global(_batch(c), mesh))
+    for tree in (state.params, state.batch_stats, state.opt_state):
+        assert {leaf.dtype for leaf in jax.tree.leaves(tree)
+                if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
+    variables = train.init_variables(train.create_model(c), jax.random.key(0), 8)
+    jaxpr = jax.make_jaxpr(lambda p, s, b: train.loss_and_grads(
+        p, s, b, model=train.create_model(c), loss_cfg=c.loss, axis_name=None))(
+        variables["params"], variables["batch_stats"], _batch(c))
+    eqns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("conv_general_dilated",
+                                                                 "dot_general")]
+    dtypes = [tuple(v.aval.dtype for v in e.invars) for e in eqns]
+    assert sum(d == (jnp.bfloat16, jnp.bfloat16) for d in dtypes) >= 10   # the network
+    assert (jnp.float32, jnp.float32) in dtypes   # the cross-correlation Z_A^T Z_B / N
+    assert jaxpr.out_avals[0].dtype == jnp.float32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import train
+from bt_jax import export, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,6 +66,17 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     with open(os.path.join(workdir, "backbone.msgpack"), "rb") as f:
         restored = flax.serialization.from_bytes(target, f.read())
     assert jax.tree.structure(restored) == jax.tree.structure(target)
+    # export.load_backbone rebuilds the module from config.json: the same features.
+    backbone, variables = export.load_backbone(workdir)
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(backbone.apply(variables, x, train=False),
+                               model.backbone.apply(restored, x, train=False), rtol=1e-6)
+    code = ("import sys; sys.modules['bt_jax'] = None; import flax.serialization\n"
+            f"v = flax.serialization.msgpack_restore(open({workdir + '/backbone.msgpack'!r}, "
+            "'rb').read())\nprint(sorted(v))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)   # the file needs nothing of bt_jax to read
+    assert r.returncode == 0 and r.stdout.strip() == "['batch_stats', 'params']", r.stderr
     # A longer run in the same workdir resumes from the last checkpoint.
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
     train.train_and_evaluate(_tiny(5), workdir)

@@ -24,8 +24,15 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file with get_
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_bool("jax_distributed", False,
                   "Call jax.distributed.initialize() first: one process per host of a GPU "
-                  "cluster or TPU pod (coordinator from the environment: SLURM, TPU, or "
-                  "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+                  "cluster or TPU pod. What the three flags below leave unset comes from the "
+                  "cluster's environment (SLURM, TPU pods, Open MPI, Kubernetes; "
+                  "JAX_COORDINATOR_ADDRESS for the address).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
+                     "After this long without a heartbeat from a process, the others stop "
+                     "with an error instead of waiting for it forever.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -70,7 +77,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if FLAGS.jax_distributed:
         import jax  # pylint: disable=import-outside-toplevel
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                       num_processes=FLAGS.num_processes,
+                                       process_id=FLAGS.process_id,
+                                       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+        except (ValueError, TypeError, RuntimeError) as e:
+            _fail(f"jax.distributed.initialize failed: {e}. Outside SLURM / TPU pods / MPI, "
+                  "pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.")
     from bt_jax import data, train  # pylint: disable=import-outside-toplevel
     data.keep_tensorflow_off_accelerators()
     print(describe_config(), flush=True)

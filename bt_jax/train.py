@@ -157,7 +157,8 @@ def _format_eta(seconds: float) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line.
+    """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line;
+    all three from process 0 only (write_files).
 
     pairs/s is measured over the interval since the previous line (the first interval
     includes compilation); the ETA extrapolates that rate.
@@ -169,6 +170,7 @@ class MetricsLog:
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.steps_per_epoch = steps_per_epoch
+        self.write_files = write_files
         self.writer = _tensorboard_writer(workdir) if write_files else None
         self._last = (time.perf_counter(), 0)
 
@@ -190,6 +192,8 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, row)
+        if not self.write_files:
+            return row   # processes other than 0 stay quiet
         eta = _format_eta((self.total_steps - step) * seconds_per_step)
         lr = f" | lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""

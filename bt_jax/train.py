@@ -116,15 +116,16 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
 def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     loss_cfg: ml_collections.ConfigDict, mesh,
                     learning_rate: Optional[optax.Schedule] = None,
-                    make_views: Optional[Callable[[dict], dict]] = None) -> Callable:
+                    make_views: Optional[Callable[[dict], dict]] = None,
+                    bias_learning_rate: Optional[optax.Schedule] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
 
     The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
     and "view_b", or whatever `make_views` (run per device, first thing in the step: the
     on-device augmentation) turns into them. Metrics are replicated scalars: loss,
     on_diag, off_diag, c_diag_mean, c_offdiag_rms (see `losses.barlow_twins_terms`),
-    grad_norm, and learning_rate (the weights' rate at this step) where the schedule is
-    given.
+    grad_norm, and learning_rate / bias_learning_rate (the rates of the weights and of
+    biases and BatchNorm at this step) where the schedules are given.
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -142,6 +143,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
         metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
+        if bias_learning_rate is not None:
+            metrics["bias_learning_rate"] = bias_learning_rate(state.step)
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
                                opt_state=opt_state)
         return new_state, metrics
@@ -342,9 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
         make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
                                                  *stats)
-    train_step = make_train_step(model, tx, config.loss, mesh,
-                                 learning_rate=learning_rate_schedules(config, spe, total_steps)[0],
-                                 make_views=make_views)
+    weight_lr, bias_lr = learning_rate_schedules(config, spe, total_steps)
+    train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
+                                 make_views=make_views, bias_learning_rate=bias_lr)
     batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)

@@ -1,6 +1,13 @@
-"""Fashion-MNIST (70,000 28x28 images) with a CIFAR-stem ResNet-18: the CPU-affordable benchmark.
+"""Fashion-MNIST (70,000 28x28 images): the benchmark a 2-core CPU can afford.
 
-Needs the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.data.path=DIR).
+A narrow ResNet-18 (CIFAR stem, width 0.125: 64 features), projector 1024-1024-1024,
+batch 256, 10 epochs (2,340 steps) with 1 warm-up epoch, the paper's LARS and learning
+rates, crops of scale (0.2, 1), no hue or saturation jitter (grayscale images), blur sigma
+0.1..1 px. Probes: linear (100 epochs) and kNN (k = 200) on the 60,000 training images,
+tested on the 10,000 test images, beside a random encoder and raw pixels.
+
+Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.data.path=DIR;
+without them, TFDS's fashion_mnist).
   python -m bt_jax.main --config configs/fashion_mnist.py --workdir runs/fmnist
 """
 from bt_jax.config import base_config
@@ -9,7 +16,7 @@ from bt_jax.config import base_config
 def get_config():
     c = base_config()
     c.batch_size = 256
-    c.num_epochs = 100
+    c.num_epochs = 10
     c.log_every_steps = 50
 
     c.data.name = "fashion_mnist"
@@ -22,9 +29,9 @@ def get_config():
 
     c.model.backbone = "resnet18"
     c.model.stem = "cifar"
-    c.model.width = 0.5
+    c.model.width = 0.125
     c.model.projector_dims = (1024, 1024, 1024)
 
-    c.optim.warmup_epochs = 10
-    c.checkpoint.every_steps = 1000
+    c.optim.warmup_epochs = 1
+    c.checkpoint.every_steps = 500
     return c

@@ -60,6 +60,8 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert "(epoch 0.14)" in out
     lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[0]
     assert rows[0]["learning_rate"] == pytest.approx(float(lr(1)))  # rate used by step 2
+    bias_lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[1]
+    assert rows[0]["bias_learning_rate"] == pytest.approx(float(bias_lr(1)))
     # backbone.msgpack holds the backbone's params and batch_stats.
     model = train.create_model(_tiny(3))
     target = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))

@@ -185,8 +185,8 @@ def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     jaxpr = jax.make_jaxpr(lambda p, s, b: train.loss_and_grads(
         p, s, b, model=train.create_model(c), loss_cfg=c.loss, axis_name=None))(
         variables["params"], variables["batch_stats"], _batch(c))
-    eqns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("conv_general_dilated",
-                                                                 "dot_general")]
+    matmuls = ("conv_general_dilated", "dot_general")
+    eqns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in matmuls]
     dtypes = [tuple(v.aval.dtype for v in e.invars) for e in eqns]
     assert sum(d == (jnp.bfloat16, jnp.bfloat16) for d in dtypes) >= 10   # the network
     assert (jnp.float32, jnp.float32) in dtypes   # the cross-correlation Z_A^T Z_B / N

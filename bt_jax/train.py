@@ -358,27 +358,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch).", flush=True)
     log.start(start)
-    with PreemptionWatch() as preemption:
-        for step in range(start + 1, total_steps + 1):
-            batch = next(batches)
-            state, metrics = train_step(state, batch)
-            last = step == total_steps
-            preempted = preemption.requested()
-            logging_step = step % config.log_every_steps == 0 or last
-            saving_step = step % config.checkpoint.every_steps == 0 or last or preempted
-            if logging_step or saving_step:
-                metrics = jax.device_get(metrics)
-                _check_finite(metrics["loss"], step)  # before a save: never checkpoint NaNs
-            if logging_step:
-                log.write(step, metrics)
-            if saving_step:
-                manager.maybe_save(step, state, force=True)
-            if preempted:
-                manager.close()
-                log.close()
-                raise Preempted(step, manager.directory)
-    manager.close()  # waits for the last asynchronous save
-    log.close()
+    try:
+        with PreemptionWatch() as preemption:
+            for step in range(start + 1, total_steps + 1):
+                batch = next(batches)
+                state, metrics = train_step(state, batch)
+                last = step == total_steps
+                preempted = preemption.requested()
+                logging_step = step % config.log_every_steps == 0 or last
+                saving_step = step % config.checkpoint.every_steps == 0 or last or preempted
+                if logging_step or saving_step:
+                    metrics = jax.device_get(metrics)
+                    _check_finite(metrics["loss"], step)  # before a save: never save NaNs
+                if logging_step:
+                    log.write(step, metrics)
+                if saving_step:
+                    manager.maybe_save(step, state, force=True)
+                if preempted:
+                    raise Preempted(step, manager.directory)
+    finally:   # every way out (end, SIGTERM, NaN, error) waits for pending saves
+        manager.close()
+        log.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
     if chief:

@@ -57,6 +57,18 @@ def test_a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     assert os.path.isdir(tmp_path / "2")   # left on disk for inspection
 
 
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    """A save cut short leaves Orbax's temporary directory, never a step directory."""
+    _saved(str(tmp_path), [1, 2])
+    partial = tmp_path / "3.orbax-checkpoint-tmp-1795560000"
+    os.makedirs(partial / "default")
+    (partial / "default" / "_METADATA").write_bytes(b"{\"tree_metadata\": ")
+    manager = ckpt_lib.CheckpointManager(str(tmp_path), every_steps=1)
+    assert manager.latest_step() == 2
+    assert int(manager.restore_or(_state(0))["step"]) == 2
+    manager.close()
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     _saved(str(tmp_path), [1])
     manager = ckpt_lib.CheckpointManager(str(tmp_path), every_steps=1)

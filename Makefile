@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-slow install clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ demo: $(STAMP)
 
 # Fast tests (the default set); CPU only, 8 virtual devices.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=10 tests
+	$(PY) -m pytest -q -n 2 --durations=10 -m "not slow" tests
+
+# The tests that run whole training processes (SIGKILL/SIGTERM resume, 2 processes).
+# CI runs them after `make test` (.ci/run).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=5 -m slow tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

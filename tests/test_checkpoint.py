@@ -77,6 +77,7 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_from_it(tmp_path):
     workdir = str(tmp_path / "run")
     args = [sys.executable, "-m", "bt_jax.main", "--config", "configs/digits.py",
@@ -115,6 +116,7 @@ def _restore_raw(checkpoint_dir):
         return checkpointer.restore(os.path.join(os.path.abspath(checkpoint_dir), "default"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     args = ["--config", "configs/digits.py", "--config.num_steps=12",
             "--config.log_every_steps=1", "--config.checkpoint.every_steps=3",

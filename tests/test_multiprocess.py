@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config", "configs/digits.py", "--config.num_steps=4", "--config.log_every_steps=1",
@@ -46,6 +47,7 @@ def _restore_on_one_device(checkpoint_dir):
         return checkpointer.restore(path, target)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
     single = str(tmp_path / "one_process")
     r = subprocess.run([sys.executable, "-m", "bt_jax.main", "--workdir", single, *ARGS],
@@ -71,6 +73,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
         assert np.linalg.norm(b - a) <= 1e-4 * max(np.linalg.norm(a), 1e-6), a.shape
 
 
+@pytest.mark.slow
 def test_a_dead_process_makes_the_others_stop_instead_of_hanging(tmp_path):
     args = [a if a != "--config.num_steps=4" else "--config.num_steps=5000" for a in ARGS]
     port = _free_port()

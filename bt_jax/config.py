@@ -75,14 +75,41 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True        # False: pretrain only (e.g. unlabelled data); no results.json
-    c.eval.batch_size = 512
-    c.eval.knn_k = 200
-    c.eval.knn_temperature = 0.1
+    c.eval.batch_size = 512      # feature extraction
+    c.eval.baselines = True      # also probe a random-init encoder and raw pixels
+    # Which probe's accuracy is results.json's linear_top1: "fast" or "sgd" (both are kept).
+    c.eval.linear_protocol = "sgd"
+    # The paper's linear probe (B.1): frozen backbone, random-resized-crop + flip views,
+    # SGD momentum 0.9, cosine; 0 epochs: off.
     c.eval.linear_epochs = 100
     c.eval.linear_batch_size = 256
-    c.eval.linear_lr = 0.1
+    c.eval.linear_lr = 0.3
     c.eval.linear_weight_decay = 1e-6
-    c.eval.baselines = True
+    c.eval.linear_crop_scale = (0.08, 1.0)
+    # The fast probe: L-BFGS softmax regression on cached features, L2 chosen on a held-out
+    # part of the training split.
+    c.eval.fast_l2_grid = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    c.eval.fast_holdout_fraction = 0.1
+    c.eval.fast_max_iter = 300
+    # Weighted kNN (Wu et al. 2018) on L2-normalised features; the bank goes to the device
+    # in chunks of knn_bank_chunk rows.
+    c.eval.knn_k = 200
+    c.eval.knn_temperature = 0.1
+    c.eval.knn_bank_chunk = 16384
+    # Online probe: a linear classifier on stop-gradient features, trained during
+    # pretraining (Adam); off where the pretraining split has no labels.
+    c.eval.online_probe = True
+    c.eval.online_probe_lr = 1e-3
+    # Semi-supervised fine-tuning (B.2) on class-balanced label subsets; () : off.
+    c.eval.semi_fractions = (0.01, 0.1)
+    c.eval.semi_epochs = 20
+    c.eval.semi_batch_size = 256
+    c.eval.semi_lr_backbone = 0.005
+    c.eval.semi_lr_head = 0.5
+    c.eval.semi_weight_decay = 0.0
+    # Collapse diagnostics during pretraining (0: only at the end) and the t-SNE plot.
+    c.eval.diagnostics_every_steps = 1000
+    c.eval.tsne_points = 2000    # 0: no tsne.png
     return c
 
 
@@ -161,3 +188,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "
          "buffer, record files still shuffled).")
     need(config.data.prefetch_batches >= 1, "data.prefetch_batches must be >= 1.")
+    e = config.eval
+    need(e.linear_protocol in ("fast", "sgd"),
+         f"eval.linear_protocol must be 'fast' or 'sgd'; got {e.linear_protocol!r}.")
+    need(e.linear_protocol == "fast" or e.linear_epochs > 0,
+         "eval.linear_protocol='sgd' needs eval.linear_epochs > 0 (or set "
+         "eval.linear_protocol='fast').")
+    need(len(e.fast_l2_grid) > 0 and all(v >= 0 for v in e.fast_l2_grid),
+         f"eval.fast_l2_grid must be non-negative strengths; got {e.fast_l2_grid}.")
+    need(0.0 <= e.fast_holdout_fraction < 1.0, "eval.fast_holdout_fraction must be in [0, 1).")
+    need(e.knn_k > 0 and e.knn_bank_chunk > 0, "eval.knn_k and eval.knn_bank_chunk must be "
+         "positive.")
+    need(all(0.0 < f <= 1.0 for f in e.semi_fractions),
+         f"eval.semi_fractions must be fractions in (0, 1]; got {e.semi_fractions}.")
+    need(e.diagnostics_every_steps >= 0, "eval.diagnostics_every_steps must be >= 0 (0: only "
+         "at the end).")

@@ -1,17 +1,23 @@
-"""Evaluation of frozen representations: weighted kNN and a linear probe.
+"""Evaluation of representations: weighted kNN, two linear probes, semi-supervised
+fine-tuning and collapse diagnostics, written to results.json.
 
 kNN: Wu et al. (CVPR 2018), as the Barlow Twins / solo-learn monitors use it: cosine
 similarity of L2-normalised features, the k nearest training examples vote with weight
-exp(similarity / temperature).
-Linear probe: a softmax classifier on frozen, standardised features, trained with SGD
-(momentum 0.9, cosine learning rate, weight decay), as in the paper's B.1 but on
-precomputed features of un-augmented images.
+exp(similarity / temperature); the bank is streamed to the device in chunks.
+Linear probes: the paper's protocol (B.1, `bt_jax.classifier`: SGD on augmented views of
+a frozen backbone) and a fast probe (full-batch L-BFGS softmax regression on cached,
+standardised features, L2 chosen on a held-out part of the training split).
+Semi-supervised (B.2): fine-tuning on 1% / 10% class-balanced label subsets.
+
+As a command, evaluates a finished or running workdir and writes/updates its results.json:
+  python -m bt_jax.evaluate --workdir runs/demo [--config configs/digits.py]
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -43,29 +49,90 @@ def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
     return np.concatenate(out).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
-def _knn_predict(train_x, train_y, query, *, num_classes: int, k: int, temperature):
-    sims = query @ train_x.T                                  # [Q, N]
-    top_sims, top_idx = jax.lax.top_k(sims, k)                # [Q, k]
-    weights = jnp.exp(top_sims / temperature)
-    votes = jax.nn.one_hot(train_y[top_idx], num_classes) * weights[..., None]
-    return jnp.argmax(votes.sum(axis=1), axis=-1)
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of scores [N, C] whose label [N] is among their k highest scores
+    (k is capped at C, so top-5 of a 3-class problem is 1.0)."""
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
 
 
-def knn_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-             test_y: np.ndarray, num_classes: int, *, k: int = 200,
-             temperature: float = 0.1, chunk: int = 1024) -> float:
-    """Weighted kNN top-1 accuracy (fraction) on L2-normalised [N, F] features."""
-    def l2n(x):
-        x = np.asarray(x, np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def l2_normalize(x) -> np.ndarray:
+    """Rows of [N, F] scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    tr, te = jnp.asarray(l2n(train_x)), l2n(test_x)
-    k = min(k, tr.shape[0])
-    preds = [np.asarray(_knn_predict(tr, jnp.asarray(train_y), jnp.asarray(te[i:i + chunk]),
-                                     num_classes=num_classes, k=k, temperature=temperature))
-             for i in range(0, te.shape[0], chunk)]
-    return float(np.mean(np.concatenate(preds) == np.asarray(test_y)))
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _merge_top_k(top_sims, top_labels, queries, bank, bank_labels, *, k: int):
+    """The k most similar bank entries so far, updated with one chunk of the bank.
+
+    top_sims, top_labels: [Q, k] (-inf / -1 where empty); queries: [Q, F]; bank: [C, F];
+    bank_labels: [C] int32, -1 for padding rows (never chosen).
+    """
+    sims = jnp.where(bank_labels[None, :] >= 0,
+                     jnp.matmul(queries, bank.T, precision=jax.lax.Precision.HIGHEST), -jnp.inf)
+    sims = jnp.concatenate([top_sims, sims], axis=1)
+    labels = jnp.concatenate([top_labels, jnp.broadcast_to(bank_labels, sims.shape[:1] +
+                                                           bank_labels.shape)], axis=1)
+    top_sims, idx = jax.lax.top_k(sims, k)
+    return top_sims, jnp.take_along_axis(labels, idx, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _vote(top_sims, top_labels, temperature, *, num_classes: int):
+    """[Q, k] neighbour similarities and labels -> [Q, num_classes] weighted votes."""
+    weights = jnp.where(top_labels >= 0, jnp.exp(top_sims / temperature), 0.0)
+    return jnp.einsum("qk,qkc->qc", weights, jax.nn.one_hot(top_labels, num_classes))
+
+
+def knn_scores(train_x, train_y, test_x, num_classes: int, *, k: int = 200,
+               temperature: float = 0.1, bank_chunk: int = 16384,
+               query_chunk: int = 1024) -> np.ndarray:
+    """Weighted kNN class votes (Wu et al. 2018) of L2-normalised features.
+
+    Each query's k most cosine-similar training examples vote for their class with weight
+    exp(similarity / temperature). The bank is streamed to the device in chunks of
+    `bank_chunk` rows (each sent once) while every query keeps a running top-k there, so
+    memory is O(bank_chunk * F + Q * k), not O(N * F): ImageNet-sized banks fit.
+
+    Args:
+      train_x: [N, F] bank features; train_y: [N] int labels; test_x: [Q, F] queries.
+
+    Returns:
+      [Q, num_classes] float32 votes.
+    """
+    bank, queries = l2_normalize(train_x), l2_normalize(test_x)
+    train_y = np.asarray(train_y, np.int32)
+    k = min(k, bank.shape[0])
+    q_slices = [slice(i, i + query_chunk) for i in range(0, queries.shape[0], query_chunk)]
+    q_dev = [jnp.asarray(queries[s]) for s in q_slices]
+    state = [(jnp.full((q.shape[0], k), -jnp.inf), jnp.full((q.shape[0], k), -1, jnp.int32))
+             for q in q_dev]
+    chunk = min(bank_chunk, bank.shape[0])
+    for start in range(0, bank.shape[0], chunk):
+        rows, labels = bank[start:start + chunk], train_y[start:start + chunk]
+        pad = chunk - rows.shape[0]   # one static shape for every chunk
+        rows = jnp.asarray(np.pad(rows, ((0, pad), (0, 0))))
+        labels = jnp.asarray(np.pad(labels, (0, pad), constant_values=-1))
+        state = [_merge_top_k(s, lab, q, rows, labels, k=k)
+                 for (s, lab), q in zip(state, q_dev)]
+    return np.concatenate([np.asarray(_vote(s, lab, temperature, num_classes=num_classes))
+                           for s, lab in state])
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, k: int = 200,
+                 temperature: float = 0.1, **chunks) -> dict:
+    """{"top1", "top5"} (fractions) of the weighted kNN classifier of `knn_scores`."""
+    scores = knn_scores(train_x, train_y, test_x, num_classes, k=k, temperature=temperature,
+                        **chunks)
+    return {"top1": topk_accuracy(scores, test_y, 1), "top5": topk_accuracy(scores, test_y, 5)}
+
+
+def knn_top1(train_x, train_y, test_x, test_y, num_classes: int, **kwargs) -> float:
+    """Weighted kNN top-1 accuracy (fraction); see `knn_scores`."""
+    return knn_accuracy(train_x, train_y, test_x, test_y, num_classes, **kwargs)["top1"]
 
 
 def standardize_features(train_x: np.ndarray, test_x: np.ndarray):
@@ -75,109 +142,385 @@ def standardize_features(train_x: np.ndarray, test_x: np.ndarray):
     return (train_x - mean) / std, (test_x - mean) / std
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
-def _train_linear(x, y, key, *, num_classes: int, epochs: int, batch_size: int, lr,
-                  weight_decay):
-    n, f = x.shape
-    steps_per_epoch = max(n // batch_size, 1)
-    bs = min(batch_size, n)
-    tx = optax.sgd(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch), momentum=0.9)
-    params = {"w": jnp.zeros((f, num_classes)), "b": jnp.zeros((num_classes,))}
-
-    def loss_fn(p, xb, yb):
-        logits = xb @ p["w"] + p["b"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-        return ce + 0.5 * weight_decay * jnp.sum(jnp.square(p["w"]))
-
-    def epoch(carry, key):
-        p, s = carry
-        perm = jax.random.permutation(key, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
-
-        def step(carry, idx):
-            p, s = carry
-            g = jax.grad(loss_fn)(p, x[idx], y[idx])
-            u, s = tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        return jax.lax.scan(step, (p, s), perm)[0], None
-
-    (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
-    return params
+def _softmax_objective(params, x, y, l2):
+    logits = x @ params["w"] + params["b"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return ce + 0.5 * l2 * jnp.sum(jnp.square(params["w"]))
 
 
-def linear_probe_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                      test_y: np.ndarray, num_classes: int, *, epochs: int = 100,
-                      batch_size: int = 256, lr: float = 0.1, weight_decay: float = 1e-6,
-                      seed: int = 0) -> float:
-    """Top-1 accuracy (fraction) of a linear softmax classifier on frozen [N, F] features."""
-    tr, te = standardize_features(np.asarray(train_x, np.float32), np.asarray(test_x, np.float32))
-    params = _train_linear(jnp.asarray(tr), jnp.asarray(train_y, jnp.int32), jax.random.key(seed),
-                           num_classes=num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
-                           weight_decay=weight_decay)
-    pred = np.argmax(np.asarray(te @ np.asarray(params["w"]) + np.asarray(params["b"])), axis=1)
-    return float(np.mean(pred == np.asarray(test_y)))
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
+def _fit_softmax_lbfgs(x, y, l2s, *, num_classes: int, max_iter: int):
+    """Full-batch L-BFGS fits of mean cross-entropy + l2/2 |W|^2, one per value of l2s.
+
+    x: [N, F] float32; y: [N] int32; l2s: [G]. Returns {"w": [G, F, C], "b": [G, C]}.
+    """
+    def fit(l2):
+        fun = functools.partial(_softmax_objective, x=x, y=y, l2=l2)
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(fun)
+        params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+
+        def step(_, carry):
+            params, state = carry
+            value, grad = value_and_grad(params, state=state)
+            updates, state = opt.update(grad, state, params, value=value, grad=grad,
+                                        value_fn=fun)
+            return optax.apply_updates(params, updates), state
+
+        return jax.lax.fori_loop(0, max_iter, step, (params, opt.init(params)))[0]
+
+    return jax.vmap(fit)(l2s)
+
+
+def _holdout_split(labels: np.ndarray, fraction: float, seed: int):
+    """(fit indices, held-out indices): about `fraction` of every class held out."""
+    rng = np.random.default_rng([seed, 0xB0])
+    held = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        held.append(idx[:int(round(fraction * len(idx)))])
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
+                      l2_grid=(1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                      holdout_fraction: float = 0.1,
+                      max_iter: int = 300, seed: int = 0) -> dict:
+    """Softmax regression on cached, standardised features, fitted by full-batch L-BFGS.
+
+    The L2 strength is chosen from `l2_grid` by cross-entropy on a class-stratified held-out
+    `holdout_fraction` of the training split (all strengths are fitted at once, vmapped),
+    then the probe is refitted on the whole training split. The objective is mean
+    cross-entropy + l2 / 2 * |W|^2 (scikit-learn's C is 1 / (l2 * N)).
+
+    Args:
+      train_x: [N, F]; train_y: [N] int; test_x: [Q, F]; test_y: [Q] int.
+
+    Returns:
+      {"top1", "top5", "l2"}: test accuracies (fractions) and the chosen strength.
+    """
+    train_x, test_x = standardize_features(np.asarray(train_x, np.float32),
+                                           np.asarray(test_x, np.float32))
+    train_y = np.asarray(train_y, np.int32)
+    grid = np.asarray(l2_grid, np.float32)
+    fit_idx, held_idx = _holdout_split(train_y, holdout_fraction, seed)
+    if len(grid) > 1 and len(held_idx):
+        params = _fit_softmax_lbfgs(jnp.asarray(train_x[fit_idx]), jnp.asarray(train_y[fit_idx]),
+                                    jnp.asarray(grid), num_classes=num_classes,
+                                    max_iter=max_iter)
+        logits = np.einsum("nf,gfc->gnc", train_x[held_idx], np.asarray(params["w"]),
+                           dtype=np.float64) + np.asarray(params["b"])[:, None]
+        # Held-out cross-entropy: smoother than held-out accuracy, which on a few hundred
+        # examples moves in steps of a fraction of a point and ties easily.
+        log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        losses = -np.take_along_axis(log_p, train_y[held_idx][None, :, None], -1).mean((1, 2))
+        best = float(l2_grid[int(np.argmin(losses))])
+    else:
+        best = float(l2_grid[0])
+    params = _fit_softmax_lbfgs(jnp.asarray(train_x), jnp.asarray(train_y),
+                                jnp.asarray([best], jnp.float32), num_classes=num_classes,
+                                max_iter=max_iter)
+    scores = test_x @ np.asarray(params["w"][0]) + np.asarray(params["b"][0])
+    return {"top1": topk_accuracy(scores, test_y, 1), "top5": topk_accuracy(scores, test_y, 5),
+            "l2": best}
 
 
 def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg) -> dict:
-    """{"linear_top1", "knn_top1"} for one set of features."""
-    return {
-        "linear_top1": linear_probe_top1(
-            train_x, train_y, test_x, test_y, num_classes, epochs=eval_cfg.linear_epochs,
-            batch_size=eval_cfg.linear_batch_size, lr=eval_cfg.linear_lr,
-            weight_decay=eval_cfg.linear_weight_decay),
-        "knn_top1": knn_top1(train_x, train_y, test_x, test_y, num_classes, k=eval_cfg.knn_k,
-                             temperature=eval_cfg.knn_temperature),
-    }
+    """The cached-feature probes of one representation: {"linear_fast_top1",
+    "linear_fast_top5", "linear_fast_l2", "knn_top1", "knn_top5"}."""
+    fast = fast_linear_probe(train_x, train_y, test_x, test_y, num_classes,
+                             l2_grid=tuple(eval_cfg.fast_l2_grid),
+                             holdout_fraction=eval_cfg.fast_holdout_fraction,
+                             max_iter=eval_cfg.fast_max_iter)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=eval_cfg.knn_k,
+                       temperature=eval_cfg.knn_temperature, bank_chunk=eval_cfg.knn_bank_chunk)
+    return {"linear_fast_top1": fast["top1"], "linear_fast_top5": fast["top5"],
+            "linear_fast_l2": fast["l2"], "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+
+
+def _head_config(e, seed: int, *, finetune: bool = False) -> "classifier.HeadConfig":
+    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
+    if finetune:
+        return classifier.HeadConfig(epochs=e.semi_epochs, batch_size=e.semi_batch_size,
+                                     lr_head=e.semi_lr_head, lr_backbone=e.semi_lr_backbone,
+                                     weight_decay=e.semi_weight_decay,
+                                     crop_scale=tuple(e.linear_crop_scale), finetune=True,
+                                     seed=seed)
+    return classifier.HeadConfig(epochs=e.linear_epochs, batch_size=e.linear_batch_size,
+                                 lr_head=e.linear_lr, weight_decay=e.linear_weight_decay,
+                                 crop_scale=tuple(e.linear_crop_scale), seed=seed)
+
+
+def probe_representation(config, encode, variables: dict, train_split, test_split,
+                         train_x: np.ndarray, test_x: np.ndarray, stats) -> dict:
+    """Every probe of one representation.
+
+    Args:
+      encode: a `classifier.Encoder`; variables: its variables (read, never changed).
+      train_split, test_split: the labelled uint8 splits (for the SGD probe's views).
+      train_x, test_x: [N, F], [Q, F] cached features of the un-augmented images.
+      stats: (mean [3], std [3]) of the pretraining's normalisation.
+
+    Returns:
+      {"linear_top1", "linear_top5" (the eval.linear_protocol probe's), "linear_fast_*",
+       "linear_sgd_*" (when eval.linear_epochs > 0), "knn_top1", "knn_top5"}.
+    """
+    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
+    e = config.eval
+    k = train_split.num_classes
+    r = evaluate_features(train_x, train_split.labels, test_x, test_split.labels, k, e)
+    if e.linear_epochs > 0:
+        sgd = classifier.train_and_test(
+            encode, variables, (train_split.images, train_split.labels),
+            (test_split.images, test_split.labels), k, _head_config(e, config.seed),
+            image_size=config.data.image_size, mean=stats[0], std=stats[1])
+        r["linear_sgd_top1"], r["linear_sgd_top5"] = sgd["top1"], sgd["top5"]
+    r["linear_top1"] = r[f"linear_{e.linear_protocol}_top1"]
+    r["linear_top5"] = r[f"linear_{e.linear_protocol}_top5"]
+    return r
+
+
+def semi_supervised(config, encode, variables: dict, train_split, test_split, stats) -> dict:
+    """{"semi_1pct_top1", "semi_1pct_top5", ...}: fine-tuning on each eval.semi_fractions
+    class-balanced label subset (drawn by config.seed), tested on the test split."""
+    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
+    out = {}
+    for fraction in config.eval.semi_fractions:
+        subset = classifier.label_subset(train_split.labels, fraction, config.seed)
+        r = classifier.train_and_test(
+            encode, variables, (train_split.images, train_split.labels),
+            (test_split.images, test_split.labels), train_split.num_classes,
+            _head_config(config.eval, config.seed, finetune=True),
+            image_size=config.data.image_size, mean=stats[0], std=stats[1], subset=subset)
+        name = f"semi_{100 * fraction:g}pct"
+        out[f"{name}_top1"], out[f"{name}_top5"] = r["top1"], r["top5"]
+        out[f"{name}_examples"] = int(len(subset))
+    return out
 
 
 def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
-                 train_split, test_split, stats=None) -> dict:
+                 train_split, test_split, stats=None, *, online_probe: Optional[dict] = None,
+                 workdir: Optional[str] = None) -> dict:
     """Trained encoder, randomly initialised encoder and raw pixels, probed the same way.
 
-    stats: (mean [3], std [3]) the encoder's inputs were normalised with in pretraining;
-    default: the train split's channel statistics.
+    Args:
+      backbone: the Flax backbone; trained, random_init: its {"params", "batch_stats"}
+        (never changed: the probes only read them).
+      train_split, test_split: labelled in-memory splits.
+      stats: (mean [3], std [3]) the encoder's inputs were normalised with in pretraining;
+        default: the train split's channel statistics.
+      online_probe: the online probe's {"w": [F, C], "b": [C]}, tested here if given.
+      workdir: where tsne.png goes (eval.tsne_points > 0).
 
-    Returns {"linear_top1", "knn_top1", "num_train", "num_test",
-             "baselines": {"random_init": {...}, "pixels": {...}}}.
+    Returns:
+      {"linear_top1", "linear_top5", "linear_fast_*", "linear_sgd_*", "knn_top1",
+       "knn_top5", "online_linear_top1"?, "semi_*"?, "num_train", "num_test",
+       "diagnostics": {...} (spectrum of the test features, "collapse": verdict or None),
+       "baselines": {"random_init": {...}, "pixels": {...}}}.
     """
+    from bt_jax import classifier, diagnostics  # pylint: disable=import-outside-toplevel
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     stats = pipeline.channel_stats(train_split) if stats is None else stats
     train_img = pipeline.eval_arrays(train_split, *stats)
     test_img = pipeline.eval_arrays(test_split, *stats)
-    k = train_split.num_classes
     e = config.eval
+    encode = classifier.backbone_encoder(backbone)
 
-    def probe(variables):
-        return evaluate_features(extract_features(backbone, variables, train_img, e.batch_size),
-                                 train_split.labels,
-                                 extract_features(backbone, variables, test_img, e.batch_size),
-                                 test_split.labels, k, e)
+    def features(variables):
+        return (extract_features(backbone, variables, train_img, e.batch_size),
+                extract_features(backbone, variables, test_img, e.batch_size))
 
-    results = {**probe(trained), "num_train": len(train_split), "num_test": len(test_split)}
+    train_x, test_x = features(trained)
+    results = probe_representation(config, encode, trained, train_split, test_split, train_x,
+                                   test_x, stats)
+    if online_probe is not None:
+        scores = test_x @ np.asarray(online_probe["w"]) + np.asarray(online_probe["b"])
+        results["online_linear_top1"] = topk_accuracy(scores, test_split.labels, 1)
+        results["online_linear_top5"] = topk_accuracy(scores, test_split.labels, 5)
+    results.update(semi_supervised(config, encode, trained, train_split, test_split, stats))
+    spectrum = diagnostics.spectrum_stats(test_x)
+    results["diagnostics"] = {**{f"test_features_{k}": v
+                                 for k, v in diagnostics.scalars(spectrum).items()},
+                              "collapse": diagnostics.collapse_verdict(spectrum)}
+    if workdir is not None and e.tsne_points > 0:
+        diagnostics.plot_embedding_2d(test_x, test_split.labels,
+                                      os.path.join(workdir, "tsne.png"),
+                                      max_points=e.tsne_points, seed=config.seed)
+    results.update(num_train=len(train_split), num_test=len(test_split))
     if e.baselines:
         results["baselines"] = {
-            "random_init": probe(random_init),
-            "pixels": evaluate_features(train_img.reshape(len(train_split), -1),
-                                        train_split.labels,
-                                        test_img.reshape(len(test_split), -1),
-                                        test_split.labels, k, e),
+            "random_init": probe_representation(config, encode, random_init, train_split,
+                                                test_split, *features(random_init), stats),
+            "pixels": probe_representation(config, classifier.pixel_encoder, {}, train_split,
+                                           test_split, train_img.reshape(len(train_split), -1),
+                                           test_img.reshape(len(test_split), -1), stats),
         }
     return results
 
 
 def format_table(results: dict) -> str:
-    """The results as a small text table, accuracies in percent."""
+    """The results as a small text table, top-1 accuracies in percent ("-" where a probe
+    did not run), then the online probe, semi-supervised and collapse lines if present."""
     rows = [("Barlow Twins", results)]
     rows += [(name.replace("_", " "), r) for name, r in results.get("baselines", {}).items()]
-    lines = [f"{'representation':<16} {'linear top-1':>13} {'kNN top-1':>10}"]
+    columns = [("linear (sgd)", "linear_sgd_top1"), ("linear (fast)", "linear_fast_top1"),
+               ("kNN", "knn_top1")]
+    columns = [c for c in columns if any(c[1] in r for _, r in rows)] or [
+        ("linear top-1", "linear_top1"), ("kNN top-1", "knn_top1")]
+
+    def cell(r, key):
+        return f"{100 * r[key]:.1f}%" if key in r else "-"
+
+    lines = [f"{'representation':<16}" + "".join(f" {title:>14}" for title, _ in columns)]
     for name, r in rows:
-        lines.append(f"{name:<16} {100 * r['linear_top1']:>12.1f}% {100 * r['knn_top1']:>9.1f}%")
+        lines.append(f"{name:<16}" + "".join(f" {cell(r, key):>14}" for _, key in columns))
+    extra = [f"{k}: {100 * v:.1f}%" for k, v in results.items()
+             if (k.startswith("semi_") or k.startswith("online_")) and k.endswith("_top1")]
+    if extra:
+        lines.append("; ".join(extra))
+    collapse = results.get("diagnostics", {}).get("collapse")
+    if collapse:
+        lines.append(f"warning: test features show {collapse}")
     return "\n".join(lines)
 
 
 def write_results(results: dict, workdir: str) -> str:
-    """Writes results.json into workdir; returns its path."""
+    """Writes results into workdir/results.json, keeping the keys of an existing file that
+    `results` does not set (so separate evaluations add up); returns its path."""
     path = os.path.join(workdir, "results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    merged = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                merged = json.load(f)
+        except (OSError, ValueError):
+            merged = {}
+    merged.update(results)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2)
+    os.replace(tmp, path)   # never a half-written results.json
     return path
+
+
+def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str]:
+    """(backbone, its variables, the online probe's params or None, what was read) of a
+    run: its newest readable checkpoint, else its exported backbone.msgpack. Nothing in
+    the workdir is written or deleted."""
+    from bt_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+    from bt_jax import export, train  # pylint: disable=import-outside-toplevel
+    from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import datasets  # pylint: disable=import-outside-toplevel
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    model = train.create_model(config)
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+        num_classes = 0
+        if config.eval.online_probe:
+            num_classes = train.pretrain_num_classes(datasets.pretrain_split(config.data))
+
+        def template(classes):
+            return train.init_state(model, train.create_optimizer(config, 1, 1),
+                                    jax.random.key(config.seed), config.data.image_size,
+                                    num_classes=classes,
+                                    probe_tx=train.online_probe_optimizer(config))
+
+        manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
+        try:
+            try:
+                state = manager.restore_or(template(num_classes))
+            except ConfigError:
+                if not num_classes:
+                    raise
+                # A run trained without the online probe: its state has no probe.
+                state = manager.restore_or(template(0))
+        finally:
+            manager.close()
+        variables = train.backbone_variables({"params": state.params,
+                                              "batch_stats": state.batch_stats})
+        probe = None if state.probe is None else jax.device_get(state.probe["params"])
+        return model.backbone, jax.device_get(variables), probe, f"checkpoint of step " \
+            f"{int(state.step)}"
+    if os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
+        backbone, variables = export.load_backbone(workdir)
+        return backbone, variables, None, export.BACKBONE_FILE
+    raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
+                      "pass the --workdir of a training run.")
+
+
+def evaluate_workdir(workdir: str, config) -> dict:
+    """Evaluates a finished or running run and writes/updates its results.json."""
+    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    from bt_jax import train  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
+    config_lib.validate(config)
+    backbone, variables, probe, what = load_run(workdir, config)
+    print(f"Evaluating {what} of {workdir!r}.", flush=True)
+    d = config.data
+    train_split, test_split = (
+        datasets.load_split(d.name, split, image_size=d.image_size, path=d.path,
+                            download=d.download, strict=d.strict_decode)
+        for split in ("train", "test"))
+    stats = pipeline.normalization_stats(datasets.pretrain_split(d))
+    random_init = train.backbone_variables(train.init_variables(
+        train.create_model(config), jax.random.key(config.seed), d.image_size))
+    results = evaluate_all(config, backbone, variables, jax.device_get(random_init),
+                           train_split, test_split, stats, online_probe=probe, workdir=workdir)
+    results["evaluated"] = what
+    if jax.process_index() == 0:
+        write_results(results, workdir)
+    print(format_table(results), flush=True)
+    return results
+
+
+def _config_of_workdir(workdir: str):
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise config_lib.ConfigError(f"{path!r} does not exist: pass the --workdir of a "
+                                     "training run, or --config.")
+    with open(path) as f:
+        saved = json.load(f)
+    config = config_lib.base_config()   # fields added since the run keep their defaults
+    config.update_from_flattened_dict(_flatten_json(saved))
+    return config
+
+
+def _flatten_json(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten_json(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def main(argv) -> None:
+    """python -m bt_jax.evaluate --workdir RUN [--config FILE --config.FIELD=VALUE]"""
+    import sys  # pylint: disable=import-outside-toplevel
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {argv[1:]}")
+    workdir = flags.FLAGS.workdir
+    try:
+        config = flags.FLAGS.config or _config_of_workdir(workdir)
+        evaluate_workdir(workdir, config)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    from absl import app, flags as absl_flags  # noqa: E402
+    from ml_collections import config_flags  # noqa: E402
+    config_flags.DEFINE_config_file(
+        "config", None, "A recipe with get_config() (default: the run's config.json); "
+        "fields can be overridden, e.g. --config.eval.linear_epochs=10.", lock_config=True)
+    absl_flags.DEFINE_string("workdir", None, "The run to evaluate (its checkpoints/ or "
+                             "backbone.msgpack, and config.json).")
+    absl_flags.mark_flag_as_required("workdir")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app.run(main)

@@ -18,7 +18,7 @@ import optax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import losses, optim, parallel, plots
+from bt_jax import diagnostics, losses, optim, parallel, plots
 from bt_jax.models import BarlowTwins, make_backbone
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -26,11 +26,16 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: replicated over the mesh."""
+    """Everything a step changes: replicated over the mesh.
+
+    probe: the online linear probe, {"params": {"w": [F, C], "b": [C]}, "opt_state"}, or
+    None when it is off (eval.online_probe False, or unlabelled data).
+    """
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    probe: Any = None
 
 
 def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> BarlowTwins:
@@ -73,12 +78,32 @@ def init_variables(model: BarlowTwins, rng: jax.Array, image_size: int) -> dict:
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
+def online_probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam at eval.online_probe_lr: robust to the scale of unnormalised backbone features,
+    which changes by orders of magnitude as pretraining goes."""
+    return optax.adam(config.eval.online_probe_lr)
+
+
+def init_probe(feature_dim: int, num_classes: int,
+               probe_tx: optax.GradientTransformation) -> dict:
+    """A zero-initialised online linear probe and its optimiser state."""
+    params = {"w": jnp.zeros((feature_dim, num_classes)), "b": jnp.zeros((num_classes,))}
+    return {"params": params, "opt_state": probe_tx.init(params)}
+
+
 def init_state(model: BarlowTwins, tx: optax.GradientTransformation, rng: jax.Array,
-               image_size: int) -> TrainState:
-    """A fresh TrainState at step 0."""
+               image_size: int, *, num_classes: int = 0,
+               probe_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
+    """A fresh TrainState at step 0; with probe_tx and num_classes > 0, an online probe."""
     v = init_variables(model, rng, image_size)
+    probe = None
+    if probe_tx is not None and num_classes > 0:
+        features = jax.eval_shape(lambda: model.apply(
+            v, jnp.zeros((2, image_size, image_size, 3)), train=False))["features"]
+        probe = init_probe(features.shape[-1], num_classes, probe_tx)
     return TrainState(step=jnp.zeros([], jnp.int32), params=v["params"],
-                      batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]))
+                      batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]),
+                      probe=probe)
 
 
 def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
@@ -94,10 +119,11 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
       axis_name: the mesh axis, or None on one device without shard_map.
 
     Returns:
-      (loss, grads, new batch_stats, terms): the loss of the global batch and its gradient
-      with respect to params (already summed over devices by shard_map's autodiff: the
-      gradient of the global batch on one device), the BatchNorm statistics after both
-      views, and the unweighted terms {"on_diag", "off_diag"}.
+      (loss, grads, new batch_stats, terms, features): the loss of the global batch and its
+      gradient with respect to params (already summed over devices by shard_map's
+      autodiff: the gradient of the global batch on one device), the BatchNorm statistics
+      after both views, the unweighted terms {"on_diag", "off_diag", ...}, and view A's
+      backbone features [B, F] (for the online probe).
     """
     def loss_fn(p):
         out_a, mut = model.apply({"params": p, "batch_stats": batch_stats}, batch["view_a"],
@@ -107,25 +133,65 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
         terms = losses.barlow_twins_terms(out_a["embedding"], out_b["embedding"],
                                           redundancy=loss_cfg.redundancy, axis_name=axis_name)
         loss = loss_cfg.scale * (terms["on_diag"] + loss_cfg.lambd * terms["off_diag"])
-        return loss, (mut["batch_stats"], terms)
+        return loss, (mut["batch_stats"], terms, out_a["features"])
 
-    (loss, (new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, grads, new_stats, terms
+    (loss, (new_stats, terms, features)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    return loss, grads, new_stats, terms, features
+
+
+def online_probe_step(probe: dict, probe_tx: optax.GradientTransformation, features: jax.Array,
+                      labels: jax.Array, axis_name: Optional[str]) -> tuple[dict, dict]:
+    """One update of the online linear probe on stop-gradient backbone features.
+
+    Labels reach only this classifier, never the backbone. The loss is the mean
+    cross-entropy over the labelled examples of the global batch (label -1: unlabelled,
+    ignored), so its gradient equals the one-device gradient of the global batch.
+
+    Args:
+      probe: {"params": {"w": [F, C], "b": [C]}, "opt_state"}.
+      features: [B, F] this device's features; labels: [B] int32.
+      axis_name: the mesh axis (sums over devices), or None.
+
+    Returns:
+      (updated probe, {"probe_loss", "probe_top1"}): the loss and accuracy on this batch
+      before the update (0 where the batch holds no label).
+    """
+    def total(x):
+        return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+    feats = jax.lax.stop_gradient(features).astype(jnp.float32)
+    labelled = labels >= 0
+    count = jnp.maximum(total(jnp.sum(labelled)), 1).astype(jnp.float32)
+
+    def loss_fn(p):
+        logits = feats @ p["w"] + p["b"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        return total(jnp.sum(jnp.where(labelled, ce, 0.0))) / count, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(probe["params"])
+    correct = total(jnp.sum(labelled & (jnp.argmax(logits, -1) == labels)))
+    updates, opt_state = probe_tx.update(grads, probe["opt_state"], probe["params"])
+    new = {"params": optax.apply_updates(probe["params"], updates), "opt_state": opt_state}
+    return new, {"probe_loss": loss, "probe_top1": correct / count}
 
 
 def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     loss_cfg: ml_collections.ConfigDict, mesh,
                     learning_rate: Optional[optax.Schedule] = None,
                     make_views: Optional[Callable[[dict], dict]] = None,
-                    bias_learning_rate: Optional[optax.Schedule] = None) -> Callable:
+                    bias_learning_rate: Optional[optax.Schedule] = None,
+                    probe_tx: Optional[optax.GradientTransformation] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
 
     The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
     and "view_b", or whatever `make_views` (run per device, first thing in the step: the
     on-device augmentation) turns into them. Metrics are replicated scalars: loss,
     on_diag, off_diag, c_diag_mean, c_offdiag_rms (see `losses.barlow_twins_terms`),
-    grad_norm, and learning_rate / bias_learning_rate (the rates of the weights and of
-    biases and BatchNorm at this step) where the schedules are given.
+    grad_norm, learning_rate / bias_learning_rate (the rates of the weights and of
+    biases and BatchNorm at this step) where the schedules are given, and probe_loss /
+    probe_top1 when the state holds an online probe (then the batch needs "label" and
+    probe_tx is its optimiser).
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -133,23 +199,65 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                          f"for cross-replica BatchNorm; got {model.axis_name!r}.")
 
     def step(state: TrainState, batch: dict):
+        labels = batch.get("label")
         if make_views is not None:
             batch = make_views(batch)
-        loss, grads, new_stats, terms = loss_and_grads(
+        loss, grads, new_stats, terms, features = loss_and_grads(
             state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
             axis_name=parallel.BATCH_AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
+        probe = state.probe
+        if probe is not None:
+            probe, probe_metrics = online_probe_step(probe, probe_tx, features, labels,
+                                                     parallel.BATCH_AXIS)
+            metrics.update(probe_metrics)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
         if bias_learning_rate is not None:
             metrics["bias_learning_rate"] = bias_learning_rate(state.step)
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=new_stats,
-                               opt_state=opt_state)
+                               opt_state=opt_state, probe=probe)
         return new_state, metrics
 
     return parallel.data_parallel(step, mesh, num_replicated_args=1, donate_state=True)
+
+
+def pretrain_num_classes(source) -> int:
+    """Classes of the pretraining split's labels; 0 when it has none (the online probe is
+    then off)."""
+    labels = getattr(source, "labels", None)
+    if labels is not None and not np.any(np.asarray(labels) >= 0):
+        return 0
+    return int(getattr(source, "num_classes", 0) or 0)
+
+
+def make_diagnose_fn(model: BarlowTwins, make_views: Optional[Callable[[dict], dict]] = None,
+                     heatmap_features: int = 128) -> Callable:
+    """jit((params, batch_stats, global batch) -> diagnostics) for collapse monitoring.
+
+    Runs both views through the network in training mode (batch statistics; the running
+    ones are not updated) and returns {"embedding": spectrum_stats of view A's [N, D]
+    embeddings, "features": the same of its [N, F] backbone features, "c_block": the
+    cross-correlation of the first `heatmap_features` embedding features [h, h]}.
+    model: built without axis_name (jit partitions the global batch itself).
+    """
+    @jax.jit
+    def diagnose(params, batch_stats, batch):
+        if make_views is not None:
+            batch = make_views(batch)
+        variables = {"params": params, "batch_stats": batch_stats}
+        out_a, _ = model.apply(variables, batch["view_a"], train=True, mutable=["batch_stats"])
+        out_b, _ = model.apply(variables, batch["view_b"], train=True, mutable=["batch_stats"])
+        z_a = out_a["embedding"].astype(jnp.float32)
+        z_b = out_b["embedding"].astype(jnp.float32)
+        h = min(heatmap_features, z_a.shape[1])
+        return {"embedding": diagnostics.spectrum_stats(z_a),
+                "features": diagnostics.spectrum_stats(out_a["features"].astype(jnp.float32)),
+                "c_block": losses.cross_correlation(z_a[:, :h], z_b[:, :h])}
+
+    return diagnose
 
 
 def _format_eta(seconds: float) -> str:
@@ -200,10 +308,37 @@ class MetricsLog:
         eta = _format_eta((self.total_steps - step) * seconds_per_step)
         lr = f" | lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""
+        probe = f" | probe acc {row['probe_top1']:.3f}" if "probe_top1" in row else ""
         print(f"step {step:>6}/{self.total_steps}{epoch} | loss {row['loss']:.4f} | on-diag "
-              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr} | "
+              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr}{probe} | "
               f"{row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
         return row
+
+    def write_diagnostics(self, step: int, diagnosis: dict) -> Optional[str]:
+        """Collapse diagnostics of `make_diagnose_fn` -> diagnostics.jsonl, TensorBoard
+        scalars and the C heatmap image; prints and returns a warning if collapsing."""
+        row = {"step": step}
+        warnings = []
+        for name in ("embedding", "features"):
+            row.update({f"{name}_{k}": v for k, v in
+                        diagnostics.scalars(diagnosis[name]).items()})
+            verdict = diagnostics.collapse_verdict(diagnosis[name])
+            if verdict:
+                warnings.append(f"{name}s: {verdict}")
+        if not self.write_files:
+            return None
+        with open(os.path.join(os.path.dirname(self.path), "diagnostics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(step, {f"diagnostics/{k}": v for k, v in row.items()
+                                             if k != "step"})
+            self.writer.write_images(step, {"cross_correlation": diagnostics.correlation_heatmap(
+                diagnosis["c_block"])[None]})
+        if warnings:
+            message = f"warning: step {step}: collapse? " + "; ".join(warnings)
+            print(message, flush=True)
+            return message
+        return None
 
     def close(self):
         if self.writer is not None:
@@ -327,7 +462,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = create_model(config, axis_name=parallel.BATCH_AXIS)
     tx = create_optimizer(config, spe, total_steps)
     rng = jax.random.key(config.seed)
-    state = init_state(create_model(config), tx, rng, config.data.image_size)
+    probe_classes = pretrain_num_classes(source) if config.eval.online_probe else 0
+    probe_tx = online_probe_optimizer(config)
+    state = init_state(create_model(config), tx, rng, config.data.image_size,
+                       num_classes=probe_classes, probe_tx=probe_tx)
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
 
@@ -347,7 +485,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                  *stats)
     weight_lr, bias_lr = learning_rate_schedules(config, spe, total_steps)
     train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
-                                 make_views=make_views, bias_learning_rate=bias_lr)
+                                 make_views=make_views, bias_learning_rate=bias_lr,
+                                 probe_tx=probe_tx)
+    diagnose = make_diagnose_fn(create_model(config), make_views)
+    diag_every = config.eval.diagnostics_every_steps
     batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
@@ -356,8 +497,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      write_files=chief)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
-          f"({spe} per epoch).", flush=True)
+          f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
+          flush=True)
     log.start(start)
+    last_diagnosis = None
     try:
         with PreemptionWatch() as preemption:
             for step in range(start + 1, total_steps + 1):
@@ -372,6 +515,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     _check_finite(metrics["loss"], step)  # before a save: never save NaNs
                 if logging_step:
                     log.write(step, metrics)
+                if (diag_every and step % diag_every == 0) or last:
+                    last_diagnosis = jax.device_get(diagnose(state.params, state.batch_stats,
+                                                             batch))
+                    log.write_diagnostics(step, last_diagnosis)
                 if saving_step:
                     manager.maybe_save(step, state, force=True)
                 if preempted:
@@ -383,14 +530,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained_backbone = jax.device_get(backbone_variables(variables))
     if chief:
         plots.plot_training_curves(workdir)
+        if last_diagnosis is not None:
+            diagnostics.write_pngs(workdir, spectra={
+                "embeddings": last_diagnosis["embedding"]["singular_values"],
+                "backbone features": last_diagnosis["features"]["singular_values"]},
+                c=last_diagnosis["c_block"])
         with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
             f.write(flax.serialization.to_bytes(trained_backbone))
 
     if not config.eval.enabled:
         print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
         return {}
+    probe = None if state.probe is None else jax.device_get(state.probe["params"])
     results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
-                                    init_backbone, train_split, test_split, stats)
+                                    init_backbone, train_split, test_split, stats,
+                                    online_probe=probe, workdir=workdir if chief else None)
     if chief:
         evaluate.write_results(results, workdir)
     print(evaluate.format_table(results), flush=True)

@@ -27,45 +27,93 @@ def test_knn_matches_numpy_reference(k, temperature):
     train_x = centres[train_y] + 1.5 * rng.normal(size=(200, 16))
     test_x = centres[test_y] + 1.5 * rng.normal(size=(60, 16))
     want = np.mean(numpy_weighted_knn(train_x, train_y, test_x, k, temperature, 4) == test_y)
+    # Bank chunks of 37 rows (the last one padded) and query chunks of 25: the running
+    # top-k over chunks must give the answer of the whole bank at once.
     got = evaluate.knn_top1(train_x, train_y, test_x, test_y, 4, k=k, temperature=temperature,
-                            chunk=25)
+                            bank_chunk=37, query_chunk=25)
     assert got == pytest.approx(want)
     assert 0.3 < got <= 1.0
 
 
-def test_linear_probe_separates_separable_data_and_not_noise():
+def test_knn_on_a_hand_made_bank_gives_the_known_answer():
+    # Bank: three class-0 points near +x, two class-1 points at +y, one class-2 point at -x.
+    bank = np.array([[1, 0.1], [1, -0.1], [1, 0.2], [0, 1], [0.1, 1], [-1, 0]], np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    queries = np.array([[1, 0], [0, 1], [-1, 0.05], [0.8, 1.05]], np.float32)
+    # k=1: the nearest point's class. k=3, T=0.1: query (0.8, 1.05) is at 52.7 degrees,
+    # so its 3 nearest are (0.1, 1) at 84.3, (0, 1) at 90 and (1, 0.2) at 11.3 degrees;
+    # class 1 wins the vote.
+    np.testing.assert_array_equal(
+        np.argmax(evaluate.knn_scores(bank, labels, queries, 3, k=1, bank_chunk=4), 1),
+        [0, 1, 2, 1])
+    scores = evaluate.knn_scores(bank, labels, queries, 3, k=3, temperature=0.1, bank_chunk=4)
+    np.testing.assert_array_equal(np.argmax(scores, 1), [0, 1, 2, 1])
+    # Query (-1, 0.05): neighbours (-1, 0) (sim ~1), (0, 1) and (0.1, 1) (sims ~0.05 and
+    # ~-0.05); votes exp(s / 0.1) per class, computed by hand.
+    q = queries[2] / np.linalg.norm(queries[2])
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    s = b @ q
+    np.testing.assert_allclose(scores[2], [0.0, np.exp(s[3] / 0.1) + np.exp(s[4] / 0.1),
+                                           np.exp(s[5] / 0.1)], rtol=1e-5)
+    acc = evaluate.knn_accuracy(bank, labels, queries, [0, 1, 2, 0], 3, k=1, bank_chunk=4)
+    assert acc == {"top1": 0.75, "top5": 1.0}
+
+
+def test_topk_accuracy():
+    scores = np.array([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06], [0.2, 0.3, 0.5]])
+    assert evaluate.topk_accuracy(scores, [1, 1, 0], 1) == pytest.approx(1 / 3)
+    assert evaluate.topk_accuracy(scores, [1, 1, 0], 2) == pytest.approx(1 / 3)
+    assert evaluate.topk_accuracy(scores, [2, 1, 1], 2) == pytest.approx(2 / 3)
+    assert evaluate.topk_accuracy(scores, [2, 1, 0], 5) == 1.0   # k capped at 3 classes
+
+
+def test_fast_probe_reaches_scikit_learns_logistic_regression():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    x, y = load_digits(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(y))
+    x, y = x[perm].astype(np.float32), y[perm]
+    tr, te = slice(0, 1200), slice(1200, None)
+    got = evaluate.fast_linear_probe(x[tr], y[tr], x[te], y[te], 10, max_iter=200)
+    xs_tr, xs_te = evaluate.standardize_features(x[tr], x[te])
+    want = LogisticRegression(max_iter=5000).fit(xs_tr, y[tr]).score(xs_te, y[te])
+    assert got["top1"] >= want - 0.01, (got, want)
+    assert got["l2"] in (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2) and got["top5"] >= got["top1"]
+
+
+def test_fast_probe_is_at_chance_on_noise_labels():
     rng = np.random.default_rng(0)
-    w = rng.normal(size=(20, 3))
-    x = rng.normal(size=(600, 20))
-    y = np.argmax(x @ w, axis=1)
-    acc = evaluate.linear_probe_top1(x[:500], y[:500], x[500:], y[500:], 3, epochs=30,
-                                     batch_size=100, lr=0.5)
-    assert acc > 0.9
+    x = rng.normal(size=(600, 20)).astype(np.float32)
     noise = rng.integers(0, 3, 600)
-    chance = evaluate.linear_probe_top1(x[:500], noise[:500], x[500:], noise[500:], 3, epochs=30,
-                                        batch_size=100, lr=0.5)
-    assert chance < 0.55
+    r = evaluate.fast_linear_probe(x[:500], noise[:500], x[500:], noise[500:], 3, max_iter=50)
+    assert r["top1"] < 0.5
 
 
 def test_results_table_and_file(tmp_path):
-    results = {"linear_top1": 0.9512, "knn_top1": 0.9, "baselines": {
-        "random_init": {"linear_top1": 0.5, "knn_top1": 0.4},
-        "pixels": {"linear_top1": 0.93, "knn_top1": 0.95}}}
+    results = {"linear_top1": 0.9512, "linear_sgd_top1": 0.9512, "linear_fast_top1": 0.94,
+               "knn_top1": 0.9, "semi_1pct_top1": 0.5, "baselines": {
+                   "random_init": {"linear_top1": 0.5, "knn_top1": 0.4, "linear_fast_top1": 0.6},
+                   "pixels": {"linear_top1": 0.93, "knn_top1": 0.95}}}
     table = evaluate.format_table(results)
     assert "Barlow Twins" in table and "95.1%" in table and "random init" in table
-    assert len(table.splitlines()) == 4
+    assert "semi_1pct_top1: 50.0%" in table
+    assert len(table.splitlines()) == 5
     path = evaluate.write_results(results, str(tmp_path))
     import json
     assert json.load(open(path))["baselines"]["pixels"]["knn_top1"] == 0.95
+    evaluate.write_results({"knn_top1": 0.5}, str(tmp_path))   # updates, keeps the rest
+    saved = json.load(open(path))
+    assert saved["knn_top1"] == 0.5 and saved["linear_top1"] == 0.9512
 
 
 def test_evaluate_features_uses_the_eval_config():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 8))
     y = (x[:, 0] > 0).astype(np.int32)
-    cfg = ml_collections.ConfigDict(dict(linear_epochs=20, linear_batch_size=32, linear_lr=0.3,
-                                         linear_weight_decay=0.0, knn_k=5,
-                                         knn_temperature=0.1))
+    cfg = ml_collections.ConfigDict(dict(fast_l2_grid=(1e-4, 1e-2), fast_holdout_fraction=0.2,
+                                         fast_max_iter=50, knn_k=5, knn_temperature=0.1,
+                                         knn_bank_chunk=64))
     r = evaluate.evaluate_features(x[:100], y[:100], x[100:], y[100:], 2, cfg)
-    assert set(r) == {"linear_top1", "knn_top1"}
-    assert r["linear_top1"] > 0.85
+    assert set(r) == {"linear_fast_top1", "linear_fast_top5", "linear_fast_l2", "knn_top1",
+                      "knn_top5"}
+    assert r["linear_fast_top1"] > 0.85 and r["linear_fast_l2"] in (1e-4, 1e-2)

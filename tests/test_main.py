@@ -29,8 +29,12 @@ def _tiny(num_steps):
     c.model.projector_dims = (32, 32)
     c.optim.warmup_epochs = 0
     c.checkpoint.every_steps = 2
-    c.eval.linear_epochs = 3
+    c.eval.linear_epochs = 2
     c.eval.knn_k = 20
+    c.eval.fast_max_iter = 50
+    c.eval.semi_fractions = ()     # tested on its own (test_evaluate.py, the evaluate CLI)
+    c.eval.tsne_points = 0
+    c.eval.diagnostics_every_steps = 2
     return c
 
 
@@ -41,8 +45,17 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
     assert "Barlow Twins" in out and "random init" in out and "pixels" in out
     for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack",
-                 "training_curves.png"):
+                 "training_curves.png", "diagnostics.jsonl", "spectrum.png",
+                 "cross_correlation.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    for key in ("linear_fast_top1", "linear_sgd_top1", "linear_top5", "knn_top5",
+                "online_linear_top1"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["linear_top1"] == results["linear_sgd_top1"]   # eval.linear_protocol
+    assert results["diagnostics"]["test_features_effective_rank"] > 1.0
+    diag = [json.loads(line) for line in open(os.path.join(workdir, "diagnostics.jsonl"))]
+    assert [r["step"] for r in diag] == [2, 3]
+    assert all(r["embedding_effective_rank"] >= 1.0 for r in diag)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved == json.loads(json.dumps(results))
@@ -51,6 +64,8 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [2, 3]
     assert all(r["loss"] > 0 and r["pairs_per_s"] > 0 and r["step_time_s"] > 0 for r in rows)
+    assert all(r["probe_loss"] > 0 and 0 <= r["probe_top1"] <= 1 for r in rows)
+    assert "online probe on" in out and "probe acc" in out
     assert [r["epoch"] for r in rows] == pytest.approx([2 / 22, 3 / 22])   # 1438 // 64 = 22
     for r in rows:   # the cross-correlation's diagonal mean and off-diagonal RMS
         assert -1.0 <= r["c_diag_mean"] <= 1.0 and 0.0 <= r["c_offdiag_rms"] <= 1.0
@@ -86,6 +101,59 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert "Resumed from step 3 of 5." in out
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert steps == [2, 3, 4, 5]
+
+
+def _file_digests(directory) -> dict:
+    import hashlib
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, directory)] = hashlib.sha256(
+                open(path, "rb").read()).hexdigest()
+    return out
+
+
+def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    c = _tiny(2)
+    c.eval.enabled = False           # pretrain only; the CLI evaluates afterwards
+    c.eval.semi_fractions = (0.1,)
+    c.eval.semi_epochs = 2
+    c.eval.tsne_points = 120
+    c.eval.baselines = False
+    train.train_and_evaluate(c, workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"note": "kept"}, f)
+    before = _file_digests(os.path.join(workdir, "checkpoints"))
+    r = subprocess.run([sys.executable, "-m", "bt_jax.evaluate", "--workdir", workdir],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Evaluating checkpoint of step 2" in r.stdout and "semi_10pct_top1" in r.stdout
+    assert _file_digests(os.path.join(workdir, "checkpoints")) == before
+    saved = json.load(open(os.path.join(workdir, "results.json")))
+    assert saved["note"] == "kept"   # updated, not replaced
+    for key in ("linear_top1", "linear_fast_top1", "linear_sgd_top1", "knn_top1",
+                "online_linear_top1", "semi_10pct_top1"):
+        assert 0.0 <= saved[key] <= 1.0, key
+    assert saved["semi_10pct_examples"] == 140   # 14 per class of digits' 10
+    assert os.path.exists(os.path.join(workdir, "tsne.png"))
+    # Without checkpoints it reads the exported backbone.
+    import shutil
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    r = subprocess.run([sys.executable, "-m", "bt_jax.evaluate", "--workdir", workdir,
+                        "--config", "configs/digits.py", "--config.data.image_size=16",
+                        "--config.model.width=0.0625", "--config.model.projector_dims=(32,32)",
+                        "--config.eval.linear_epochs=0", "--config.eval.linear_protocol=fast",
+                        "--config.eval.semi_fractions=()", "--config.eval.tsne_points=0",
+                        "--config.eval.baselines=False"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Evaluating backbone.msgpack" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "bt_jax.evaluate", "--workdir",
+                        str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "config.json" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_and_evaluate_with_on_device_augmentation(tmp_path):

@@ -36,7 +36,7 @@ def _sharded_loss_and_grads(c, variables, batch, mesh):
 
     def fn(params, batch_stats, batch):
         return train.loss_and_grads(params, batch_stats, batch, model=model, loss_cfg=c.loss,
-                                    axis_name=parallel.BATCH_AXIS)
+                                    axis_name=parallel.BATCH_AXIS)[:4]   # features: per device
 
     fn = parallel.data_parallel(fn, mesh, num_replicated_args=2)
     return fn(parallel.replicate(variables["params"], mesh),
@@ -62,7 +62,7 @@ def test_eight_devices_equal_one_device_loss_and_every_gradient():
     loss8, grads8, stats8, terms8 = _sharded_loss_and_grads(c, variables, batch, mesh8)
     loss1, grads1, stats1, terms1 = _sharded_loss_and_grads(c, variables, batch, mesh1)
     # The same global batch without shard_map at all, as a user would run it on one device.
-    loss0, grads0, stats0, _ = train.loss_and_grads(
+    loss0, grads0, stats0, _, _ = train.loss_and_grads(
         variables["params"], variables["batch_stats"], jax.tree.map(jnp.asarray, batch),
         model=train.create_model(c), loss_cfg=c.loss, axis_name=None)
 
@@ -191,3 +191,49 @@ def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     assert sum(d == (jnp.bfloat16, jnp.bfloat16) for d in dtypes) >= 10   # the network
     assert (jnp.float32, jnp.float32) in dtypes   # the cross-correlation Z_A^T Z_B / N
     assert jaxpr.out_avals[0].dtype == jnp.float32
+
+
+def test_online_probe_matches_one_device_and_never_reaches_the_backbone():
+    """The probe's update on 8 devices equals the global-batch update computed directly;
+    unlabelled examples (-1) are ignored; the backbone's update is the same with or
+    without the probe (labels reach only the classifier)."""
+    c = tiny_config()
+    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
+    probe_tx = train.online_probe_optimizer(c)
+    batch = _batch(c)
+    labels = np.arange(c.batch_size, dtype=np.int32) % 3
+    labels[::4] = -1
+    model = train.create_model(c)
+    mesh = parallel.make_mesh()
+    outcomes = {}
+    for with_probe in (True, False):
+        state = train.init_state(model, tx, jax.random.key(0), 8,
+                                 num_classes=3 if with_probe else 0, probe_tx=probe_tx)
+        assert (state.probe is None) != with_probe
+        step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss,
+                                     mesh, probe_tx=probe_tx)
+        new, metrics = step(parallel.replicate(state, mesh),
+                            parallel.host_to_global({**batch, "label": labels}, mesh))
+        outcomes[with_probe] = (jax.device_get(new), jax.device_get(metrics))
+    (s_probe, m_probe), (s_plain, m_plain) = outcomes[True], outcomes[False]
+    assert "probe_top1" in m_probe and "probe_top1" not in m_plain
+    worst, errs = _max_leaf_rel_err(s_probe.params, s_plain.params)
+    assert worst == 0.0, errs
+    # Direct: the global batch on one device, no shard_map.
+    init = train.init_state(model, tx, jax.random.key(0), 8, num_classes=3, probe_tx=probe_tx)
+    features = train.loss_and_grads(init.params, init.batch_stats,
+                                    jax.tree.map(jnp.asarray, batch), model=model,
+                                    loss_cfg=c.loss, axis_name=None)[4]
+    want, want_metrics = train.online_probe_step(init.probe, probe_tx, features,
+                                                 jnp.asarray(labels), None)
+    worst, errs = _max_leaf_rel_err(s_probe.probe["params"], want["params"])
+    assert worst < 1e-4, errs
+    np.testing.assert_allclose(m_probe["probe_loss"], want_metrics["probe_loss"], rtol=1e-5)
+    # The loss over labelled examples only, against float64 NumPy (zero init: uniform logits).
+    assert float(want_metrics["probe_loss"]) == pytest.approx(np.log(3), rel=1e-6)
+    f = np.asarray(features, np.float64)[labels >= 0]
+    onehot = np.eye(3)[labels[labels >= 0]]
+    grad_w = f.T @ (np.full_like(onehot, 1 / 3) - onehot) / len(f)
+    # Adam's first step moves each weight by -lr * sign(grad).
+    np.testing.assert_allclose(np.asarray(want["params"]["w"]),
+                               -c.eval.online_probe_lr * np.sign(grad_w), atol=1e-6)

@@ -112,17 +112,22 @@ def _tfds_epochs(config, source: datasets.TFDSSplit, start_step: int, steps: int
                            process_index=process_index, process_count=process_count)
         ds = ds.skip(skip * local).take((steps - skip) * local)
         yield ds.map(lambda ex, e=epoch: {"encoded": ex["encoded"], "index": ex["index"],
+                                          "label": ex["label"],
                                           "epoch": tf.constant(e, tf.int32)})
         epoch, skip = epoch + 1, 0
 
 
 def _load_example(source):
-    """{"index", "epoch"} -> the same plus "image" (in memory) or "encoded" (files)."""
+    """{"index", "epoch"} -> the same plus "label" and "image" (in memory) or "encoded"
+    (files)."""
+    labels = tf.constant(np.asarray(source.labels, np.int32))
     if isinstance(source, datasets.FileSplit):
         paths = tf.constant(source.paths.astype(str))
-        return lambda ex: {**ex, "encoded": tf.io.read_file(tf.gather(paths, ex["index"]))}
+        return lambda ex: {**ex, "label": tf.gather(labels, ex["index"]),
+                           "encoded": tf.io.read_file(tf.gather(paths, ex["index"]))}
     images = tf.constant(source.images)
-    return lambda ex: {**ex, "image": tf.gather(images, ex["index"])}
+    return lambda ex: {**ex, "label": tf.gather(labels, ex["index"]),
+                       "image": tf.gather(images, ex["index"])}
 
 
 def _example_to_views(config, mean, std):
@@ -135,7 +140,7 @@ def _example_to_views(config, mean, std):
     @tf.function
     def transform(ex):
         seed = augment.view_seed(config.seed, ex["epoch"], ex["index"])
-        out = {"index": ex["index"]}
+        out = {"index": ex["index"], "label": ex["label"]}
         if on_device:
             out["epoch"] = ex["epoch"]
             if "image" in ex:
@@ -168,11 +173,12 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
     """Endless iterator of this process's share of each global batch, from start_step on.
 
     With data.augment_on == "host" it yields {"view_a": float32 [B_local, S, S, 3],
-    "view_b": same, "index": int32 [B_local]}, normalised with `stats` (default
+    "view_b": same, "index": int32 [B_local], "label": int32 [B_local] (-1: unlabelled)},
+    normalised with `stats` (default
     `normalization_stats(source)`). With "device" it yields what `device_augment` needs:
     {"image": uint8 [B_local, H, W, C]} for in-memory splits or {"crop_a", "crop_b": uint8
     [B_local, S, S, 3]} (decoded and cropped on the host) for streamed ones, with
-    "index" and "epoch": int32 [B_local]. B_local = batch_size / process_count.
+    "index", "label" and "epoch": int32 [B_local]. B_local = batch_size / process_count.
 
     Batch k is a function of (config, k) alone: the same on a resumed run, and computed
     without augmenting the k batches before it. In-memory and file splits run as one

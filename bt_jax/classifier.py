@@ -41,6 +41,7 @@ class HeadConfig:
     weight_decay: float = 1e-6
     momentum: float = 0.9
     crop_scale: tuple = (0.08, 1.0)
+    flip_prob: float = 0.5
     finetune: bool = False         # False: frozen backbone in inference mode
     seed: int = 0
 
@@ -81,15 +82,15 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _train_view(image, key, size: int, crop_scale, mean, std):
+def _train_view(image, key, size: int, crop_scale, flip_prob: float, mean, std):
     """uint8 [H, W, C] -> normalised float32 [size, size, 3]: RandomResizedCrop (bicubic,
-    ratio 3/4..4/3) and a horizontal flip with probability 0.5."""
+    ratio 3/4..4/3) and a horizontal flip with probability flip_prob (0.5 in the paper)."""
     k_crop, k_flip = jax.random.split(key)
     x = device_augment._unit_rgb(image)   # pylint: disable=protected-access
     window = device_augment.crop_window(k_crop, x.shape[0], x.shape[1], crop_scale,
                                         (3 / 4, 4 / 3))
     x = device_augment.resized_crop(x, *window, size)
-    x = jnp.where(jax.random.bernoulli(k_flip), x[:, ::-1], x)
+    x = jnp.where(jax.random.bernoulli(k_flip, flip_prob), x[:, ::-1], x)
     return (x - mean) / std
 
 
@@ -151,8 +152,8 @@ def train_head(encode: Encoder, variables: dict, images: np.ndarray, labels: np.
     @jax.jit
     def step(trainable, opt_state, batch_stats, frozen, imgs, ys, idx, epoch):
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, epoch), i))(idx)
-        x = jax.vmap(lambda im, k: _train_view(im, k, image_size, cfg.crop_scale, mean,
-                                               std))(imgs, keys)
+        x = jax.vmap(lambda im, k: _train_view(im, k, image_size, cfg.crop_scale,
+                                               cfg.flip_prob, mean, std))(imgs, keys)
 
         def loss_fn(t):
             if cfg.finetune:

@@ -85,7 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_batch_size = 256
     c.eval.linear_lr = 0.3
     c.eval.linear_weight_decay = 1e-6
-    c.eval.linear_crop_scale = (0.08, 1.0)
+    c.eval.linear_crop_scale = (0.08, 1.0)   # also the fine-tuning's views
+    c.eval.linear_flip_prob = 0.5
     # The fast probe: L-BFGS softmax regression on cached features, L2 chosen on a held-out
     # part of the training split.
     c.eval.fast_l2_grid = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)

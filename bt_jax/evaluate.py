@@ -245,11 +245,12 @@ def _head_config(e, seed: int, *, finetune: bool = False) -> "classifier.HeadCon
         return classifier.HeadConfig(epochs=e.semi_epochs, batch_size=e.semi_batch_size,
                                      lr_head=e.semi_lr_head, lr_backbone=e.semi_lr_backbone,
                                      weight_decay=e.semi_weight_decay,
-                                     crop_scale=tuple(e.linear_crop_scale), finetune=True,
-                                     seed=seed)
+                                     crop_scale=tuple(e.linear_crop_scale),
+                                     flip_prob=e.linear_flip_prob, finetune=True, seed=seed)
     return classifier.HeadConfig(epochs=e.linear_epochs, batch_size=e.linear_batch_size,
                                  lr_head=e.linear_lr, weight_decay=e.linear_weight_decay,
-                                 crop_scale=tuple(e.linear_crop_scale), seed=seed)
+                                 crop_scale=tuple(e.linear_crop_scale),
+                                 flip_prob=e.linear_flip_prob, seed=seed)
 
 
 def probe_representation(config, encode, variables: dict, train_split, test_split,

@@ -34,4 +34,8 @@ def get_config():
 
     c.optim.warmup_epochs = 1
     c.checkpoint.every_steps = 500
+    c.eval.linear_protocol = "fast"   # results.json's linear_top1: L-BFGS on cached features
+    c.eval.linear_epochs = 10      # the paper's SGD probe too, shortened for a CPU
+    c.eval.linear_crop_scale = (0.2, 1.0)
+    c.eval.diagnostics_every_steps = 500
     return c

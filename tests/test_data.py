@@ -197,9 +197,10 @@ def test_device_mode_yields_raw_images_with_their_epoch_and_index(digits):
     spe = len(digits) // 32
     stream = pipeline.train_batches(c, digits, start_step=spe - 1)
     last, nxt = next(stream), next(stream)
-    assert set(last) == {"image", "index", "epoch"}
+    assert set(last) == {"image", "index", "epoch", "label"}
     assert last["image"].dtype == np.uint8 and last["image"].shape == (32, 16, 16, 1)
     np.testing.assert_array_equal(last["image"], digits.images[last["index"]])
+    np.testing.assert_array_equal(last["label"], digits.labels[last["index"]])
     assert set(last["epoch"]) == {0} and set(nxt["epoch"]) == {1}
     host = next(pipeline.train_batches(_config(), digits, start_step=spe - 1))
     np.testing.assert_array_equal(host["index"], last["index"])  # same order either way

@@ -94,6 +94,13 @@ def test_train_batches_two_processes_split_each_global_batch(tiny_dir):
         assert not set(epoch[0][step]) & set(epoch[1][step])
     union = np.concatenate([np.concatenate(e) for e in epoch])
     assert sorted(union.tolist()) == list(range(64))   # the whole split, each example once
+    # Every batch carries each example's label (-1 for the unlabelled split), for the
+    # online probe: the same labels the records hold.
+    want = {int(ex["index"]): int(ex["label"]) for ex in source.stream(
+        shuffle_seed=0, shuffle_buffer=0).as_numpy_iterator()}
+    batch = next(pipeline.train_batches(c, source))
+    assert [want[i] for i in batch["index"]] == batch["label"].tolist()
+    assert sorted(set(want.values())) == [-1, 0, 1, 2]
 
 
 @pytest.mark.parametrize("augment_on", ["host", "device"])
@@ -105,8 +112,8 @@ def test_tfds_stream_resumes_bit_exactly(tiny_dir, augment_on):
     for start in (3, spe, spe + 2):   # mid-epoch, at an epoch boundary, in epoch 2
         resumed = _take(pipeline.train_batches(c, source, start_step=start), len(full) - start)
         _assert_batches_equal(resumed, full[start:])
-    keys = {"host": {"view_a", "view_b", "index"},
-            "device": {"crop_a", "crop_b", "index", "epoch"}}[augment_on]
+    keys = {"host": {"view_a", "view_b", "index", "label"},
+            "device": {"crop_a", "crop_b", "index", "epoch", "label"}}[augment_on]
     assert set(full[0]) == keys
     first = full[0]["view_a" if augment_on == "host" else "crop_a"]
     assert first.shape == (8, 16, 16, 3)
@@ -186,6 +193,8 @@ def test_folder_streams_labelled_and_unlabelled_files(tmp_path, capsys):
     assert len(flat) == 8 and set(flat.labels.tolist()) == {-1}
     batches = _take(pipeline.train_batches(c, source), 3)
     assert batches[0]["view_a"].shape == (8, 16, 16, 3)
+    for b in batches:   # labels for the online probe, -1 for the unlabelled files
+        np.testing.assert_array_equal(b["label"], source.labels[b["index"]])
 
 
 def test_folder_two_processes_and_resume(tmp_path):

@@ -71,6 +71,24 @@ class CheckpointManager:
             return False
         return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+    def read_latest(self) -> tuple[int, dict]:
+        """(step, the saved tree as nested dicts of numpy arrays) of the newest readable
+        checkpoint, read with the structure recorded in the checkpoint itself: no template,
+        so it works for any model or optimiser (evaluation needs no optimiser state).
+        Unreadable newer checkpoints are reported and skipped; nothing is written."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        first_error = None
+        for step in steps:
+            try:
+                return step, read_tree(os.path.join(self.directory, str(step), "default"))
+            except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+                first_error = first_error or (step, e)
+                print(f"warning: the checkpoint at step {step} in {self.directory!r} cannot be "
+                      f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the "
+                      "one before.", flush=True)
+        raise ConfigError(f"No readable checkpoint in {self.directory!r}"
+                          + (f" (newest error: {first_error[1]})" if first_error else "") + ".")
+
     def wait(self):
         """Blocks until asynchronous saves are on disk."""
         self._manager.wait_until_finished()
@@ -78,3 +96,14 @@ class CheckpointManager:
     def close(self):
         """Waits for pending saves, then releases Orbax's threads."""
         self._manager.close()
+
+
+def read_tree(path: str) -> dict:
+    """A StandardSave'd tree read onto this process's first device, as numpy arrays."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        meta = checkpointer.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              meta)
+        return jax.device_get(checkpointer.restore(path, target))

@@ -412,36 +412,26 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
     from bt_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
     from bt_jax import export, train  # pylint: disable=import-outside-toplevel
     from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
-    from bt_jax.data import datasets  # pylint: disable=import-outside-toplevel
     ckpt_dir = os.path.join(workdir, "checkpoints")
     model = train.create_model(config)
     if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
-        num_classes = 0
-        if config.eval.online_probe:
-            num_classes = train.pretrain_num_classes(datasets.pretrain_split(config.data))
-
-        def template(classes):
-            return train.init_state(model, train.create_optimizer(config, 1, 1),
-                                    jax.random.key(config.seed), config.data.image_size,
-                                    num_classes=classes,
-                                    probe_tx=train.online_probe_optimizer(config))
-
         manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
         try:
-            try:
-                state = manager.restore_or(template(num_classes))
-            except ConfigError:
-                if not num_classes:
-                    raise
-                # A run trained without the online probe: its state has no probe.
-                state = manager.restore_or(template(0))
+            step, state = manager.read_latest()
         finally:
             manager.close()
-        variables = train.backbone_variables({"params": state.params,
-                                              "batch_stats": state.batch_stats})
-        probe = None if state.probe is None else jax.device_get(state.probe["params"])
-        return model.backbone, jax.device_get(variables), probe, f"checkpoint of step " \
-            f"{int(state.step)}"
+        variables = train.backbone_variables(state)
+        want = train.backbone_variables(train.init_variables(
+            model, jax.random.key(0), config.data.image_size))
+        if jax.tree.structure(want) != jax.tree.structure(variables) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(want),
+                                                   jax.tree.leaves(variables))):
+            raise ConfigError(f"The checkpoint at step {step} in {ckpt_dir!r} holds another "
+                              "model than this config's model.* fields: evaluate with the "
+                              "run's own config (leave out --config).")
+        probe = state.get("probe")
+        probe = None if not probe else probe["params"]
+        return model.backbone, variables, probe, f"checkpoint of step {step}"
     if os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
         backbone, variables = export.load_backbone(workdir)
         return backbone, variables, None, export.BACKBONE_FILE
@@ -501,7 +491,8 @@ def _flatten_json(tree: dict, prefix: str = "") -> dict:
 def main(argv) -> None:
     """python -m bt_jax.evaluate --workdir RUN [--config FILE --config.FIELD=VALUE]"""
     import sys  # pylint: disable=import-outside-toplevel
-    from absl import flags  # pylint: disable=import-outside-toplevel
+    from absl import flags, logging  # pylint: disable=import-outside-toplevel
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
     from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")

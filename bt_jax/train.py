@@ -234,16 +234,16 @@ def pretrain_num_classes(source) -> int:
 
 
 def make_diagnose_fn(model: BarlowTwins, make_views: Optional[Callable[[dict], dict]] = None,
-                     heatmap_features: int = 128) -> Callable:
+                     heatmap_features: int = 128, mesh=None) -> Callable:
     """jit((params, batch_stats, global batch) -> diagnostics) for collapse monitoring.
 
     Runs both views through the network in training mode (batch statistics; the running
     ones are not updated) and returns {"embedding": spectrum_stats of view A's [N, D]
     embeddings, "features": the same of its [N, F] backbone features, "c_block": the
     cross-correlation of the first `heatmap_features` embedding features [h, h]}.
-    model: built without axis_name (jit partitions the global batch itself).
+    model: built without axis_name (jit partitions the global batch itself). With a mesh,
+    the outputs are replicated on it, so every process can read them.
     """
-    @jax.jit
     def diagnose(params, batch_stats, batch):
         if make_views is not None:
             batch = make_views(batch)
@@ -257,7 +257,9 @@ def make_diagnose_fn(model: BarlowTwins, make_views: Optional[Callable[[dict], d
                 "features": diagnostics.spectrum_stats(out_a["features"].astype(jnp.float32)),
                 "c_block": losses.cross_correlation(z_a[:, :h], z_b[:, :h])}
 
-    return diagnose
+    if mesh is None:
+        return jax.jit(diagnose)
+    return jax.jit(diagnose, out_shardings=parallel.replicated(mesh))
 
 
 def _format_eta(seconds: float) -> str:
@@ -487,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
                                  make_views=make_views, bias_learning_rate=bias_lr,
                                  probe_tx=probe_tx)
-    diagnose = make_diagnose_fn(create_model(config), make_views)
+    diagnose = make_diagnose_fn(create_model(config), make_views, mesh=mesh)
     diag_every = config.eval.diagnostics_every_steps
     batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),

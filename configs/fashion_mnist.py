@@ -3,8 +3,10 @@
 A narrow ResNet-18 (CIFAR stem, width 0.125: 64 features), projector 1024-1024-1024,
 batch 256, 10 epochs (2,340 steps) with 1 warm-up epoch, the paper's LARS and learning
 rates, crops of scale (0.2, 1), no hue or saturation jitter (grayscale images), blur sigma
-0.1..1 px. Probes: linear (100 epochs) and kNN (k = 200) on the 60,000 training images,
-tested on the 10,000 test images, beside a random encoder and raw pixels.
+0.1..1 px. Probes on the 60,000 training images, tested on the 10,000 test images, beside
+a random encoder and raw pixels: the fast L-BFGS probe (results.json's linear_top1), the
+paper's SGD probe shortened to 10 epochs, kNN (k = 200), the online probe, and fine-tuning
+on 1% and 10% of the labels.
 
 Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.data.path=DIR;
 without them, TFDS's fashion_mnist).

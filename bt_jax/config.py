@@ -52,11 +52,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projector_dims = (8192, 8192, 8192)
     c.model.dtype = "float32"
     c.model.zero_init_residual = True
+    c.model.projector_bn = True        # False: the paper's "no BN in projector" ablation
+    c.model.predictor_dims = ()        # e.g. (8192, 8192): a predictor on view A (ablation)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.lambd = 0.0051
     c.loss.scale = 1.0
-    c.loss.redundancy = "cross"
+    c.loss.redundancy = "cross"        # "auto": off-diagonal term from view A's auto-correlation
+    # Ablations (paper Table 2): loss.invariance_weight 0 = redundancy term only, lambd 0 =
+    # invariance only; normalization "feature" / "none"; kind "info_nce" = cross-entropy
+    # with temperature; stop_gradient on view B.
+    c.loss.invariance_weight = 1.0
+    c.loss.normalization = "batch"     # "batch" | "feature" | "none"
+    c.loss.kind = "barlow_twins"       # "barlow_twins" | "info_nce"
+    c.loss.temperature = 0.1           # info_nce only
+    c.loss.stop_gradient = False       # True: no gradient through view B's embedding
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr_weights = 0.2
@@ -184,6 +194,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"model.projector_dims must be positive widths; got {config.model.projector_dims}.")
     need(config.loss.redundancy in ("cross", "auto"),
          f"loss.redundancy must be 'cross' or 'auto'; got {config.loss.redundancy!r}.")
+    need(config.loss.normalization in ("batch", "feature", "none"),
+         "loss.normalization must be 'batch', 'feature' or 'none'; got "
+         f"{config.loss.normalization!r}.")
+    need(config.loss.kind in ("barlow_twins", "info_nce"),
+         f"loss.kind must be 'barlow_twins' or 'info_nce'; got {config.loss.kind!r}.")
+    need(config.loss.temperature > 0, "loss.temperature must be positive.")
+    need(all(d > 0 for d in config.model.predictor_dims),
+         f"model.predictor_dims must be positive widths or (); got "
+         f"{config.model.predictor_dims}.")
     need(config.log_every_steps > 0, "log_every_steps must be positive.")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be positive.")
     need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "

@@ -20,6 +20,9 @@ Array = jax.Array
 AxisName = Optional[object]
 
 REDUNDANCY_MODES = ("cross", "auto")
+# How embeddings are normalised before C = Z_A^T Z_B / N: each feature over the batch (the
+# paper), each embedding over its features (the paper's Table 2 ablation), or not at all.
+NORMALIZATIONS = ("batch", "feature", "none")
 
 
 def _global_sum(x: Array, axis_name: AxisName) -> Array:
@@ -62,6 +65,29 @@ def standardize(z: Array, *, axis_name: AxisName = None, eps: float = 1e-5) -> A
     centred = z - mean
     var = _global_sum(jnp.square(centred), axis_name) / n
     return centred * jax.lax.rsqrt(var + eps)
+
+
+def standardize_features(z: Array, *, eps: float = 1e-5) -> Array:
+    """Standardises each embedding over its own D features (mean 0, biased variance 1):
+    the paper's "normalization along the feature dimension" ablation. [N, D] -> [N, D]
+    float32; needs no collective, rows are independent."""
+    _check_embeddings(z, "z")
+    z = z.astype(jnp.float32)
+    centred = z - jnp.mean(z, axis=1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=1, keepdims=True) + eps)
+
+
+def normalize(z: Array, mode: str = "batch", *, axis_name: AxisName = None,
+              eps: float = 1e-5) -> Array:
+    """[N_local, D] -> [N_local, D] float32, normalised as NORMALIZATIONS names."""
+    if mode == "batch":
+        return standardize(z, axis_name=axis_name, eps=eps)
+    if mode == "feature":
+        return standardize_features(z, eps=eps)
+    if mode == "none":
+        _check_embeddings(z, "z")
+        return z.astype(jnp.float32)
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {mode!r}.")
 
 
 def correlation_of_standardized(a: Array, b: Array, *, axis_name: AxisName = None) -> Array:
@@ -116,7 +142,8 @@ def off_diagonal_term(c: Array) -> Array:
 
 
 def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
-                       axis_name: AxisName = None, eps: float = 1e-5) -> dict[str, Array]:
+                       normalization: str = "batch", axis_name: AxisName = None,
+                       eps: float = 1e-5) -> dict[str, Array]:
     """Both terms of the loss, unweighted, for logging and ablations.
 
     Args:
@@ -124,6 +151,8 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
       redundancy: "cross" takes the off-diagonal term from the cross-correlation of the
         two views (the paper's loss); "auto" takes it from view A's auto-correlation
         Z_A^T Z_A / N (the information-bottleneck variant of the paper's Appendix A).
+      normalization: "batch" (the paper), "feature" or "none" (ablations; see
+        `normalize`).
       axis_name: mesh axis over which the batch is split, or None.
       eps: added to the batch variance.
 
@@ -135,8 +164,8 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
     if redundancy not in REDUNDANCY_MODES:
         raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
     _check_pair(z_a, z_b)
-    a = standardize(z_a, axis_name=axis_name, eps=eps)
-    b = standardize(z_b, axis_name=axis_name, eps=eps)
+    a = normalize(z_a, normalization, axis_name=axis_name, eps=eps)
+    b = normalize(z_b, normalization, axis_name=axis_name, eps=eps)
     c = correlation_of_standardized(a, b, axis_name=axis_name)
     if redundancy == "cross":
         redundant = c
@@ -168,3 +197,45 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
     """
     terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps)
     return terms["on_diag"] + lambd * terms["off_diag"]
+
+
+def info_nce_loss(z_a: Array, z_b: Array, *, temperature: float = 0.1,
+                  axis_name: AxisName = None) -> Array:
+    """Symmetric cross-entropy with temperature over the batch (InfoNCE / NT-Xent-style):
+    the paper's Table 2 "cross-entropy with temperature" ablation on the same embeddings.
+
+    Embeddings are L2-normalised; row i of view A must pick row i of view B among all N
+    rows of view B (and vice versa), with logits cos / temperature. With axis_name, the
+    other devices' rows are all-gathered (differentiably), so value and gradients equal
+    those of the global batch on one device.
+
+    Args:
+      z_a, z_b: [N_local, D] embeddings of the two views.
+
+    Returns:
+      float32 scalar: (CE(A -> B) + CE(B -> A)) / 2, averaged over the global batch.
+    """
+    _check_pair(z_a, z_b)
+
+    def unit(z):
+        z = z.astype(jnp.float32)
+        return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), 1, keepdims=True), 1e-24))
+
+    a, b = unit(z_a), unit(z_b)
+    n_local = a.shape[0]
+    if axis_name is None:
+        all_a, all_b, offset = a, b, 0
+    else:
+        all_a = jax.lax.all_gather(a, axis_name, tiled=True)
+        all_b = jax.lax.all_gather(b, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * n_local
+    targets = offset + jnp.arange(n_local)
+    hi = jax.lax.Precision.HIGHEST
+
+    def ce(q, keys):
+        logits = jnp.matmul(q, keys.T, precision=hi) / temperature      # [n_local, N]
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(jnp.take_along_axis(log_p, targets[:, None], axis=1))
+
+    total = 0.5 * (ce(a, all_b) + ce(b, all_a))
+    return _global_sum(total[None], axis_name) / _global_count(a, axis_name)

@@ -46,6 +46,8 @@ def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = N
                              zero_init_residual=config.model.zero_init_residual,
                              axis_name=axis_name, dtype=dtype)
     return BarlowTwins(backbone=backbone, projector_dims=tuple(config.model.projector_dims),
+                       projector_bn=config.model.projector_bn,
+                       predictor_dims=tuple(config.model.predictor_dims),
                        axis_name=axis_name, dtype=dtype)
 
 
@@ -115,7 +117,7 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
       params, batch_stats: the model's variables (replicated).
       batch: {"view_a": [B, S, S, 3], "view_b": [B, S, S, 3]} this device's rows.
       model: BarlowTwins built with the same axis_name.
-      loss_cfg: config.loss (lambd, scale, redundancy).
+      loss_cfg: config.loss (lambd, scale, redundancy and the ablation fields).
       axis_name: the mesh axis, or None on one device without shard_map.
 
     Returns:
@@ -129,10 +131,21 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
         out_a, mut = model.apply({"params": p, "batch_stats": batch_stats}, batch["view_a"],
                                  train=True, mutable=["batch_stats"])
         out_b, mut = model.apply({"params": p, "batch_stats": mut["batch_stats"]},
-                                 batch["view_b"], train=True, mutable=["batch_stats"])
-        terms = losses.barlow_twins_terms(out_a["embedding"], out_b["embedding"],
-                                          redundancy=loss_cfg.redundancy, axis_name=axis_name)
-        loss = loss_cfg.scale * (terms["on_diag"] + loss_cfg.lambd * terms["off_diag"])
+                                 batch["view_b"], train=True, predict=False,
+                                 mutable=["batch_stats"])
+        z_a = out_a.get("prediction", out_a["embedding"])   # the predictor is on view A only
+        z_b = out_b["embedding"]
+        if loss_cfg.stop_gradient:
+            z_b = jax.lax.stop_gradient(z_b)
+        terms = losses.barlow_twins_terms(z_a, z_b, redundancy=loss_cfg.redundancy,
+                                          normalization=loss_cfg.normalization,
+                                          axis_name=axis_name)
+        if loss_cfg.kind == "info_nce":
+            loss = loss_cfg.scale * losses.info_nce_loss(
+                z_a, z_b, temperature=loss_cfg.temperature, axis_name=axis_name)
+        else:
+            loss = loss_cfg.scale * (loss_cfg.invariance_weight * terms["on_diag"]
+                                     + loss_cfg.lambd * terms["off_diag"])
         return loss, (mut["batch_stats"], terms, out_a["features"])
 
     (loss, (new_stats, terms, features)), grads = jax.value_and_grad(
@@ -248,8 +261,10 @@ def make_diagnose_fn(model: BarlowTwins, make_views: Optional[Callable[[dict], d
         if make_views is not None:
             batch = make_views(batch)
         variables = {"params": params, "batch_stats": batch_stats}
-        out_a, _ = model.apply(variables, batch["view_a"], train=True, mutable=["batch_stats"])
-        out_b, _ = model.apply(variables, batch["view_b"], train=True, mutable=["batch_stats"])
+        out_a, _ = model.apply(variables, batch["view_a"], train=True, predict=False,
+                               mutable=["batch_stats"])
+        out_b, _ = model.apply(variables, batch["view_b"], train=True, predict=False,
+                               mutable=["batch_stats"])
         z_a = out_a["embedding"].astype(jnp.float32)
         z_b = out_b["embedding"].astype(jnp.float32)
         h = min(heatmap_features, z_a.shape[1])
@@ -366,8 +381,11 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     with open(saved_path) as f:
         saved = json.load(f)
     now = json.loads(config.to_json_best_effort())
-    changed = [f"model.{k}" for k in sorted(set(saved.get("model", {})) | set(now["model"]))
-               if saved.get("model", {}).get(k) != now["model"].get(k)]
+    # Fields added to the model since the run was saved held their defaults then.
+    defaults = json.loads(config_lib.base_config().to_json_best_effort())["model"]
+    saved_model = {**defaults, **saved.get("model", {})}
+    changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now["model"]))
+               if saved_model.get(k) != now["model"].get(k)]
     if changed:
         raise config_lib.ConfigError(
             f"{workdir!r} holds checkpoints of another model ({', '.join(changed)} differ from "

@@ -62,3 +62,45 @@ def gaussian_blur(x, sigma, ksize):
     pad = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
     rows = np.stack([(pad[i:i + ksize] * k[:, None, None]).sum(0) for i in range(h)])
     return np.stack([(rows[:, j:j + ksize] * k[None, :, None]).sum(1) for j in range(w)], 1)
+
+
+def bt_loss_normalized(z_a, z_b, lambd, normalization, invariance_weight=1.0, eps=1e-5):
+    """The Barlow Twins loss with the normalisation ablations, float64."""
+    def norm(z):
+        z = np.asarray(z, np.float64)
+        if normalization == "batch":
+            return standardize(z, eps)[0]
+        if normalization == "feature":
+            c = z - z.mean(1, keepdims=True)
+            return c / np.sqrt((c ** 2).mean(1, keepdims=True) + eps)
+        return z
+    a, b = norm(z_a), norm(z_b)
+    c = a.T @ b / a.shape[0]
+    off = ~np.eye(c.shape[0], dtype=bool)
+    return invariance_weight * np.sum((1 - np.diag(c)) ** 2) + lambd * np.sum(c[off] ** 2)
+
+
+def info_nce(z_a, z_b, temperature):
+    """Symmetric cross-entropy with temperature over the batch, float64."""
+    a = np.asarray(z_a, np.float64)
+    b = np.asarray(z_b, np.float64)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+
+    def ce(q, k):
+        logits = q @ k.T / temperature
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -np.mean(np.diag(log_p))
+    return 0.5 * (ce(a, b) + ce(b, a))
+
+
+def numerical_grad(f, x, h=1e-6):
+    """Central differences of a scalar float64 function of an array."""
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[idx] = h
+        g[idx] = (f(x + d) - f(x - d)) / (2 * h)
+    return g

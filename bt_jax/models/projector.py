@@ -12,12 +12,14 @@ class Projector(nn.Module):
 
     Attributes:
       dims: output width of each layer, e.g. (8192, 8192, 8192).
+      use_bn: False drops the BatchNorms (the paper's "no BN in projector" ablation).
       axis_name: mesh axis for cross-replica BatchNorm statistics, or None.
       dtype: computation dtype.
 
     [N, F] features -> [N, dims[-1]] float32 embeddings.
     """
     dims: Sequence[int] = (8192, 8192, 8192)
+    use_bn: bool = True
     axis_name: Any = None
     dtype: Any = jnp.float32
 
@@ -29,8 +31,9 @@ class Projector(nn.Module):
         x = x.astype(self.dtype)
         for i, d in enumerate(self.dims[:-1]):
             x = nn.Dense(d, use_bias=False, dtype=self.dtype, name=f"linear{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}")(x)
+            if self.use_bn:
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}")(x)
             x = nn.relu(x)
         x = nn.Dense(self.dims[-1], use_bias=False, dtype=self.dtype,
                      name=f"linear{len(self.dims) - 1}")(x)

@@ -29,7 +29,8 @@ def _tiny(num_steps):
     c.model.projector_dims = (32, 32)
     c.optim.warmup_epochs = 0
     c.checkpoint.every_steps = 2
-    c.eval.linear_epochs = 2
+    c.eval.linear_protocol = "fast"
+    c.eval.linear_epochs = 0       # the SGD probe: on in the two tests that check it
     c.eval.knn_k = 20
     c.eval.fast_max_iter = 50
     c.eval.semi_fractions = ()     # tested on its own (test_evaluate.py, the evaluate CLI)
@@ -40,7 +41,10 @@ def _tiny(num_steps):
 
 def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    results = train.train_and_evaluate(_tiny(3), workdir)
+    c = _tiny(3)
+    c.eval.linear_protocol = "sgd"
+    c.eval.linear_epochs = 2
+    results = train.train_and_evaluate(c, workdir)
     out = capsys.readouterr().out
     assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
     assert "Barlow Twins" in out and "random init" in out and "pixels" in out
@@ -96,7 +100,9 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert r.returncode == 0 and r.stdout.strip() == "['batch_stats', 'params']", r.stderr
     # A longer run in the same workdir resumes from the last checkpoint.
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
-    train.train_and_evaluate(_tiny(5), workdir)
+    longer = _tiny(5)
+    longer.eval.enabled = False   # evaluation was checked above
+    train.train_and_evaluate(longer, workdir)
     out = capsys.readouterr().out
     assert "Resumed from step 3 of 5." in out
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -118,6 +124,7 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
     workdir = str(tmp_path / "run")
     c = _tiny(2)
     c.eval.enabled = False           # pretrain only; the CLI evaluates afterwards
+    c.eval.linear_epochs = 2
     c.eval.semi_fractions = (0.1,)
     c.eval.semi_epochs = 2
     c.eval.tsne_points = 120

@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.9
     c.optim.eta = 0.001
     c.optim.clip_trust_ratio = False   # solo-learn's LARS clip_lr: rate min(trust, lr)
-    c.optim.warmup_epochs = 10
+    c.optim.warmup_epochs = 10.0      # may be fractional (a share of an epoch)
     c.optim.end_lr_fraction = 1e-3
 
     c.checkpoint = ml_collections.ConfigDict()
@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.enabled = True        # False: pretrain only (e.g. unlabelled data); no results.json
     c.eval.batch_size = 512      # feature extraction
     c.eval.baselines = True      # also probe a random-init encoder and raw pixels
+    # The probes (linear, kNN) fit on a class-balanced subset of this many labelled training
+    # images, drawn by the seed; 0: all of them (the protocol). Sweeps on a CPU use it.
+    c.eval.probe_train_examples = 0
     # Which probe's accuracy is results.json's linear_top1: "fast" or "sgd" (both are kept).
     c.eval.linear_protocol = "sgd"
     # The paper's linear probe (B.1): frozen backbone, random-resized-crop + flip views,
@@ -147,7 +150,7 @@ def cifar_recipe() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-4
     c.optim.eta = 0.02
     c.optim.clip_trust_ratio = True
-    c.optim.warmup_epochs = 10
+    c.optim.warmup_epochs = 10.0      # may be fractional (a share of an epoch)
     c.checkpoint.every_steps = 2000
     return c
 
@@ -217,6 +220,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(len(e.fast_l2_grid) > 0 and all(v >= 0 for v in e.fast_l2_grid),
          f"eval.fast_l2_grid must be non-negative strengths; got {e.fast_l2_grid}.")
     need(0.0 <= e.fast_holdout_fraction < 1.0, "eval.fast_holdout_fraction must be in [0, 1).")
+    need(e.probe_train_examples >= 0, "eval.probe_train_examples must be >= 0 (0: every "
+         f"labelled training image); got {e.probe_train_examples}.")
     need(e.knn_k > 0 and e.knn_bank_chunk > 0, "eval.knn_k and eval.knn_bank_chunk must be "
          "positive.")
     need(all(0.0 < f <= 1.0 for f in e.semi_fractions),

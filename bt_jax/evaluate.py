@@ -300,6 +300,18 @@ def semi_supervised(config, encode, variables: dict, train_split, test_split, st
     return out
 
 
+def probe_subset(split, num_examples: int, seed: int):
+    """The class-balanced subset of about num_examples images the probes fit on (drawn by
+    seed, as `classifier.label_subset`); the split itself when num_examples is 0 or not
+    smaller than it."""
+    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.datasets import Split  # pylint: disable=import-outside-toplevel
+    if num_examples <= 0 or num_examples >= len(split):
+        return split
+    keep = classifier.label_subset(split.labels, num_examples / len(split), seed)
+    return Split(split.images[keep], split.labels[keep], split.num_classes)
+
+
 def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
                  train_split, test_split, stats=None, *, online_probe: Optional[dict] = None,
                  workdir: Optional[str] = None) -> dict:
@@ -323,9 +335,11 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     from bt_jax import classifier, diagnostics  # pylint: disable=import-outside-toplevel
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     stats = pipeline.channel_stats(train_split) if stats is None else stats
+    e = config.eval
+    semi_split = train_split   # fine-tuning draws its label subsets from all of it
+    train_split = probe_subset(train_split, e.probe_train_examples, config.seed)
     train_img = pipeline.eval_arrays(train_split, *stats)
     test_img = pipeline.eval_arrays(test_split, *stats)
-    e = config.eval
     encode = classifier.backbone_encoder(backbone)
 
     def features(variables):
@@ -339,7 +353,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
         scores = test_x @ np.asarray(online_probe["w"]) + np.asarray(online_probe["b"])
         results["online_linear_top1"] = topk_accuracy(scores, test_split.labels, 1)
         results["online_linear_top5"] = topk_accuracy(scores, test_split.labels, 5)
-    results.update(semi_supervised(config, encode, trained, train_split, test_split, stats))
+    results.update(semi_supervised(config, encode, trained, semi_split, test_split, stats))
     spectrum = diagnostics.spectrum_stats(test_x)
     results["diagnostics"] = {**{f"test_features_{k}": v
                                  for k, v in diagnostics.scalars(spectrum).items()},

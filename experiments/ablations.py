@@ -1,0 +1,500 @@
+"""The paper's ablations (Zbontar et al. 2021, Sec. 4 and Tables 2-4) as config sweeps.
+
+  python experiments/ablations.py --sweep loss --scale small
+  python experiments/ablations.py --sweep all --scale small
+  python experiments/ablations.py --sweep batch_size --scale paper --print-commands
+
+Every run is the ordinary trainer (`bt_jax.train.train_and_evaluate`) on a recipe plus
+config overrides, in its own workdir ROOT/SCALE/RUN. Runs are shared between sweeps (the
+baseline is one run), resumable (an interrupted run resumes from its checkpoint) and
+skipped once finished (results.json holds its probes). Each run is evaluated with the
+recipe's standard probe (results.json's linear_top1) and kNN. The sweep then writes
+experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside ours) and
+NAME.png.
+
+Scales:
+  small  configs/fashion_mnist.py cut to 30,720 pairs per run (120 steps at batch 256),
+         probes fit on 10,000 labelled training images; about 2.5 min a run on 2 CPU cores.
+  paper  configs/imagenet.py at 300 epochs, the paper's ablation length, with the paper's
+         SGD linear probe. --print-commands prints one `python -m bt_jax.main` command per
+         run for a cluster's scheduler; --report-only then builds the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# The paper's ImageNet linear top-1 after 300 epochs (DESIGN.md; Tables 2-4).
+PAPER_BASELINE = 71.4
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """A recipe file and the overrides every run of this scale starts from."""
+    recipe: str
+    overrides: dict
+    widths: tuple      # projector widths of the width sweep
+    lambdas: tuple
+    batch_sizes: tuple
+    depths: tuple
+    description: str
+
+
+SMALL_PAIRS = 30_720     # pairs of views per small-scale run, whatever the batch size
+
+SCALES = {
+    "small": Scale(
+        recipe="configs/fashion_mnist.py",
+        overrides={
+            "num_steps": SMALL_PAIRS // 256,
+            "optim.warmup_epochs": 0.05,          # 12 of the 120 steps at batch 256
+            "log_every_steps": 20,
+            "checkpoint.every_steps": 60,
+            "eval.linear_protocol": "fast",
+            "eval.linear_epochs": 0,
+            "eval.probe_train_examples": 10_000,
+            "eval.baselines": False,
+            "eval.semi_fractions": (),
+            "eval.tsne_points": 0,
+            "eval.diagnostics_every_steps": 0,
+        },
+        widths=(128, 256, 512, 1024, 2048),
+        lambdas=(0.0005, 0.002, 0.0051, 0.02, 0.08),
+        batch_sizes=(128, 256, 512, 1024),
+        depths=(1, 2, 3, 4),
+        description=("Fashion-MNIST, ResNet-18 (CIFAR stem, width 0.125: 64 features), "
+                     "projector 1024-1024-1024, 30,720 pairs per run (120 steps at batch "
+                     "256), seed 0; fast L-BFGS linear probe and kNN (k=200) fit on 10,000 "
+                     "class-balanced training images, tested on the 10,000 test images."),
+    ),
+    "paper": Scale(
+        recipe="configs/imagenet.py",
+        overrides={"num_epochs": 300},
+        widths=(512, 1024, 2048, 4096, 8192, 16384),
+        lambdas=(0.001, 0.002, 0.0051, 0.01, 0.02, 0.05),
+        batch_sizes=(128, 256, 512, 1024, 2048, 4096),
+        depths=(1, 2, 3, 4),
+        description=("ImageNet, ResNet-50, projector 8192-8192-8192, batch 2048, 300 epochs "
+                     "(the paper's ablation length); the paper's SGD linear probe (100 "
+                     "epochs) and kNN (k=200)."),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row of a sweep's table.
+
+    name: the workdir's name; runs with equal overrides share it (and their results).
+    setting: the table's row label. overrides: config field -> value, on top of the scale's.
+    paper: the paper's ImageNet linear top-1 for this row, if it reports one.
+    x: the swept number, for sweeps plotted against a value (lambda, width, batch, depth).
+    """
+    name: str
+    setting: str
+    overrides: dict
+    paper: Optional[float] = None
+    x: Optional[float] = None
+
+
+def _projector_width(scale: Scale) -> int:
+    return _load_recipe(scale.recipe).model.projector_dims[-1]
+
+
+def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
+    """The runs of one sweep at one scale, the baseline (overrides {}) first."""
+    base = Run("baseline", "baseline (full loss)", {}, PAPER_BASELINE)
+    if sweep == "loss":      # paper Table 2, top half
+        return [base,
+                Run("invariance_only", "invariance term only (lambda 0)",
+                    {"loss.lambd": 0.0}, 57.3),
+                Run("redundancy_only", "redundancy term only",
+                    {"loss.invariance_weight": 0.0}, 0.1),
+                Run("feature_norm", "normalisation along the feature dim",
+                    {"loss.normalization": "feature"}, 69.8),
+                Run("no_projector_bn", "no BN in the projector",
+                    {"model.projector_bn": False}, 71.2),
+                Run("no_bn_no_norm", "no BN and no normalisation",
+                    {"model.projector_bn": False, "loss.normalization": "none"}, 53.4),
+                Run("info_nce", "cross-entropy with temperature (InfoNCE, t=0.1)",
+                    {"loss.kind": "info_nce", "loss.temperature": 0.1}, 63.3)]
+    if sweep == "asymmetric":    # paper Table 2, bottom half
+        d = _projector_width(scale)
+        return [base,
+                Run("stop_gradient", "stop-gradient on one branch",
+                    {"loss.stop_gradient": True}, 70.5),
+                Run("predictor", "predictor on one branch", {"model.predictor_dims": (d, d)},
+                    70.2),
+                Run("predictor_stop_gradient", "predictor and stop-gradient",
+                    {"model.predictor_dims": (d, d), "loss.stop_gradient": True}, 61.3)]
+    if sweep == "lambda":
+        default = _load_recipe(scale.recipe).loss.lambd
+        return [base if v == default else Run(f"lambda_{v:g}", f"lambda {v:g}",
+                                              {"loss.lambd": v}, x=v)
+                for v in scale.lambdas]
+    if sweep == "projector_width":
+        dims = _load_recipe(scale.recipe).model.projector_dims
+        return [base if (w,) * len(dims) == tuple(dims) else
+                Run(f"width_{w}", f"projector width {w}", {"model.projector_dims": (w,) * len(dims)})
+                for w in scale.widths]
+    if sweep == "projector_depth":
+        dims = tuple(_load_recipe(scale.recipe).model.projector_dims)
+        return [base if (dims[-1],) * n == dims else
+                Run(f"depth_{n}", f"projector depth {n}", {"model.projector_dims": (dims[-1],) * n})
+                for n in scale.depths]
+    if sweep == "batch_size":    # paper Table 4
+        paper = {128: 69.7, 256: 70.7, 512: 71.4, 1024: 71.7, 2048: 71.4, 4096: 70.7}
+        default = _load_recipe(scale.recipe).batch_size
+        steps = scale.overrides.get("num_steps", 0)
+        runs = []
+        for b in scale.batch_sizes:
+            over = {"batch_size": b}
+            if steps:   # a fixed step count: scale it so every batch size sees the same pairs
+                over["num_steps"] = max(1, steps * default // b)
+            runs.append(dataclasses.replace(base, setting=f"batch {b} (baseline)")
+                        if b == default else Run(f"batch_{b}", f"batch {b}", over))
+        return [dataclasses.replace(r, paper=paper.get(b), x=b)
+                for r, b in zip(runs, scale.batch_sizes)]
+    if sweep == "augmentations":     # paper Fig. 5 (values only in the figure)
+        no_colour = {"data.augment.jitter_prob": 0.0, "data.augment.grayscale_prob": 0.0}
+        crop_blur = {**no_colour, "data.augment.solarize_prob": (0.0, 0.0),
+                     "data.augment.flip_prob": 0.0}
+        return [base,
+                Run("aug_no_colour", "no grayscale, no colour jitter", no_colour),
+                Run("aug_crop_blur", "crop + blur only", crop_blur),
+                Run("aug_crop_only", "crop only", {**crop_blur,
+                                                   "data.augment.blur_prob": (0.0, 0.0)})]
+    if sweep == "redundancy":
+        return [dataclasses.replace(base, setting="cross-correlation (baseline)"),
+                Run("redundancy_auto", "auto-correlation of one branch",
+                    {"loss.redundancy": "auto"})]
+    raise SystemExit(f"error: unknown sweep {sweep!r}; choose one of {SWEEPS} or 'all'.")
+
+
+SWEEPS = ("loss", "asymmetric", "lambda", "projector_width", "projector_depth", "batch_size",
+          "augmentations", "redundancy")
+
+# What the paper says where DESIGN.md records no number per row.
+PAPER_NOTES = {
+    "loss": "Paper Table 2 (ImageNet, 300 epochs, linear top-1).",
+    "asymmetric": "Paper Table 2 (ImageNet, 300 epochs, linear top-1). Predictor: 2 linear "
+                  "layers with BN and ReLU between, on view A.",
+    "lambda": "Paper: accuracy is flat over lambda in [0.002, 0.02] (per-row numbers only "
+              "in its figure).",
+    "projector_width": "Paper: accuracy keeps rising with the projector's width up to 16384 "
+                       "(per-row numbers only in its figure).",
+    "projector_depth": "Paper: 3 layers is the default; no per-depth numbers recorded here.",
+    "batch_size": "Paper Table 4 (ImageNet, 300 epochs): 128/256/512/1024/2048/4096 gave "
+                  "69.7/70.7/71.4/71.7/71.4/70.7. At small scale every batch size sees the "
+                  "same 30,720 pairs.",
+    "augmentations": "Paper Fig. 5: accuracy falls as augmentations are removed (values only "
+                     "in the figure). Crop only drops the flip too; Fashion-MNIST is "
+                     "grayscale, so its colour jitter is brightness and contrast only.",
+    "redundancy": "DESIGN.md: the authors saw little difference between the cross- and "
+                  "auto-correlation redundancy term.",
+}
+
+
+def _load_recipe(path: str):
+    spec = importlib.util.spec_from_file_location("_ablation_recipe", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def parse_set(items: list[str]) -> dict:
+    """["a.b=1", "c=(1, 2)"] -> {"a.b": 1, "c": (1, 2)} (values read as Python literals,
+    else kept as strings)."""
+    import ast  # pylint: disable=import-outside-toplevel
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: --set takes FIELD=VALUE (e.g. --set num_steps=5); got "
+                             f"{item!r}.")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def apply_overrides(config, overrides: dict):
+    """A copy of config with each dotted field set; an unknown field is an error."""
+    config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p] if p in node else None
+            if node is None:
+                break
+        if node is None or leaf not in node:
+            raise SystemExit(f"error: unknown config field {key!r}; fields are listed in "
+                             "bt_jax/config.py.")
+        node[leaf] = value
+    return config
+
+
+def run_overrides(scale: Scale, run: Run, extra: dict) -> dict:
+    """Scale, then run, then --set overrides (later ones win)."""
+    return {**scale.overrides, **run.overrides, **extra}
+
+
+def train_command(scale: Scale, run: Run, extra: dict, workdir: str) -> str:
+    """The `python -m bt_jax.main` command that trains and evaluates one run."""
+    args = ["python", "-m", "bt_jax.main",
+            f"--config={scale.recipe}", f"--workdir={workdir}"]
+    for key, value in run_overrides(scale, run, extra).items():
+        text = f"({', '.join(map(repr, value))}{',' if len(value) == 1 else ''})" \
+            if isinstance(value, tuple) else str(value)
+        args.append(f"--config.{key}={text}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_status(workdir: str, overrides: dict) -> str:
+    """"done" | "failed" | "todo". A workdir made with other overrides is an error: the
+    sweep would otherwise report another experiment's numbers."""
+    record = _read_json(os.path.join(workdir, "ablation.json"))
+    if record is not None and record.get("overrides") != json.loads(json.dumps(overrides)):
+        raise SystemExit(
+            f"error: {workdir!r} holds a run with other overrides ({record.get('overrides')}); "
+            "delete it or pass another --root.")
+    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    if "linear_top1" in results and "knn_top1" in results:
+        return "done"
+    return "failed" if record is not None and record.get("status") == "failed" else "todo"
+
+
+def train_run(scale: Scale, run: Run, extra: dict, workdir: str) -> dict:
+    """Trains and evaluates one run in this process; a run that fails (e.g. diverges) is
+    recorded as failed in workdir/ablation.json and the sweep goes on."""
+    from bt_jax import train  # pylint: disable=import-outside-toplevel
+    overrides = run_overrides(scale, run, extra)
+    config = apply_overrides(_load_recipe(scale.recipe), overrides)
+    os.makedirs(workdir, exist_ok=True)
+    record_path = os.path.join(workdir, "ablation.json")
+    record = _read_json(record_path) or {"overrides": json.loads(json.dumps(overrides)),
+                                         "seconds": 0.0}
+    print(f"\n=== {run.name}: {run.setting}\n    {train_command(scale, run, extra, workdir)}",
+          flush=True)
+    start = time.perf_counter()
+    try:
+        train.train_and_evaluate(config, workdir)
+        record.update(status="done", error="")
+    except (FloatingPointError, ValueError, RuntimeError) as e:   # diverged, or cannot run
+        record.update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
+        print(f"run {run.name} failed: {record['error']}", flush=True)
+    record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - start
+    with open(record_path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(record_path + ".tmp", record_path)
+    return record
+
+
+CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_top5",
+              "knn_top1", "knn_top5", "online_top1", "effective_rank", "final_loss", "steps",
+              "seconds", "paper_top1")
+
+
+def collect_row(sweep: str, run: Run, workdir: str) -> dict:
+    """One CSV row from a run's workdir (accuracies in percent; empty where missing)."""
+    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    record = _read_json(os.path.join(workdir, "ablation.json")) or {}
+    final = {}
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        final = lines[-1] if lines else {}
+    except (OSError, ValueError):
+        pass
+
+    def pct(key):
+        return round(100 * results[key], 2) if key in results else ""
+
+    status = "done" if "linear_top1" in results else record.get("status", "todo")
+    return {"sweep": sweep, "run": run.name, "setting": run.setting,
+            "x": "" if run.x is None else run.x, "status": status,
+            "linear_top1": pct("linear_top1"), "linear_top5": pct("linear_top5"),
+            "knn_top1": pct("knn_top1"), "knn_top5": pct("knn_top5"),
+            "online_top1": pct("online_linear_top1"),
+            "effective_rank": round(results["diagnostics"]["test_features_effective_rank"], 2)
+            if "test_features_effective_rank" in results.get("diagnostics", {}) else "",
+            "final_loss": round(final["loss"], 4) if "loss" in final else "",
+            "steps": final.get("step", ""),
+            "seconds": round(record["seconds"]) if "seconds" in record else "",
+            "paper_top1": "" if run.paper is None else run.paper}
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _num(v) -> Optional[float]:
+    return None if v in ("", None) else float(v)
+
+
+def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str) -> str:
+    """The sweep's table: ours (linear, kNN, change vs our baseline) beside the paper's
+    top-1 and its change vs the paper's baseline."""
+    base = next((r for r in rows if r["run"] == "baseline"), None)
+    base_lin = _num(base["linear_top1"]) if base else None
+    lines = [f"### Ablation: {sweep} ({scale_name} scale)", "",
+             SCALES[scale_name].description, "", PAPER_NOTES[sweep], "",
+             f"Command: `{command}`", "",
+             "| setting | linear top-1 | kNN top-1 | Δ linear vs baseline | effective rank "
+             "| paper top-1 | paper Δ |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lin, knn, paper = _num(r["linear_top1"]), _num(r["knn_top1"]), _num(r["paper_top1"])
+        if r["status"] != "done":
+            lin_txt = knn_txt = delta = r["status"]
+        else:
+            lin_txt, knn_txt = f"{lin:.1f}", f"{knn:.1f}"
+            delta = "0.0" if r["run"] == "baseline" or base_lin is None else \
+                f"{lin - base_lin:+.1f}"
+        paper_txt = "—" if paper is None else f"{paper:.1f}"
+        paper_delta = "—" if paper is None else f"{paper - PAPER_BASELINE:+.1f}"
+        rank = "" if r["effective_rank"] == "" else f"{float(r['effective_rank']):.1f}"
+        lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {delta} | {rank} "
+                     f"| {paper_txt} | {paper_delta} |")
+    seconds = [float(r["seconds"]) for r in rows if r["seconds"] != ""]
+    lines += ["", f"{len(rows)} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
+              "in all (each run's own wall time, summed; a run shared with another sweep "
+              "counts in both)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(sweep: str, rows: list[dict], path: str) -> None:
+    """Linear and kNN top-1 per setting (bars), or against the swept value (lines, log x),
+    with the paper's numbers where it reports them."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    lin = [_num(r["linear_top1"]) if r["status"] == "done" else None for r in rows]
+    knn = [_num(r["knn_top1"]) if r["status"] == "done" else None for r in rows]
+    paper = [_num(r["paper_top1"]) for r in rows]
+    xs = [_num(r["x"]) for r in rows]
+    if all(x is not None for x in xs):
+        order = sorted(range(len(rows)), key=lambda i: xs[i])
+        for values, label, style in ((lin, "ours: linear", "o-"), (knn, "ours: kNN", "s--"),
+                                     (paper, "paper: ImageNet linear", "^:")):
+            pts = [(xs[i], values[i]) for i in order if values[i] is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        ax.set_xscale("log", base=2 if sweep in ("projector_width", "batch_size") else 10)
+        ax.set_xlabel(sweep.replace("_", " "))
+    else:
+        import numpy as np  # pylint: disable=import-outside-toplevel
+        pos = np.arange(len(rows))
+        width = 0.27
+        for k, (values, label) in enumerate(((lin, "ours: linear"), (knn, "ours: kNN"),
+                                             (paper, "paper: ImageNet linear"))):
+            ax.bar(pos + (k - 1) * width, [v if v is not None else 0 for v in values], width,
+                   label=label)
+        ax.set_xticks(pos)
+        ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in rows], fontsize=7,
+                           rotation=20, ha="right")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Barlow Twins ablation: {sweep.replace('_', ' ')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir: str,
+           command: str) -> list[dict]:
+    """Writes NAME.csv, NAME.md and NAME.png for one sweep; returns the rows."""
+    rows = [collect_row(sweep, r, os.path.join(root, scale_name, r.name)) for r in runs]
+    os.makedirs(results_dir, exist_ok=True)
+    stem = os.path.join(results_dir, sweep)
+    write_csv(rows, stem + ".csv")
+    with open(stem + ".md", "w") as f:
+        f.write(markdown_table(sweep, rows, scale_name=scale_name, command=command))
+    plot_sweep(sweep, rows, stem + ".png")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", required=True, help=f"one of {SWEEPS}, or 'all'")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--root", default=os.path.join(ROOT, "runs", "ablations"),
+                        help="workdirs go to ROOT/SCALE/RUN")
+    parser.add_argument("--results", default=os.path.join(ROOT, "experiments", "results"),
+                        help="where NAME.csv, NAME.md and NAME.png go")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config override for every run (repeatable)")
+    parser.add_argument("--run", action="append", default=[],
+                        help="only these runs of the sweep (repeatable; e.g. one per job)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="train runs recorded as failed again")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--print-commands", action="store_true",
+                      help="print each run's `python -m bt_jax.main` command; train nothing")
+    mode.add_argument("--report-only", action="store_true",
+                      help="train nothing; build the tables from the workdirs")
+    args = parser.parse_args(argv)
+
+    scale = SCALES[args.scale]
+    extra = parse_set(args.set)
+    sweeps = SWEEPS if args.sweep == "all" else tuple(args.sweep.split(","))
+    command = " ".join(["python experiments/ablations.py", f"--sweep {args.sweep}",
+                        f"--scale {args.scale}"] + [f"--set {shlex.quote(s)}" for s in args.set])
+    for sweep in sweeps:
+        runs = sweep_runs(sweep, scale)
+        names = [r.name for r in runs]
+        unknown = [n for n in args.run if n not in names]
+        if unknown and len(sweeps) == 1:
+            raise SystemExit(f"error: sweep {sweep!r} has no run {unknown}; its runs: {names}.")
+        selected = [r for r in runs if not args.run or r.name in args.run]
+        for run in selected:
+            workdir = os.path.join(args.root, args.scale, run.name)
+            if args.print_commands:
+                print(train_command(scale, run, extra, os.path.relpath(workdir)))
+                continue
+            status = run_status(workdir, run_overrides(scale, run, extra))
+            if args.report_only or status == "done" or (status == "failed"
+                                                        and not args.retry_failed):
+                print(f"{sweep}/{run.name}: {status}, skipped", flush=True)
+                continue
+            train_run(scale, run, extra, workdir)
+        if args.print_commands:
+            continue
+        rows = report(sweep, runs, args.scale, args.root, args.results, command)
+        print(f"\n{markdown_table(sweep, rows, scale_name=args.scale, command=command)}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

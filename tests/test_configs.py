@@ -78,6 +78,16 @@ def test_learning_rates_scale_with_batch_and_follow_the_schedule():
     assert float(w(1000)) == pytest.approx(0.2)
 
 
+def test_warm_up_may_be_a_fraction_of_an_epoch():
+    c = config_lib.base_config()
+    c.batch_size = 256
+    c.optim.warmup_epochs = 0.05       # 12 of 234 steps (the small ablation scale)
+    w, _ = train.learning_rate_schedules(c, steps_per_epoch=234, total_steps=120)
+    assert float(w(6)) == pytest.approx(0.2 * 6 / 12)
+    assert float(w(12)) == pytest.approx(0.2)
+    assert float(w(13)) < 0.2
+
+
 def test_core_imports_without_tensorflow():
     """bt_jax.losses, .models and .optim work where TensorFlow is absent (e.g. a GPU box)."""
     import subprocess

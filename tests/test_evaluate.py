@@ -117,3 +117,18 @@ def test_evaluate_features_uses_the_eval_config():
     assert set(r) == {"linear_fast_top1", "linear_fast_top5", "linear_fast_l2", "knn_top1",
                       "knn_top5"}
     assert r["linear_fast_top1"] > 0.85 and r["linear_fast_l2"] in (1e-4, 1e-2)
+
+
+def test_probe_subset_is_class_balanced_deterministic_and_optional():
+    from bt_jax.data.datasets import Split
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), [50, 100, 150, 100]).astype(np.int32)
+    split = Split(rng.integers(0, 255, (400, 4, 4, 3), dtype=np.uint8), labels, 4)
+    sub = evaluate.probe_subset(split, 80, seed=3)
+    assert len(sub) == 80 and np.bincount(sub.labels).tolist() == [20, 20, 20, 20]
+    again = evaluate.probe_subset(split, 80, seed=3)
+    np.testing.assert_array_equal(sub.images, again.images)
+    rows = {img.tobytes(): lab for img, lab in zip(split.images, split.labels)}
+    assert all(rows[img.tobytes()] == lab for img, lab in zip(sub.images, sub.labels))
+    assert evaluate.probe_subset(split, 0, seed=3) is split
+    assert evaluate.probe_subset(split, 400, seed=3) is split

@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kind = "barlow_twins"       # "barlow_twins" | "info_nce"
     c.loss.temperature = 0.1           # info_nce only
     c.loss.stop_gradient = False       # True: no gradient through view B's embedding
+    # How sum C_ij^2 is computed: "direct" forms the [D, D] matrix, "gram" goes through the
+    # [N, N] Gram matrices of the views (O(N^2 D)); "auto" takes "gram" when the global
+    # batch is smaller than D. Same values and gradients up to float32 rounding.
+    c.loss.correlation_path = "auto"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr_weights = 0.2
@@ -203,6 +207,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.loss.kind in ("barlow_twins", "info_nce"),
          f"loss.kind must be 'barlow_twins' or 'info_nce'; got {config.loss.kind!r}.")
     need(config.loss.temperature > 0, "loss.temperature must be positive.")
+    need(config.loss.correlation_path in ("auto", "direct", "gram"),
+         "loss.correlation_path must be 'auto', 'direct' or 'gram'; got "
+         f"{config.loss.correlation_path!r}.")
     need(all(d > 0 for d in config.model.predictor_dims),
          f"model.predictor_dims must be positive widths or (); got "
          f"{config.model.predictor_dims}.")

@@ -142,6 +142,32 @@ def standardize_features(train_x: np.ndarray, test_x: np.ndarray):
     return (train_x - mean) / std, (test_x - mean) / std
 
 
+def row_space_basis(x: np.ndarray, *, rtol: float = 1e-6,
+                    max_features: int = 4096) -> Optional[np.ndarray]:
+    """An orthonormal basis [F, R] of the span of x's rows, or None when x has full column
+    rank (R = F) or more than max_features columns (the eigendecomposition would cost more
+    than it saves).
+
+    An L2-penalised linear model's optimal weights lie in the span of its training rows
+    (the representer theorem: a component outside it changes no training logit and only
+    adds to the penalty), so fitting on x @ basis gives the same probe with R instead of F
+    weights per class. Upsampled or grey-replicated raw pixels have R far below F (digits
+    at 32x32x3: R <= 64 of 3,072).
+
+    Args:
+      x: [N, F] standardised float32 features.
+    """
+    f = x.shape[1]
+    if f > max_features:
+        return None
+    gram = np.asarray(x.T @ x, np.float64)                     # [F, F]
+    eigvals, eigvecs = np.linalg.eigh(gram)
+    keep = eigvals > rtol * max(eigvals[-1], 1e-30)
+    if keep.all():
+        return None
+    return eigvecs[:, keep].astype(np.float32)
+
+
 def _softmax_objective(params, x, y, l2):
     logits = x @ params["w"] + params["b"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -192,7 +218,9 @@ def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
     The L2 strength is chosen from `l2_grid` by cross-entropy on a class-stratified held-out
     `holdout_fraction` of the training split (all strengths are fitted at once, vmapped),
     then the probe is refitted on the whole training split. The objective is mean
-    cross-entropy + l2 / 2 * |W|^2 (scikit-learn's C is 1 / (l2 * N)).
+    cross-entropy + l2 / 2 * |W|^2 (scikit-learn's C is 1 / (l2 * N)). Rank-deficient
+    features (e.g. upsampled pixels) are first mapped onto the span of the training rows,
+    which leaves the optimum unchanged and makes each iteration cheaper.
 
     Args:
       train_x: [N, F]; train_y: [N] int; test_x: [Q, F]; test_y: [Q] int.
@@ -202,6 +230,9 @@ def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
     """
     train_x, test_x = standardize_features(np.asarray(train_x, np.float32),
                                            np.asarray(test_x, np.float32))
+    basis = row_space_basis(train_x)
+    if basis is not None:    # the same optimum in fewer dimensions (see row_space_basis)
+        train_x, test_x = train_x @ basis, test_x @ basis
     train_y = np.asarray(train_y, np.int32)
     grid = np.asarray(l2_grid, np.float32)
     fit_idx, held_idx = _holdout_split(train_y, holdout_fraction, seed)

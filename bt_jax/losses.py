@@ -122,6 +122,55 @@ def cross_correlation(z_a: Array, z_b: Array, *, axis_name: AxisName = None,
     return correlation_of_standardized(a, b, axis_name=axis_name)
 
 
+CORRELATION_PATHS = ("auto", "direct", "gram")
+
+
+def _global_rows(z: Array, axis_name: AxisName) -> int:
+    """The global batch size N as a Python int (static: local rows times devices)."""
+    return z.shape[0] * (jax.lax.psum(1, axis_name) if axis_name is not None else 1)
+
+
+def choose_correlation_path(n_global: int, d: int, path: str = "auto") -> str:
+    """"direct" (form the [D, D] matrix, O(N D^2)) or "gram" (the [N, N] Gram matrices,
+    O(N^2 D)); "auto" takes the Gram path when the global batch N is smaller than D."""
+    if path not in CORRELATION_PATHS:
+        raise ValueError(f"path must be one of {CORRELATION_PATHS}; got {path!r}.")
+    if path != "auto":
+        return path
+    return "gram" if n_global < d else "direct"
+
+
+def sum_squared_correlation_gram(a: Array, b: Array, *, axis_name: AxisName = None) -> Array:
+    """sum_ij (a^T b / N)_ij^2 without forming the [D, D] matrix.
+
+    ||A^T B||_F^2 = trace(A A^T B B^T) = sum_nm (A A^T)_nm (B B^T)_nm, so the sum costs
+    two [N, N] Gram matrices, O(N^2 D), instead of O(N D^2). With axis_name, each device
+    all-gathers both views ([N, D]: N D floats moved, against D^2 for a psum of C), forms
+    its own rows of the two Gram matrices ([N_local, N]) and the partial sums are psum'd;
+    all_gather's transpose is a reduce-scatter, so the gradients are exact.
+
+    Args:
+      a, b: [N_local, D] standardised float32 embeddings (b may be a, for the
+        auto-correlation).
+
+    Returns:
+      float32 scalar, the same on every device.
+    """
+    n = _global_count(a, axis_name)
+    hi = jax.lax.Precision.HIGHEST
+    if axis_name is None:
+        all_a, all_b = a, b
+    else:
+        all_a = jax.lax.all_gather(a, axis_name, tiled=True)
+        all_b = all_a if b is a else jax.lax.all_gather(b, axis_name, tiled=True)
+    g_a = jnp.matmul(a, all_a.T, precision=hi)                           # [N_local, N]
+    g_b = g_a if b is a else jnp.matmul(b, all_b.T, precision=hi)        # [N_local, N]
+    total = jnp.sum(g_a * g_b)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    return total / jnp.square(n)
+
+
 def _check_pair(z_a: Array, z_b: Array) -> None:
     _check_embeddings(z_a, "z_a")
     _check_embeddings(z_b, "z_b")
@@ -143,7 +192,7 @@ def off_diagonal_term(c: Array) -> Array:
 
 def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
                        normalization: str = "batch", axis_name: AxisName = None,
-                       eps: float = 1e-5) -> dict[str, Array]:
+                       eps: float = 1e-5, path: str = "auto") -> dict[str, Array]:
     """Both terms of the loss, unweighted, for logging and ablations.
 
     Args:
@@ -155,6 +204,10 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
         `normalize`).
       axis_name: mesh axis over which the batch is split, or None.
       eps: added to the batch variance.
+      path: "direct" forms C ([D, D], O(N D^2)); "gram" sums C_ij^2 through the [N, N]
+        Gram matrices (O(N^2 D); `sum_squared_correlation_gram`) and C_ii as row sums;
+        "auto" (default) takes "gram" when the global batch N is smaller than D. Both
+        give the same values and gradients up to float32 rounding.
 
     Returns:
       float32 scalars: "on_diag" and "off_diag" (the two terms), and for monitoring the
@@ -166,20 +219,31 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
     _check_pair(z_a, z_b)
     a = normalize(z_a, normalization, axis_name=axis_name, eps=eps)
     b = normalize(z_b, normalization, axis_name=axis_name, eps=eps)
-    c = correlation_of_standardized(a, b, axis_name=axis_name)
-    if redundancy == "cross":
-        redundant = c
+    d = a.shape[1]
+    if choose_correlation_path(_global_rows(a, axis_name), d, path) == "direct":
+        c = correlation_of_standardized(a, b, axis_name=axis_name)
+        c_diag, c_off = jnp.diagonal(c), off_diagonal_term(c)
+        redundant_off = c_off if redundancy == "cross" else off_diagonal_term(
+            correlation_of_standardized(a, a, axis_name=axis_name))
     else:
-        redundant = correlation_of_standardized(a, a, axis_name=axis_name)
-    d = c.shape[0]
-    return {"on_diag": on_diagonal_term(c), "off_diag": off_diagonal_term(redundant),
-            "c_diag_mean": jnp.mean(jnp.diagonal(c)),
-            "c_offdiag_rms": jnp.sqrt(off_diagonal_term(c) / max(d * (d - 1), 1))}
+        n = _global_count(a, axis_name)
+        c_diag = _global_sum(a * b, axis_name) / n                        # C_ii, [D]
+        c_off = sum_squared_correlation_gram(a, b, axis_name=axis_name) - jnp.sum(
+            jnp.square(c_diag))
+        if redundancy == "cross":
+            redundant_off = c_off
+        else:
+            auto_diag = _global_sum(jnp.square(a), axis_name) / n
+            redundant_off = sum_squared_correlation_gram(a, a, axis_name=axis_name) - jnp.sum(
+                jnp.square(auto_diag))
+    return {"on_diag": jnp.sum(jnp.square(1.0 - c_diag)), "off_diag": redundant_off,
+            "c_diag_mean": jnp.mean(c_diag),
+            "c_offdiag_rms": jnp.sqrt(jnp.maximum(c_off, 0.0) / max(d * (d - 1), 1))}
 
 
 def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
                       redundancy: str = "cross", axis_name: AxisName = None,
-                      eps: float = 1e-5) -> Array:
+                      eps: float = 1e-5, path: str = "auto") -> Array:
     """Barlow Twins loss: sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
 
     Args:
@@ -191,11 +255,14 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
       axis_name: mesh axis over which the batch is split, inside shard_map; mean,
         variance and C are then over the global batch.
       eps: added to the batch variance.
+      path: "auto" | "direct" | "gram": how sum C_ij^2 is computed (see
+        `barlow_twins_terms`); the value does not depend on it beyond float32 rounding.
 
     Returns:
       float32 scalar, the same on every device.
     """
-    terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps)
+    terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps,
+                               path=path)
     return terms["on_diag"] + lambd * terms["off_diag"]
 
 

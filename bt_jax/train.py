@@ -139,6 +139,7 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
             z_b = jax.lax.stop_gradient(z_b)
         terms = losses.barlow_twins_terms(z_a, z_b, redundancy=loss_cfg.redundancy,
                                           normalization=loss_cfg.normalization,
+                                          path=loss_cfg.correlation_path,
                                           axis_name=axis_name)
         if loss_cfg.kind == "info_nce":
             loss = loss_cfg.scale * losses.info_nce_loss(

@@ -132,3 +132,29 @@ def test_probe_subset_is_class_balanced_deterministic_and_optional():
     assert all(rows[img.tobytes()] == lab for img, lab in zip(sub.images, sub.labels))
     assert evaluate.probe_subset(split, 0, seed=3) is split
     assert evaluate.probe_subset(split, 400, seed=3) is split
+
+
+def test_row_space_basis_spans_the_rows_and_skips_full_rank_features():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    assert evaluate.row_space_basis(x) is None                 # full column rank: nothing to do
+    wide = np.concatenate([x, x, -2 * x], axis=1)              # [50, 18], rank 6
+    basis = evaluate.row_space_basis(wide)
+    assert basis.shape == (18, 6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
+    np.testing.assert_allclose(wide @ basis @ basis.T, wide, atol=1e-4)
+
+
+def test_fast_probe_on_rank_deficient_pixels_equals_the_unprojected_fit(monkeypatch):
+    """Upsampled, grey-replicated digits (768 features, rank <= 64): the projected fit
+    predicts what the fit on all 768 features predicts."""
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    img = np.repeat(np.repeat(x[:400].reshape(-1, 8, 8), 2, 1), 2, 2)
+    pixels = np.repeat(img[..., None], 3, -1).reshape(400, -1).astype(np.float32)
+    args = (pixels[:300], y[:300], pixels[300:], y[300:400], 10)
+    projected = evaluate.fast_linear_probe(*args, l2_grid=(1e-3,), max_iter=150)
+    monkeypatch.setattr(evaluate, "row_space_basis", lambda x: None)
+    full = evaluate.fast_linear_probe(*args, l2_grid=(1e-3,), max_iter=150)
+    assert projected["top1"] >= 0.8
+    assert abs(projected["top1"] - full["top1"]) <= 0.02, (projected, full)

@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 from jax.sharding import PartitionSpec as P
 
 from bt_jax import parallel
-from bt_jax.losses import barlow_twins_loss, barlow_twins_terms, cross_correlation
+from bt_jax.losses import (barlow_twins_loss, barlow_twins_terms, choose_correlation_path,
+                           cross_correlation, sum_squared_correlation_gram)
 from numpy_reference import bt_loss_and_grads, standardize
 
 
@@ -29,10 +30,11 @@ def _rel_err(x, ref):
 @pytest.mark.parametrize("n,d", [(5, 3), (16, 8), (64, 32), (32, 128)])
 @pytest.mark.parametrize("redundancy", ["cross", "auto"])
 @pytest.mark.parametrize("lambd", [0.0051, 0.5])
-def test_value_and_grads_match_float64_reference(n, d, redundancy, lambd):
+@pytest.mark.parametrize("path", ["direct", "gram"])
+def test_value_and_grads_match_float64_reference(n, d, redundancy, lambd, path):
     z_a, z_b = _views(n * d, n, d)
     ref_loss, ref_ga, ref_gb = bt_loss_and_grads(z_a, z_b, lambd, redundancy)
-    fn = functools.partial(barlow_twins_loss, lambd=lambd, redundancy=redundancy)
+    fn = functools.partial(barlow_twins_loss, lambd=lambd, redundancy=redundancy, path=path)
     loss, (g_a, g_b) = jax.value_and_grad(fn, argnums=(0, 1))(
         jnp.float32(z_a), jnp.float32(z_b))
     assert loss.dtype == jnp.float32 and loss.shape == ()
@@ -119,15 +121,18 @@ def test_jit_vmap_and_bfloat16_inputs():
 
 
 @pytest.mark.parametrize("redundancy", ["cross", "auto"])
-def test_axis_name_gives_the_global_batch_value_and_gradients(redundancy):
-    """On 8 devices with axis_name, loss and input gradients equal the global batch's."""
-    z_a, z_b = _views(5, 64, 16)
+@pytest.mark.parametrize("path,n,d", [("direct", 64, 16), ("gram", 64, 16), ("direct", 32, 96),
+                                      ("gram", 32, 96)])
+def test_axis_name_gives_the_global_batch_value_and_gradients(redundancy, path, n, d):
+    """On 8 devices with axis_name, loss and input gradients equal the global batch's, on
+    both paths (the Gram path all-gathers the embeddings; the direct one psums C)."""
+    z_a, z_b = _views(5, n, d)
     ref_loss, ref_ga, ref_gb = bt_loss_and_grads(z_a, z_b, 0.0051, redundancy)
     mesh = parallel.make_mesh()
     assert mesh.size == 8
 
     def per_device(a, b):
-        fn = functools.partial(barlow_twins_loss, redundancy=redundancy,
+        fn = functools.partial(barlow_twins_loss, redundancy=redundancy, path=path,
                                axis_name=parallel.BATCH_AXIS)
         loss, grads = jax.value_and_grad(fn, argnums=(0, 1))(a, b)
         return loss, grads
@@ -149,3 +154,35 @@ def test_bad_shapes_and_modes_raise_clear_errors():
         barlow_twins_loss(jnp.zeros((8, 4, 2)), jnp.zeros((8, 4, 2)))
     with pytest.raises(ValueError, match="redundancy"):
         barlow_twins_loss(z, z, redundancy="diag")
+
+
+def test_auto_path_takes_the_gram_matrices_only_when_the_batch_is_smaller_than_d():
+    assert choose_correlation_path(256, 8192) == "gram"
+    assert choose_correlation_path(8192, 8192) == "direct"
+    assert choose_correlation_path(4096, 128) == "direct"
+    assert choose_correlation_path(4096, 128, "gram") == "gram"
+    with pytest.raises(ValueError, match="path must be one of"):
+        choose_correlation_path(8, 8, "fast")
+
+
+@pytest.mark.parametrize("redundancy", ["cross", "auto"])
+@pytest.mark.parametrize("normalization", ["batch", "feature", "none"])
+def test_gram_and_direct_paths_give_the_same_terms(redundancy, normalization):
+    """Every logged term, not only the loss, agrees between the two paths (float32)."""
+    z_a, z_b = map(jnp.float32, _views(9, 24, 80))
+    terms = {p: barlow_twins_terms(z_a, z_b, redundancy=redundancy, path=p,
+                                   normalization=normalization) for p in ("direct", "gram")}
+    for key in ("on_diag", "off_diag", "c_diag_mean", "c_offdiag_rms"):
+        np.testing.assert_allclose(float(terms["gram"][key]), float(terms["direct"][key]),
+                                   rtol=2e-5, err_msg=key)
+
+
+def test_gram_sum_of_squares_matches_float64():
+    a, b = (standardize(z)[0] for z in _views(3, 16, 200))
+    ref = np.sum((a.T @ b / 16) ** 2)
+    got = sum_squared_correlation_gram(jnp.float32(a), jnp.float32(b))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)
+    ref_auto = np.sum((a.T @ a / 16) ** 2)
+    a32 = jnp.float32(a)
+    np.testing.assert_allclose(float(sum_squared_correlation_gram(a32, a32)), ref_auto,
+                               rtol=1e-5)

@@ -20,6 +20,9 @@ TRAIN = [
     "absl-py>=1.4",
 ]
 TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5"]
+# experiments/torch_reference.py only; a CPU build is enough (`pip install torch==2.13.0`
+# on this project's machine). Not installed by `make`.
+BENCH = ["torch>=2.3"]
 
 setup(
     name="bt_jax",
@@ -28,5 +31,5 @@ setup(
     packages=find_packages(include=["bt_jax", "bt_jax.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"train": TRAIN, "test": TRAIN + TEST},
+    extras_require={"train": TRAIN, "test": TRAIN + TEST, "bench": BENCH},
 )

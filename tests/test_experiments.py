@@ -104,18 +104,20 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
             "--set", "eval.probe_train_examples=300", "--set", "eval.knn_k=5",
             "--set", "eval.fast_max_iter=10", "--set", "eval.online_probe=False"]
     assert ab.main(args) == 0
-    rows = list(csv.DictReader(open(tmp_path / "results" / "redundancy.csv")))
+    with open(tmp_path / "results" / "redundancy.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["baseline", "redundancy_auto"]
     for r in rows:
         assert r["status"] == "done" and r["steps"] == "2"
         assert 10.0 <= float(r["linear_top1"]) <= 100.0 and 10.0 <= float(r["knn_top1"]) <= 100
-    results = json.load(open(tmp_path / "runs" / "small" / "baseline" / "results.json"))
+    with open(tmp_path / "runs" / "small" / "baseline" / "results.json") as f:
+        results = json.load(f)
     assert results["num_train"] == 300        # eval.probe_train_examples reached the probes
     assert abs(float(rows[0]["linear_top1"]) - 100 * results["linear_top1"]) < 0.01
-    table = open(tmp_path / "results" / "redundancy.md").read()
+    table = (tmp_path / "results" / "redundancy.md").read_text()
     assert "| cross-correlation (baseline) | " in table and "| 71.4 |" in table
     assert "--sweep redundancy --scale small" in table
-    png = open(tmp_path / "results" / "redundancy.png", "rb").read()
+    png = (tmp_path / "results" / "redundancy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # A rerun trains nothing: both runs are finished.
     capsys.readouterr()
@@ -126,3 +128,82 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     # Other overrides in the same workdirs are refused, not silently mixed in.
     with pytest.raises(SystemExit, match="other overrides"):
         ab.main(args[:-2] + ["--set", "eval.online_probe=True"])
+
+
+def _experiment(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
+    import csv
+    bench = _experiment("benchmark")
+    out = tmp_path / "bench.csv"
+    assert bench.main(["--what", "step,loss,augment", "--preset", "tiny", "--n", "32",
+                       "--d", "96", "--steps", "2", "--warmup", "0", "--augment", "device",
+                       "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["what"], r["path"]) for r in rows] == [
+        ("train step", ""), ("loss value+grad", "direct"), ("loss value+grad", "gram"),
+        ("device augmentation", "")]
+    step = rows[0]
+    assert step["devices"] == "8" and step["batch"] == "16" and step["augment"] == "device"
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["compile_s"]) > 0
+        assert float(r["flops_per_step"]) > 0 and float(r["achieved_tflops"]) > 0
+        assert 0 < float(r["fraction_of_peak"])
+        assert r["peak_source"].startswith("measured")
+    assert float(step["pairs_per_s"]) > 0 and float(step["peak_memory_mb"]) > 0
+    # XLA's FLOP count of the direct loss grows like N D^2, the Gram path's like N^2 D.
+    assert float(rows[1]["flops_per_step"]) > float(rows[2]["flops_per_step"])
+    assert bench.main(["--what", "loss", "--n", "8", "--d", "16", "--steps", "1",
+                       "--warmup", "0", "--csv", str(out)]) == 0
+    with open(out) as f:
+        assert len(list(csv.DictReader(f))) == 6      # appended under one header
+
+
+def test_torch_reference_loss_and_lars_match_bt_jax():
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bt_jax import optim
+    from numpy_reference import bt_loss_and_grads
+    ref = _experiment("torch_reference")
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.normal(size=(2, 24, 10))
+    got = ref.barlow_twins_loss(torch.tensor(z1), torch.tensor(z2), 0.02)
+    np.testing.assert_allclose(float(got), bt_loss_and_grads(z1, z2, 0.02)[0], rtol=1e-9)
+
+    params = {"w": rng.normal(size=(5, 4)).astype(np.float32),
+              "b": rng.normal(size=(4,)).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+             for _ in range(3)]
+    tx = optim.lars(0.1, 0.1, weight_decay=0.01, momentum=0.9, eta=0.02)
+    p_jax = {k: jnp.asarray(v) for k, v in params.items()}
+    state = tx.init(p_jax)
+    tensors = [torch.tensor(params["w"]), torch.tensor(params["b"])]
+    opt = ref.LARS(tensors, lr=0.1, weight_decay=0.01, momentum=0.9, eta=0.02)
+    for g in grads:
+        updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, p_jax)
+        p_jax = {k: p_jax[k] + updates[k] for k in p_jax}
+        tensors[0].grad, tensors[1].grad = torch.tensor(g["w"]), torch.tensor(g["b"])
+        opt.step()
+    np.testing.assert_allclose(tensors[0].numpy(), p_jax["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tensors[1].numpy(), p_jax["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_reference_step_runs():
+    pytest.importorskip("torch")
+    ref = _experiment("torch_reference")
+    r = ref.benchmark_step(backbone="resnet18", stem="cifar", width=0.125, image_size=16,
+                           projector=(32, 32), batch=8, steps=1, warmup=0, threads=1)
+    assert r["seconds"] > 0 and r["torch_version"]
+    model = ref.ResNet("resnet50", "imagenet", 0.25)
+    assert model.num_features == 512                 # 2048 x 0.25, torchvision's layout

@@ -1,0 +1,354 @@
+"""Speed of the training step, the loss alone and the input augmentation alone.
+
+  python experiments/benchmark.py --what step --preset cifar-r18          # this CPU
+  python experiments/benchmark.py --what step --preset imagenet-r50 --dtype bfloat16 \\
+      --batch 256 --augment device                                     # a GPU
+  python experiments/benchmark.py --what loss --n 256 --d 8192          # direct vs Gram
+  python experiments/benchmark.py --what step --preset cifar-r18 --torch  # + PyTorch
+
+Train step: pairs/s (median over timed steps after warm-up, each step synchronised with
+block_until_ready), compile time (lowering plus XLA compilation), peak device memory (the
+backend's memory_stats; the process's peak RSS on the CPU backend), FLOPs per step from
+XLA's cost analysis of the compiled step, hence achieved FLOP/s and its share of the
+device's peak: on a CPU the peak is measured with a large float32 matmul, on accelerators
+it is the vendor's published dense peak for the dtype. Synthetic inputs only: bt_jax.data's
+TensorFlow pipeline is never imported (`--augment device` runs the JAX augmentations inside
+the step on uint8 images; `--augment none` feeds ready views). `--torch` also times
+experiments/torch_reference.py's step on the same batch, image size and threads, in the
+same run, and prints the ratio.
+
+Every result row is appended to --csv (experiments/results/benchmark.csv) and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+PRESETS = {
+    # ResNet-18 with the CIFAR stem at 32 px, projector 2048-2048-2048 (the issue's CPU target).
+    "cifar-r18": dict(backbone="resnet18", stem="cifar", width=1.0, image_size=32,
+                      projector=(2048, 2048, 2048), batch=128),
+    # The paper's model at 224 px.
+    "imagenet-r50": dict(backbone="resnet50", stem="imagenet", width=1.0, image_size=224,
+                         projector=(8192, 8192, 8192), batch=256),
+    # A few seconds anywhere: the harness's own test.
+    "tiny": dict(backbone="resnet18", stem="cifar", width=0.125, image_size=16,
+                 projector=(64, 64, 64), batch=16),
+}
+
+# Published dense peak FLOP/s per device (no sparsity), by device_kind substring and dtype.
+PUBLISHED_PEAKS = {
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},    # SXM; float32 without TF32
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "V100": {"bfloat16": 125e12, "float32": 15.7e12},  # fp16 tensor cores for half precision
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 4},
+}
+
+CSV_FIELDS = ("what", "impl", "device", "devices", "threads", "model", "image_size",
+              "projector", "batch", "dtype", "augment", "n", "d", "path", "median_ms",
+              "pairs_per_s", "compile_s", "peak_memory_mb", "memory_kind", "flops_per_step",
+              "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak", "steps",
+              "jax_version", "host")
+
+
+def median_seconds(fn, *, steps: int, warmup: int) -> tuple[float, float]:
+    """(first call's seconds, median seconds of `steps` calls after `warmup` more);
+    fn() must block until its work is done."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
+def compile_and_count(jitted, *args):
+    """(the compiled program, seconds to lower and compile it, FLOPs of one call from XLA's
+    cost analysis; 0 if the backend reports none). Timing runs the compiled program, so
+    nothing is compiled twice."""
+    t = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - t
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return compiled, seconds, float((analysis or {}).get("flops", 0.0))
+
+
+def cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """float32 FLOP/s of a [size, size] x [size, size] matmul on the default CPU device."""
+    a = jnp.ones((size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    _, sec = median_seconds(lambda: f(a).block_until_ready(), steps=repeats, warmup=1)
+    return 2 * size ** 3 / sec
+
+
+def device_peak(dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s of one device for dtype, where the number comes from)."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return cpu_peak_flops(), "measured: float32 2048^3 matmul"
+    for name, peaks in PUBLISHED_PEAKS.items():
+        if name.lower() in device.device_kind.lower():
+            return peaks[dtype], f"published ({name} {dtype} dense)"
+    return 0.0, f"unknown device kind {device.device_kind!r}"
+
+
+def peak_memory() -> tuple[float, str]:
+    """(peak megabytes, what was measured): the device allocator's peak where the backend
+    reports it (GPU, TPU), else this process's peak resident set (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2 ** 20, "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
+
+
+def step_config(args):
+    """An ml_collections config for the benchmarked model (the trainer's own fields)."""
+    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
+    c = base_config()
+    c.batch_size = args.batch
+    c.data.image_size = args.image_size
+    c.model.backbone = args.backbone
+    c.model.stem = args.stem
+    c.model.width = args.width
+    c.model.projector_dims = tuple(args.projector)
+    c.model.dtype = args.dtype
+    c.eval.online_probe = False
+    c.loss.correlation_path = args.path
+    return c
+
+
+def bench_train_step(args) -> dict:
+    """The trainer's jit(shard_map) step on synthetic inputs over args.devices devices."""
+    from bt_jax import parallel, train  # pylint: disable=import-outside-toplevel
+    config = step_config(args)
+    mesh = parallel.make_mesh(jax.devices()[:args.devices])
+    parallel.per_device_batch_size(args.batch, mesh)
+    model = train.create_model(config, axis_name=parallel.BATCH_AXIS)
+    total = args.steps + args.warmup + 1
+    tx = train.create_optimizer(config, steps_per_epoch=total, total_steps=total)
+    state = train.init_state(train.create_model(config), tx, jax.random.key(0),
+                             args.image_size)
+    state = parallel.replicate(state, mesh)
+    rng = np.random.default_rng(0)
+    s = args.image_size
+    make_views = None
+    if args.augment == "device":
+        from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
+        from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
+        config.data.augment_on = "device"
+        make_views = device_augment.make_view_fn(0, *view_configs(config), [0.5] * 3,
+                                                 [0.25] * 3)
+        host = {"image": rng.integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8),
+                "index": np.arange(args.batch, dtype=np.int32),
+                "epoch": np.zeros(args.batch, np.int32)}
+    else:
+        host = {k: rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
+                for k in ("view_a", "view_b")}
+    batch = parallel.host_to_global(host, mesh)
+    step = train.make_train_step(model, tx, config.loss, mesh, make_views=make_views)
+    step, compile_s, flops = compile_and_count(step, state, batch)
+
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], batch)
+        jax.block_until_ready(metrics["loss"])
+
+    _, sec = median_seconds(run, steps=args.steps, warmup=args.warmup)
+    mem, mem_kind = peak_memory()
+    return {"what": "train step", "impl": "bt_jax (JAX)", "median_ms": sec * 1e3,
+            "pairs_per_s": args.batch / sec, "compile_s": compile_s,
+            "peak_memory_mb": mem, "memory_kind": mem_kind, "flops_per_step": flops,
+            "seconds": sec}
+
+
+def bench_loss(n: int, d: int, path: str, steps: int, warmup: int) -> dict:
+    """Value and gradients of barlow_twins_loss for [n, d] float32 embeddings, one device."""
+    import functools  # pylint: disable=import-outside-toplevel
+    from bt_jax import losses  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    z_a = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    z_b = jnp.asarray(z_a + 0.5 * rng.normal(size=(n, d)), jnp.float32)
+    fn = jax.jit(jax.value_and_grad(functools.partial(losses.barlow_twins_loss, path=path),
+                                    argnums=(0, 1)))
+    fn, compile_s, flops = compile_and_count(fn, z_a, z_b)
+    _, sec = median_seconds(lambda: jax.block_until_ready(fn(z_a, z_b)), steps=steps,
+                                warmup=warmup)
+    return {"what": "loss value+grad", "impl": "bt_jax (JAX)", "n": n, "d": d, "path": path,
+            "median_ms": sec * 1e3, "compile_s": compile_s, "flops_per_step": flops,
+            "seconds": sec, "batch": "", "model": "", "projector": "", "image_size": "",
+            "augment": ""}
+
+
+def bench_augment(args) -> dict:
+    """The on-device augmentation alone (both views of args.batch uint8 images)."""
+    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
+    c = base_config()
+    c.data.image_size = args.image_size
+    c.data.augment_on = "device"
+    views = jax.jit(device_augment.make_view_fn(0, *view_configs(c), [0.5] * 3, [0.25] * 3))
+    rng = np.random.default_rng(0)
+    s = args.image_size
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8)),
+             "index": jnp.arange(args.batch, dtype=jnp.int32),
+             "epoch": jnp.zeros(args.batch, jnp.int32)}
+    views, compile_s, flops = compile_and_count(views, batch)
+    _, sec = median_seconds(lambda: jax.block_until_ready(views(batch)), steps=args.steps,
+                                warmup=args.warmup)
+    return {"what": "device augmentation", "impl": "bt_jax (JAX)", "median_ms": sec * 1e3,
+            "pairs_per_s": args.batch / sec, "compile_s": compile_s,
+            "flops_per_step": flops, "seconds": sec, "model": "", "projector": ""}
+
+
+def bench_torch(args) -> dict:
+    """experiments/torch_reference.py's training step, same model, batch and threads."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import torch_reference  # pylint: disable=import-outside-toplevel
+    r = torch_reference.benchmark_step(
+        backbone=args.backbone, stem=args.stem, width=args.width, image_size=args.image_size,
+        projector=tuple(args.projector), batch=args.batch, steps=args.steps,
+        warmup=args.warmup, threads=args.threads)
+    return {"what": "train step", "impl": f"PyTorch {r['torch_version']} (reference)",
+            "median_ms": r["seconds"] * 1e3, "pairs_per_s": args.batch / r["seconds"],
+            "peak_memory_mb": r["peak_rss_mb"], "memory_kind": "host peak RSS",
+            "seconds": r["seconds"]}
+
+
+def with_context(row: dict, args, peak: tuple[float, str]) -> dict:
+    """The row plus the run's settings and achieved / peak FLOP/s."""
+    device = jax.devices()[0]
+    out = {"device": device.device_kind if device.platform != "cpu" else
+           f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+           "devices": args.devices, "threads": args.threads,
+           "model": f"{args.backbone} {args.stem} x{args.width:g}",
+           "image_size": args.image_size, "projector": "-".join(map(str, args.projector)),
+           "batch": args.batch, "dtype": args.dtype, "augment": args.augment,
+           "steps": args.steps, "jax_version": jax.__version__, "host": platform.node()}
+    out.update(row)
+    if row.get("flops_per_step") and row["impl"].startswith("bt_jax"):
+        achieved = row["flops_per_step"] / row["seconds"]
+        out["achieved_tflops"] = achieved / 1e12
+        out["peak_tflops"] = peak[0] / 1e12
+        out["peak_source"] = peak[1]
+        # cost_analysis counts the whole (all-device) program on one device's FLOPs:
+        # compare against the peak of the devices it ran on.
+        out["fraction_of_peak"] = achieved / (peak[0] * args.devices) if peak[0] else ""
+    out.pop("seconds", None)
+    return {k: out.get(k, "") for k in CSV_FIELDS}
+
+
+def append_csv(rows: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_rows(rows: list[dict]) -> str:
+    cols = [("what", "what"), ("impl", "impl"), ("path", "path"), ("n", "N"), ("d", "D"),
+            ("batch", "batch"), ("median_ms", "median ms"), ("pairs_per_s", "pairs/s"),
+            ("compile_s", "compile s"), ("peak_memory_mb", "peak MB"),
+            ("achieved_tflops", "TFLOP/s"), ("fraction_of_peak", "of peak")]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = [" | ".join(title for _, title in cols)]
+    lines += [" | ".join(fmt(r[key]) for key, _ in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--what", default="step", help="comma list of step, loss, augment")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cifar-r18")
+    p.add_argument("--backbone")
+    p.add_argument("--stem")
+    p.add_argument("--width", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--projector", type=lambda s: tuple(int(v) for v in s.split(",")))
+    p.add_argument("--batch", type=int, help="global batch (pairs)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--devices", type=int, default=0, help="0: all local devices")
+    p.add_argument("--augment", choices=("device", "none"), default="none")
+    p.add_argument("--path", choices=("auto", "direct", "gram"), default="auto",
+                   help="the loss's sum C_ij^2 path inside the step")
+    p.add_argument("--n", type=int, default=256, help="loss: batch rows")
+    p.add_argument("--d", type=int, default=8192, help="loss: embedding width")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+    p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
+    p.add_argument("--csv", default=os.path.join(ROOT, "experiments", "results",
+                                                 "benchmark.csv"))
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.devices = args.devices or jax.local_device_count()
+    args.threads = os.cpu_count()
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    peak = device_peak(args.dtype)
+    rows = []
+    for what in args.what.split(","):
+        if what == "step":
+            rows.append(bench_train_step(args))
+            if args.torch:
+                rows.append(bench_torch(args))
+        elif what == "loss":
+            for path in ("direct", "gram"):
+                rows.append(bench_loss(args.n, args.d, path, args.steps, args.warmup))
+        elif what == "augment":
+            rows.append(bench_augment(args))
+        else:
+            raise SystemExit(f"error: --what takes step, loss or augment; got {what!r}.")
+    rows = [with_context(r, args, peak) for r in rows]
+    append_csv(rows, args.csv)
+    print(format_rows(rows))
+    steps = [r for r in rows if r["what"] == "train step"]
+    if len(steps) == 2:
+        print(f"bt_jax / PyTorch pairs/s: {steps[0]['pairs_per_s'] / steps[1]['pairs_per_s']:.2f}x")
+    losses_ = [r for r in rows if r["what"] == "loss value+grad"]
+    if len(losses_) == 2:
+        print(f"loss at N={args.n}, D={args.d}: Gram path "
+              f"{losses_[0]['median_ms'] / losses_[1]['median_ms']:.2f}x faster than direct")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

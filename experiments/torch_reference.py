@@ -1,0 +1,213 @@
+"""The official Barlow Twins training step in plain PyTorch, for side-by-side timing.
+
+  python experiments/torch_reference.py --preset cifar-r18 --steps 10
+
+What facebookresearch/barlowtwins' main.py does per step, written out here (torchvision is
+not needed; its ResNet layout is reproduced): a torchvision-layout ResNet (ImageNet stem:
+7x7/2 conv + max-pool; CIFAR stem: 3x3/1 conv, no pool), the projector Linear-BN-ReLU
+blocks ending in a bias-free Linear, the loss sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2
+on C = BN(z_a)^T BN(z_b) / N (BatchNorm1d without affine), and LARS as DESIGN.md states it:
+biases and BatchNorm parameters get neither weight decay nor the trust ratio; the others
+get g + wd * w, scaled by eta * |w| / |g + wd * w|, into momentum 0.9. One process, the
+given number of threads. torch is an optional dependency of experiments/ only.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.shortcut = _shortcut(cin, width, stride)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        out = width * 4
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)   # stride on the 3x3
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.shortcut = _shortcut(cin, out, stride)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return torch.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+LAYOUTS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
+           "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet without the classifier: [B, 3, S, S] -> [B, F] pooled features."""
+
+    def __init__(self, name: str = "resnet50", stem: str = "imagenet", width: float = 1.0):
+        super().__init__()
+        block, depths = LAYOUTS[name]
+        base = max(1, int(round(64 * width)))
+        if stem == "imagenet":
+            self.stem = nn.Sequential(nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base),
+                                      nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, base, 3, 1, 1, bias=False), nn.BatchNorm2d(base),
+                                      nn.ReLU())
+        layers, cin = [], base
+        for stage, depth in enumerate(depths):
+            w = base * 2 ** stage
+            for i in range(depth):
+                layers.append(block(cin, w, 2 if (i == 0 and stage > 0) else 1))
+                cin = w * block.expansion
+        self.layers = nn.Sequential(*layers)
+        self.num_features = cin
+
+    def forward(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+
+
+def projector(in_dim: int, dims: tuple) -> nn.Sequential:
+    """Linear-BN-ReLU for every width but the last, then a bias-free Linear (official code)."""
+    layers, cin = [], in_dim
+    for d in dims[:-1]:
+        layers += [nn.Linear(cin, d, bias=False), nn.BatchNorm1d(d), nn.ReLU()]
+        cin = d
+    layers.append(nn.Linear(cin, dims[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
+    """[N, D], [N, D] -> scalar: each feature standardised over the batch (BatchNorm1d
+    without affine, training mode: biased variance, eps 1e-5), C = z1^T z2 / N."""
+    def standardise(z):
+        return nn.functional.batch_norm(z, None, None, training=True, eps=1e-5)
+
+    c = standardise(z1).T @ standardise(z2) / z1.shape[0]
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+class BarlowTwins(nn.Module):
+    def __init__(self, backbone: str, stem: str, width: float, dims: tuple,
+                 lambd: float = 0.0051):
+        super().__init__()
+        self.backbone = ResNet(backbone, stem, width)
+        self.projector = projector(self.backbone.num_features, dims)
+        self.lambd = lambd
+
+    def forward(self, y1, y2):
+        return barlow_twins_loss(self.projector(self.backbone(y1)),
+                                 self.projector(self.backbone(y2)), self.lambd)
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS with momentum; parameters with one dimension (biases, BatchNorm) are excluded
+    from weight decay and from the trust ratio."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 1.5e-6, momentum: float = 0.9,
+                 eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      eta=eta))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0),
+                                        group["eta"] * w_norm / u_norm, torch.ones_like(w_norm))
+                    update = update * trust
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p)
+                buf = state["momentum"]
+                buf.mul_(group["momentum"]).add_(update)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def benchmark_step(*, backbone: str, stem: str, width: float, image_size: int,
+                   projector: tuple, batch: int, steps: int, warmup: int,
+                   threads: int) -> dict:
+    """Median seconds of one training step (forward of both views, backward, LARS) on
+    random inputs, after `warmup` untimed steps."""
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    model = BarlowTwins(backbone, stem, width, tuple(projector))
+    model = model.to(memory_format=torch.channels_last)
+    opt = LARS(model.parameters(), lr=0.2 * batch / 256)
+    y1 = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
+    y2 = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(y1, y2)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    for _ in range(warmup + 1):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"seconds": statistics.median(times), "torch_version": torch.__version__,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--stem", default="cifar")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--projector", default="2048,2048,2048")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    a = p.parse_args()
+    r = benchmark_step(backbone=a.backbone, stem=a.stem, width=a.width, image_size=a.image_size,
+                       projector=tuple(int(v) for v in a.projector.split(",")), batch=a.batch,
+                       steps=a.steps, warmup=a.warmup, threads=a.threads)
+    print(f"PyTorch {r['torch_version']}: {a.batch / r['seconds']:.1f} pairs/s "
+          f"({r['seconds'] * 1e3:.1f} ms per step, {a.threads} threads)")
+
+
+if __name__ == "__main__":
+    main()

@@ -348,6 +348,38 @@ def collect_row(sweep: str, run: Run, workdir: str) -> dict:
             "paper_top1": "" if run.paper is None else run.paper}
 
 
+REFERENCES = (("random_init", "reference: same encoder, random init (no training)"),
+              ("pixels", "reference: raw pixels"))
+
+
+def reference_rows(sweep: str, workdir: str) -> list[dict]:
+    """Rows for the random-init encoder and raw pixels, probed the same way, from the
+    baseline's results.json (present once `--references` evaluated them)."""
+    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    rows = []
+    for key, setting in REFERENCES:
+        r = results.get("baselines", {}).get(key)
+        if r:
+            rows.append({**{f: "" for f in CSV_FIELDS}, "sweep": sweep, "run": f"ref_{key}",
+                         "setting": setting, "status": "reference",
+                         "linear_top1": round(100 * r["linear_top1"], 2),
+                         "linear_top5": round(100 * r["linear_top5"], 2),
+                         "knn_top1": round(100 * r["knn_top1"], 2),
+                         "knn_top5": round(100 * r["knn_top5"], 2)})
+    return rows
+
+
+def evaluate_references(scale: Scale, extra: dict, workdir: str) -> None:
+    """Probes the random-init encoder and raw pixels beside the finished baseline run
+    (`python -m bt_jax.evaluate` with eval.baselines=True); results.json gains
+    "baselines"."""
+    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    config = apply_overrides(_load_recipe(scale.recipe),
+                             {**run_overrides(scale, Run("baseline", "", {}), extra),
+                              "eval.baselines": True})
+    evaluate.evaluate_workdir(workdir, config)
+
+
 def write_csv(rows: list[dict], path: str) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -372,7 +404,7 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lin, knn, paper = _num(r["linear_top1"]), _num(r["knn_top1"]), _num(r["paper_top1"])
-        if r["status"] != "done":
+        if r["status"] not in ("done", "reference"):
             lin_txt = knn_txt = delta = r["status"]
         else:
             lin_txt, knn_txt = f"{lin:.1f}", f"{knn:.1f}"
@@ -384,7 +416,8 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
         lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {delta} | {rank} "
                      f"| {paper_txt} | {paper_delta} |")
     seconds = [float(r["seconds"]) for r in rows if r["seconds"] != ""]
-    lines += ["", f"{len(rows)} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
+    runs = [r for r in rows if r["status"] != "reference"]
+    lines += ["", f"{len(runs)} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
               "in all (each run's own wall time, summed; a run shared with another sweep "
               "counts in both)."]
     return "\n".join(lines) + "\n"
@@ -397,6 +430,11 @@ def plot_sweep(sweep: str, rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    refs = [r for r in rows if r["status"] == "reference"]
+    rows = [r for r in rows if r["status"] != "reference"]
+    for r, colour in zip(refs, ("grey", "black")):
+        ax.axhline(_num(r["linear_top1"]), color=colour, lw=0.8, ls="-.",
+                   label=r["setting"].replace("reference: ", "") + " (linear)")
     lin = [_num(r["linear_top1"]) if r["status"] == "done" else None for r in rows]
     knn = [_num(r["knn_top1"]) if r["status"] == "done" else None for r in rows]
     paper = [_num(r["paper_top1"]) for r in rows]
@@ -434,6 +472,7 @@ def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir:
            command: str) -> list[dict]:
     """Writes NAME.csv, NAME.md and NAME.png for one sweep; returns the rows."""
     rows = [collect_row(sweep, r, os.path.join(root, scale_name, r.name)) for r in runs]
+    rows += reference_rows(sweep, os.path.join(root, scale_name, "baseline"))
     os.makedirs(results_dir, exist_ok=True)
     stem = os.path.join(results_dir, sweep)
     write_csv(rows, stem + ".csv")
@@ -458,6 +497,9 @@ def main(argv=None) -> int:
                         help="only these runs of the sweep (repeatable; e.g. one per job)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="train runs recorded as failed again")
+    parser.add_argument("--references", action="store_true",
+                        help="also probe a random-init encoder and raw pixels beside the "
+                             "baseline (once; their rows join every table)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
                       help="print each run's `python -m bt_jax.main` command; train nothing")
@@ -490,6 +532,12 @@ def main(argv=None) -> int:
             train_run(scale, run, extra, workdir)
         if args.print_commands:
             continue
+        base_dir = os.path.join(args.root, args.scale, "baseline")
+        if (args.references and not args.report_only
+                and run_status(base_dir, run_overrides(scale, Run("baseline", "", {}),
+                                                       extra)) == "done"
+                and not reference_rows(sweep, base_dir)):
+            evaluate_references(scale, extra, base_dir)
         rows = report(sweep, runs, args.scale, args.root, args.results, command)
         print(f"\n{markdown_table(sweep, rows, scale_name=args.scale, command=command)}",
               flush=True)

@@ -102,7 +102,8 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
             "--set", "model.projector_dims=(32, 32, 32)", "--set", "model.width=0.0625",
             "--set", "num_steps=2", "--set", "batch_size=32", "--set", "checkpoint.every_steps=1",
             "--set", "eval.probe_train_examples=300", "--set", "eval.knn_k=5",
-            "--set", "eval.fast_max_iter=10", "--set", "eval.online_probe=False"]
+            "--set", "eval.fast_max_iter=10", "--set", "eval.fast_l2_grid=(0.001,)",
+            "--set", "eval.online_probe=False"]
     assert ab.main(args) == 0
     with open(tmp_path / "results" / "redundancy.csv") as f:
         rows = list(csv.DictReader(f))
@@ -119,12 +120,19 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     assert "--sweep redundancy --scale small" in table
     png = (tmp_path / "results" / "redundancy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    # A rerun trains nothing: both runs are finished.
+    # A rerun trains nothing: both runs are finished. --references adds the random-init
+    # encoder and raw pixels, probed the same way, to the table.
     capsys.readouterr()
-    assert ab.main(args) == 0
+    assert ab.main(args + ["--references"]) == 0
     out = capsys.readouterr().out
     assert "redundancy/baseline: done, skipped" in out
     assert "redundancy/redundancy_auto: done, skipped" in out
+    with open(tmp_path / "results" / "redundancy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["baseline", "redundancy_auto", "ref_random_init",
+                                        "ref_pixels"]
+    assert all(r["status"] == "reference" and float(r["linear_top1"]) > 10 for r in rows[2:])
+    assert "| reference: raw pixels |" in (tmp_path / "results" / "redundancy.md").read_text()
     # Other overrides in the same workdirs are refused, not silently mixed in.
     with pytest.raises(SystemExit, match="other overrides"):
         ab.main(args[:-2] + ["--set", "eval.online_probe=True"])

@@ -178,6 +178,9 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                 Run("aug_crop_blur", "crop + blur only", crop_blur),
                 Run("aug_crop_only", "crop only", {**crop_blur,
                                                    "data.augment.blur_prob": (0.0, 0.0)})]
+    if sweep == "seed":      # not in the paper: how far runs move by the seed alone
+        return [dataclasses.replace(base, setting="seed 0 (baseline)", x=0)] + [
+            Run(f"seed_{k}", f"seed {k}", {"seed": k}, x=k) for k in (1, 2)]
     if sweep == "redundancy":
         return [dataclasses.replace(base, setting="cross-correlation (baseline)"),
                 Run("redundancy_auto", "auto-correlation of one branch",
@@ -186,7 +189,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
 
 
 SWEEPS = ("loss", "asymmetric", "lambda", "projector_width", "projector_depth", "batch_size",
-          "augmentations", "redundancy")
+          "augmentations", "redundancy", "seed")
 
 # What the paper says where DESIGN.md records no number per row.
 PAPER_NOTES = {
@@ -204,6 +207,8 @@ PAPER_NOTES = {
     "augmentations": "Paper Fig. 5: accuracy falls as augmentations are removed (values only "
                      "in the figure). Crop only drops the flip too; Fashion-MNIST is "
                      "grayscale, so its colour jitter is brightness and contrast only.",
+    "seed": "Not a paper ablation: the baseline with other seeds (initialisation, data order "
+            "and augmentations all change), to show how far a single run moves by chance.",
     "redundancy": "DESIGN.md: the authors saw little difference between the cross- and "
                   "auto-correlation redundancy term.",
 }
@@ -446,7 +451,10 @@ def plot_sweep(sweep: str, rows: list[dict], path: str) -> None:
             pts = [(xs[i], values[i]) for i in order if values[i] is not None]
             if pts:
                 ax.plot(*zip(*pts), style, label=label)
-        ax.set_xscale("log", base=2 if sweep in ("projector_width", "batch_size") else 10)
+        if sweep in ("projector_width", "batch_size"):
+            ax.set_xscale("log", base=2)
+        elif sweep == "lambda":
+            ax.set_xscale("log", base=10)
         ax.set_xlabel(sweep.replace("_", " "))
     else:
         import numpy as np  # pylint: disable=import-outside-toplevel

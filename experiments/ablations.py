@@ -518,8 +518,12 @@ def main(argv=None) -> int:
     scale = SCALES[args.scale]
     extra = parse_set(args.set)
     sweeps = SWEEPS if args.sweep == "all" else tuple(args.sweep.split(","))
-    command = " ".join(["python experiments/ablations.py", f"--sweep {args.sweep}",
-                        f"--scale {args.scale}"] + [f"--set {shlex.quote(s)}" for s in args.set])
+
+    def command(sweep: str) -> str:   # what reproduces one sweep's table
+        return " ".join(["python experiments/ablations.py", f"--sweep {sweep}",
+                         f"--scale {args.scale}"] + [f"--set {shlex.quote(s)}" for s in args.set]
+                        + (["--references"] if args.references else []))
+
     for sweep in sweeps:
         runs = sweep_runs(sweep, scale)
         names = [r.name for r in runs]
@@ -546,8 +550,8 @@ def main(argv=None) -> int:
                                                        extra)) == "done"
                 and not reference_rows(sweep, base_dir)):
             evaluate_references(scale, extra, base_dir)
-        rows = report(sweep, runs, args.scale, args.root, args.results, command)
-        print(f"\n{markdown_table(sweep, rows, scale_name=args.scale, command=command)}",
+        rows = report(sweep, runs, args.scale, args.root, args.results, command(sweep))
+        print(f"\n{markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep))}",
               flush=True)
     return 0
 

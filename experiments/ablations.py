@@ -14,7 +14,7 @@ NAME.png.
 
 Scales:
   small  configs/fashion_mnist.py cut to 30,720 pairs per run (120 steps at batch 256),
-         probes fit on 10,000 labelled training images; about 2.5 min a run on 2 CPU cores.
+         probes fit on 10,000 labelled training images; about 2 min 45 s a run on 2 CPU cores.
   paper  configs/imagenet.py at 300 epochs, the paper's ablation length, with the paper's
          SGD linear probe. --print-commands prints one `python -m bt_jax.main` command per
          run for a cluster's scheduler; --report-only then builds the tables.

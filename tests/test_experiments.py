@@ -148,6 +148,7 @@ def _experiment(name):
     return module
 
 
+@pytest.mark.slow    # compiles a train step on 8 devices (about 40 s); `make test-slow` runs it
 def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
     import csv
     bench = _experiment("benchmark")

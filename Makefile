@@ -25,7 +25,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 -m "not slow" tests
 
-# The tests that run whole training processes (SIGKILL/SIGTERM resume, 2 processes).
+# The tests that run whole training processes (SIGKILL/SIGTERM resume, 2 processes) and the
+# benchmark harness's 8-device compile.
 # CI runs them after `make test` (.ci/run).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=5 -m slow tests

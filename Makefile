@@ -25,8 +25,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 -m "not slow" tests
 
-# The tests that run whole training processes (SIGKILL/SIGTERM resume, 2 processes) and the
-# benchmark harness's 8-device compile.
+# The tests that take a minute or more each: whole training processes (SIGKILL/SIGTERM
+# resume, 2 processes, the evaluation CLI, a refused resume) and the benchmark scripts.
 # CI runs them after `make test` (.ci/run).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=5 -m slow tests

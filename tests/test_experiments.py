@@ -10,6 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow    # 30 s to 100 s on 2 cores; `make test-slow` (and CI) runs it
 def test_bench_augment_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "experiments/bench_augment.py", "--sizes", "16",
@@ -24,6 +25,7 @@ def test_bench_augment_runs_and_writes_its_table(tmp_path):
     assert all(row["pairs_per_s"] > 0 for row in rows)
 
 
+@pytest.mark.slow    # 30 s to 100 s on 2 cores; `make test-slow` (and CI) runs it
 def test_bench_input_runs_both_implementations_on_the_same_cores(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "experiments/bench_input.py", "--cores", "1",

@@ -120,6 +120,7 @@ def _file_digests(directory) -> dict:
     return out
 
 
+@pytest.mark.slow    # 30 s to 100 s on 2 cores; `make test-slow` (and CI) runs it
 def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     c = _tiny(2)
@@ -251,6 +252,7 @@ def test_a_diverging_run_stops_clearly_and_saves_no_nan_checkpoint(tmp_path):
     assert not os.path.exists(ckpt_dir) or not [d for d in os.listdir(ckpt_dir) if d.isdigit()]
 
 
+@pytest.mark.slow    # 30 s to 100 s on 2 cores; `make test-slow` (and CI) runs it
 def test_resuming_with_a_different_model_is_a_clear_error(tmp_path):
     workdir = str(tmp_path / "run")
     c = _tiny(2)

@@ -17,6 +17,7 @@ works on its own copy (buffers are never donated).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bt_jax import parallel
 from bt_jax.data import device_augment
 
 # (variables, images [B, S, S, 3] normalised, train: bool) -> (features [B, F], new
@@ -149,7 +151,7 @@ def train_head(encode: Encoder, variables: dict, images: np.ndarray, labels: np.
     opt_state = tx.init(trainable)
     labels = np.asarray(labels, np.int32)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=parallel.compiler_options())
     def step(trainable, opt_state, batch_stats, frozen, imgs, ys, idx, epoch):
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, epoch), i))(idx)
         x = jax.vmap(lambda im, k: _train_view(im, k, image_size, cfg.crop_scale,
@@ -189,7 +191,7 @@ def predict_scores(encode: Encoder, variables: dict, head: dict, images: np.ndar
     """[N, C] logits of un-augmented uint8 images [N, H, W, C] (backbone in inference mode)."""
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=parallel.compiler_options())
     def scores(variables, head, imgs):
         x = jax.vmap(lambda im: _eval_view(im, image_size, mean, std))(imgs)
         return encode(variables, x, False)[0] @ head["w"] + head["b"]

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bt_jax import parallel
+
 
 def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
                      batch_size: int = 512) -> np.ndarray:
@@ -37,7 +39,8 @@ def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
     Returns:
       [N, F] float32 numpy features.
     """
-    apply = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
+    apply = jax.jit(lambda v, x: backbone.apply(v, x, train=False),
+                    compiler_options=parallel.compiler_options())
     out = []
     for i in range(0, images.shape[0], batch_size):
         chunk = images[i:i + batch_size]

@@ -7,6 +7,7 @@ around `jax.shard_map` runs it on every device of the mesh, across hosts too.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -17,6 +18,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from bt_jax.config import ConfigError
 
 BATCH_AXIS = "batch"
+
+# XLA:CPU options for every program bt_jax compiles that runs convolutions. jaxlib 0.10's
+# XLA:CPU hands convolutions to YNNPACK fusions by default; on this project's x86-64 CPU
+# (AVX-512) their weight-gradient convolutions run 1.5x to 5x slower than XLA's own Eigen
+# convolutions, and they need transposed copies of every activation besides. An empty list
+# of YNNPACK fusion types sends convolutions and dots back to Eigen: the CIFAR ResNet-18
+# train step runs about 1.6x faster (experiments/PERF_NOTES.md, section 4). Only the CPU
+# backend reads these options; accelerators compile as before.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -81,15 +91,45 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
         enqueue(1)
 
 
+@functools.cache
+def _xla_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's XLA:CPU compiler knows every option (older ones lack some)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+            np.float32(0)).compile()
+    except Exception:  # pylint: disable=broad-except  # "No such compile option"
+        return False
+    return True
+
+
+def compiler_options(platform: Optional[str] = None) -> dict:
+    """XLA compiler options for programs on `platform` (default: JAX's default backend).
+
+    CPU_COMPILER_OPTIONS on "cpu" when this jaxlib knows them, else {} (accelerators, and
+    jaxlibs whose XLA:CPU has no such option, compile with XLA's defaults). Pass the result
+    as `jax.jit(..., compiler_options=...)`.
+    """
+    platform = platform or jax.default_backend()
+    if platform == "cpu" and _xla_accepts(tuple(sorted(CPU_COMPILER_OPTIONS.items()))):
+        return dict(CPU_COMPILER_OPTIONS)
+    return {}
+
+
 def data_parallel(fn: Callable, mesh: Mesh, *, num_replicated_args: int = 1,
-                  donate_state: bool = False) -> Callable:
+                  donate_state: bool = False,
+                  xla_options: Optional[dict] = None) -> Callable:
     """jit(shard_map(fn)): the first `num_replicated_args` args are replicated, the rest split.
 
     `fn` is written per device; its outputs must be the same on every device (reduce them
-    with collectives over BATCH_AXIS), and are returned replicated.
+    with collectives over BATCH_AXIS), and are returned replicated. `xla_options`: XLA
+    compiler options; None takes `compiler_options` for the mesh's platform, {} XLA's
+    defaults.
     """
     def call(*args):
         specs = (P(),) * num_replicated_args + (P(BATCH_AXIS),) * (len(args) - num_replicated_args)
         return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
-    return jax.jit(call, donate_argnums=(0,) if donate_state else ())
+    if xla_options is None:
+        xla_options = compiler_options(mesh.devices.flat[0].platform)
+    return jax.jit(call, donate_argnums=(0,) if donate_state else (),
+                   compiler_options=xla_options)

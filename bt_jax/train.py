@@ -195,7 +195,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     learning_rate: Optional[optax.Schedule] = None,
                     make_views: Optional[Callable[[dict], dict]] = None,
                     bias_learning_rate: Optional[optax.Schedule] = None,
-                    probe_tx: Optional[optax.GradientTransformation] = None) -> Callable:
+                    probe_tx: Optional[optax.GradientTransformation] = None,
+                    xla_options: Optional[dict] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
 
     The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
@@ -205,7 +206,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
     grad_norm, learning_rate / bias_learning_rate (the rates of the weights and of
     biases and BatchNorm at this step) where the schedules are given, and probe_loss /
     probe_top1 when the state holds an online probe (then the batch needs "label" and
-    probe_tx is its optimiser).
+    probe_tx is its optimiser). xla_options: XLA compiler options (None:
+    `parallel.compiler_options` of the mesh's platform; {}: XLA's defaults).
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -235,7 +237,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                                opt_state=opt_state, probe=probe)
         return new_state, metrics
 
-    return parallel.data_parallel(step, mesh, num_replicated_args=1, donate_state=True)
+    return parallel.data_parallel(step, mesh, num_replicated_args=1, donate_state=True,
+                                  xla_options=xla_options)
 
 
 def pretrain_num_classes(source) -> int:

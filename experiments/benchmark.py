@@ -4,7 +4,10 @@
   python experiments/benchmark.py --what step --preset imagenet-r50 --dtype bfloat16 \\
       --batch 256 --augment device                                     # a GPU
   python experiments/benchmark.py --what loss --n 256 --d 8192          # direct vs Gram
-  python experiments/benchmark.py --what step --preset cifar-r18 --torch  # + PyTorch
+  python experiments/benchmark.py --what loss --n 256,1024,1536 --d 2048  # the crossover
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+      python experiments/benchmark.py --what loss --loss-devices 8 --n 512,2048 --d 4096
+  python experiments/benchmark.py --what step --preset cifar-r18 --torch --xla-defaults
 
 Train step: pairs/s (median over timed steps after warm-up, each step synchronised with
 block_until_ready), compile time (lowering plus XLA compilation), peak device memory (the
@@ -15,7 +18,13 @@ it is the vendor's published dense peak for the dtype. Synthetic inputs only: bt
 TensorFlow pipeline is never imported (`--augment device` runs the JAX augmentations inside
 the step on uint8 images; `--augment none` feeds ready views). `--torch` also times
 experiments/torch_reference.py's step on the same batch, image size and threads, in the
-same run, and prints the ratio.
+same run, and prints the ratio; `--xla-defaults` also times the step compiled with XLA's
+default options instead of bt_jax.parallel.compiler_options (the before / after).
+
+Loss: value and gradients of barlow_twins_loss on both paths for each --n; with
+--loss-devices W the batch is sharded over W devices, and the row gives the floats each
+device sends per call (ring collectives: the direct path all-reduces C, the Gram path
+all-gathers the views and reduce-scatters their gradients).
 
 Every result row is appended to --csv (experiments/results/benchmark.csv) and printed.
 """
@@ -64,7 +73,8 @@ PUBLISHED_PEAKS = {
 CSV_FIELDS = ("what", "impl", "device", "devices", "threads", "model", "image_size",
               "projector", "batch", "dtype", "augment", "n", "d", "path", "median_ms",
               "pairs_per_s", "compile_s", "peak_memory_mb", "memory_kind", "flops_per_step",
-              "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak", "steps",
+              "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak",
+              "floats_moved", "steps",
               "jax_version", "host")
 
 
@@ -141,8 +151,9 @@ def step_config(args):
     return c
 
 
-def bench_train_step(args) -> dict:
-    """The trainer's jit(shard_map) step on synthetic inputs over args.devices devices."""
+def bench_train_step(args, xla_options=None) -> dict:
+    """The trainer's jit(shard_map) step on synthetic inputs over args.devices devices,
+    compiled with bt_jax's XLA options (None) or the given ones ({}: XLA's defaults)."""
     from bt_jax import parallel, train  # pylint: disable=import-outside-toplevel
     config = step_config(args)
     mesh = parallel.make_mesh(jax.devices()[:args.devices])
@@ -169,7 +180,8 @@ def bench_train_step(args) -> dict:
         host = {k: rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
                 for k in ("view_a", "view_b")}
     batch = parallel.host_to_global(host, mesh)
-    step = train.make_train_step(model, tx, config.loss, mesh, make_views=make_views)
+    step = train.make_train_step(model, tx, config.loss, mesh, make_views=make_views,
+                                 xla_options=xla_options)
     step, compile_s, flops = compile_and_count(step, state, batch)
 
     holder = [state]
@@ -180,28 +192,55 @@ def bench_train_step(args) -> dict:
 
     _, sec = median_seconds(run, steps=args.steps, warmup=args.warmup)
     mem, mem_kind = peak_memory()
-    return {"what": "train step", "impl": "bt_jax (JAX)", "median_ms": sec * 1e3,
+    impl = "bt_jax (JAX)" if xla_options is None else "bt_jax (XLA default options)"
+    return {"what": "train step", "impl": impl, "median_ms": sec * 1e3,
             "pairs_per_s": args.batch / sec, "compile_s": compile_s,
             "peak_memory_mb": mem, "memory_kind": mem_kind, "flops_per_step": flops,
             "seconds": sec}
 
 
-def bench_loss(n: int, d: int, path: str, steps: int, warmup: int) -> dict:
-    """Value and gradients of barlow_twins_loss for [n, d] float32 embeddings, one device."""
+def bench_loss(n: int, d: int, path: str, steps: int, warmup: int, devices: int = 1) -> dict:
+    """Value and gradients of barlow_twins_loss for [n, d] float32 embeddings (n: the global
+    batch). devices > 1: inside shard_map over that many devices with axis_name, so the
+    direct path psums the [d, d] matrix and the Gram path all-gathers the [n, d] views (and
+    reduce-scatters their gradients)."""
     import functools  # pylint: disable=import-outside-toplevel
-    from bt_jax import losses  # pylint: disable=import-outside-toplevel
+    from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+    from bt_jax import losses, parallel  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(0)
-    z_a = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-    z_b = jnp.asarray(z_a + 0.5 * rng.normal(size=(n, d)), jnp.float32)
-    fn = jax.jit(jax.value_and_grad(functools.partial(losses.barlow_twins_loss, path=path),
-                                    argnums=(0, 1)))
+    z_a = rng.normal(size=(n, d)).astype(np.float32)
+    z_b = (z_a + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+    if devices == 1:
+        fn = jax.jit(jax.value_and_grad(functools.partial(losses.barlow_twins_loss, path=path),
+                                        argnums=(0, 1)))
+        z_a, z_b = jnp.asarray(z_a), jnp.asarray(z_b)
+    else:
+        mesh = parallel.make_mesh(jax.devices()[:devices])
+        parallel.per_device_batch_size(n, mesh)
+        loss = functools.partial(losses.barlow_twins_loss, path=path,
+                                 axis_name=parallel.BATCH_AXIS)
+        spec = P(parallel.BATCH_AXIS)
+        fn = jax.jit(jax.shard_map(jax.value_and_grad(loss, argnums=(0, 1)), mesh=mesh,
+                                   in_specs=(spec, spec), out_specs=(P(), (spec, spec))))
+        z_a, z_b = (parallel.host_to_global(z, mesh) for z in (z_a, z_b))
     fn, compile_s, flops = compile_and_count(fn, z_a, z_b)
     _, sec = median_seconds(lambda: jax.block_until_ready(fn(z_a, z_b)), steps=steps,
-                                warmup=warmup)
+                            warmup=warmup)
     return {"what": "loss value+grad", "impl": "bt_jax (JAX)", "n": n, "d": d, "path": path,
             "median_ms": sec * 1e3, "compile_s": compile_s, "flops_per_step": flops,
-            "seconds": sec, "batch": "", "model": "", "projector": "", "image_size": "",
-            "augment": ""}
+            "seconds": sec, "devices": devices, "batch": "", "model": "", "projector": "",
+            "image_size": "", "augment": "", "floats_moved": loss_floats_moved(n, d, path,
+                                                                              devices)}
+
+
+def loss_floats_moved(n: int, d: int, path: str, devices: int) -> float:
+    """Floats each device sends per value-and-gradient call of the loss with a ring
+    collective over `devices` (0 on one device): the direct path all-reduces the [d, d]
+    matrix C (2 (W-1)/W d^2); the Gram path all-gathers both [n, d] views forward and
+    reduce-scatters their gradients backward (4 (W-1)/W n d). Ratio Gram / direct: 2 n / d.
+    (The O(d) psums of the batch mean and variance are left out: both paths have them.)"""
+    share = (devices - 1) / devices
+    return share * (2 * d * d if path == "direct" else 4 * n * d)
 
 
 def bench_augment(args) -> dict:
@@ -223,7 +262,8 @@ def bench_augment(args) -> dict:
                                 warmup=args.warmup)
     return {"what": "device augmentation", "impl": "bt_jax (JAX)", "median_ms": sec * 1e3,
             "pairs_per_s": args.batch / sec, "compile_s": compile_s,
-            "flops_per_step": flops, "seconds": sec, "model": "", "projector": ""}
+            "flops_per_step": flops, "seconds": sec, "devices": 1, "model": "",
+            "projector": ""}
 
 
 def bench_torch(args) -> dict:
@@ -252,29 +292,42 @@ def with_context(row: dict, args, peak: tuple[float, str]) -> dict:
            "steps": args.steps, "jax_version": jax.__version__, "host": platform.node()}
     out.update(row)
     if row.get("flops_per_step") and row["impl"].startswith("bt_jax"):
-        achieved = row["flops_per_step"] / row["seconds"]
+        # XLA's cost analysis of a shard_map'd program counts one device's share: the step's
+        # FLOPs are that times the devices.
+        out["flops_per_step"] = row["flops_per_step"] * out["devices"]
+        achieved = out["flops_per_step"] / row["seconds"]
         out["achieved_tflops"] = achieved / 1e12
         out["peak_tflops"] = peak[0] / 1e12
         out["peak_source"] = peak[1]
-        # cost_analysis counts the whole (all-device) program on one device's FLOPs:
-        # compare against the peak of the devices it ran on.
-        out["fraction_of_peak"] = achieved / (peak[0] * args.devices) if peak[0] else ""
+        # Virtual CPU devices share the cores whose peak was measured; accelerators add up.
+        chips = 1 if device.platform == "cpu" else out["devices"]
+        out["fraction_of_peak"] = achieved / (peak[0] * chips) if peak[0] else ""
     out.pop("seconds", None)
     return {k: out.get(k, "") for k in CSV_FIELDS}
 
 
 def append_csv(rows: list[dict], path: str) -> None:
+    """Appends rows under CSV_FIELDS; a file written with other columns (an older version
+    of this script) is first rewritten under the new header, its rows kept."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
+    old = []
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != CSV_FIELDS:
+                old = [{k: r.get(k, "") for k in CSV_FIELDS} for r in reader]
+    if old or not os.path.exists(path):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             writer.writeheader()
-        writer.writerows(rows)
+            writer.writerows(old)
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(rows)
 
 
 def format_rows(rows: list[dict]) -> str:
-    cols = [("what", "what"), ("impl", "impl"), ("path", "path"), ("n", "N"), ("d", "D"),
+    cols = [("what", "what"), ("impl", "impl"), ("devices", "devices"), ("path", "path"),
+            ("n", "N"), ("d", "D"), ("floats_moved", "floats sent"),
             ("batch", "batch"), ("median_ms", "median ms"), ("pairs_per_s", "pairs/s"),
             ("compile_s", "compile s"), ("peak_memory_mb", "peak MB"),
             ("achieved_tflops", "TFLOP/s"), ("fraction_of_peak", "of peak")]
@@ -305,11 +358,17 @@ def parse_args(argv=None):
     p.add_argument("--augment", choices=("device", "none"), default="none")
     p.add_argument("--path", choices=("auto", "direct", "gram"), default="auto",
                    help="the loss's sum C_ij^2 path inside the step")
-    p.add_argument("--n", type=int, default=256, help="loss: batch rows")
+    p.add_argument("--n", type=lambda s: [int(v) for v in s.split(",")], default=[256],
+                   help="loss: global batch rows (comma list: one pair of rows per value)")
+    p.add_argument("--loss-devices", type=int, default=1,
+                   help="loss: devices to shard the batch over (collectives between them)")
     p.add_argument("--d", type=int, default=8192, help="loss: embedding width")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="also time the step compiled with XLA's default options instead of "
+                        "bt_jax.parallel.compiler_options (the before/after of PERF_NOTES 4)")
     p.add_argument("--csv", default=os.path.join(ROOT, "experiments", "results",
                                                  "benchmark.csv"))
     args = p.parse_args(argv)
@@ -328,11 +387,15 @@ def main(argv=None) -> int:
     for what in args.what.split(","):
         if what == "step":
             rows.append(bench_train_step(args))
+            if args.xla_defaults:
+                rows.append(bench_train_step(args, xla_options={}))
             if args.torch:
                 rows.append(bench_torch(args))
         elif what == "loss":
-            for path in ("direct", "gram"):
-                rows.append(bench_loss(args.n, args.d, path, args.steps, args.warmup))
+            for n in args.n:
+                for path in ("direct", "gram"):
+                    rows.append(bench_loss(n, args.d, path, args.steps, args.warmup,
+                                           args.loss_devices))
         elif what == "augment":
             rows.append(bench_augment(args))
         else:
@@ -340,13 +403,15 @@ def main(argv=None) -> int:
     rows = [with_context(r, args, peak) for r in rows]
     append_csv(rows, args.csv)
     print(format_rows(rows))
-    steps = [r for r in rows if r["what"] == "train step"]
-    if len(steps) == 2:
-        print(f"bt_jax / PyTorch pairs/s: {steps[0]['pairs_per_s'] / steps[1]['pairs_per_s']:.2f}x")
+    steps = {r["impl"]: r["pairs_per_s"] for r in rows if r["what"] == "train step"}
+    ours = steps.get("bt_jax (JAX)")
+    for impl, pairs_per_s in steps.items():
+        if ours and impl != "bt_jax (JAX)":
+            print(f"bt_jax / {impl} pairs/s: {ours / pairs_per_s:.2f}x")
     losses_ = [r for r in rows if r["what"] == "loss value+grad"]
-    if len(losses_) == 2:
-        print(f"loss at N={args.n}, D={args.d}: Gram path "
-              f"{losses_[0]['median_ms'] / losses_[1]['median_ms']:.2f}x faster than direct")
+    for direct, gram in zip(losses_[::2], losses_[1::2]):
+        print(f"loss at N={direct['n']}, D={direct['d']} on {direct['devices']} device(s): "
+              f"Gram path {direct['median_ms'] / gram['median_ms']:.2f}x faster than direct")
     return 0
 
 

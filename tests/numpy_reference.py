@@ -104,3 +104,28 @@ def numerical_grad(f, x, h=1e-6):
         d[idx] = h
         g[idx] = (f(x + d) - f(x - d)) / (2 * h)
     return g
+
+
+def conv2d_and_grads(x, w, dy, stride, pad):
+    """float64 NHWC / HWIO convolution y = conv(x, w) (symmetric zero padding `pad`, square
+    `stride`), and the gradients of sum(y * dy) with respect to x and w.
+
+    x: [N, H, W, C], w: [K, K, C, O], dy: [N, Ho, Wo, O] -> (y, dx, dw) of their shapes.
+    """
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    k = w.shape[0]
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho = (xp.shape[1] - k) // stride + 1
+    wo = (xp.shape[2] - k) // stride + 1
+    y = np.zeros(x.shape[:1] + (ho, wo, w.shape[3]))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(k):
+        for j in range(k):
+            rows = slice(i, i + stride * (ho - 1) + 1, stride)
+            cols = slice(j, j + stride * (wo - 1) + 1, stride)
+            y += np.einsum("nhwc,co->nhwo", xp[:, rows, cols], w[i, j])
+            dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, rows, cols], dy)
+            dxp[:, rows, cols] += np.einsum("nhwo,co->nhwc", dy, w[i, j])
+    dx = dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]]
+    return y, dx, dw

@@ -157,12 +157,14 @@ def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
     out = tmp_path / "bench.csv"
     assert bench.main(["--what", "step,loss,augment", "--preset", "tiny", "--n", "32",
                        "--d", "96", "--steps", "2", "--warmup", "0", "--augment", "device",
-                       "--csv", str(out)]) == 0
+                       "--xla-defaults", "--csv", str(out)]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert [(r["what"], r["path"]) for r in rows] == [
-        ("train step", ""), ("loss value+grad", "direct"), ("loss value+grad", "gram"),
-        ("device augmentation", "")]
+    assert [(r["what"], r["impl"], r["path"]) for r in rows] == [
+        ("train step", "bt_jax (JAX)", ""),
+        ("train step", "bt_jax (XLA default options)", ""),
+        ("loss value+grad", "bt_jax (JAX)", "direct"), ("loss value+grad", "bt_jax (JAX)", "gram"),
+        ("device augmentation", "bt_jax (JAX)", "")]
     step = rows[0]
     assert step["devices"] == "8" and step["batch"] == "16" and step["augment"] == "device"
     for r in rows:
@@ -172,11 +174,54 @@ def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
         assert r["peak_source"].startswith("measured")
     assert float(step["pairs_per_s"]) > 0 and float(step["peak_memory_mb"]) > 0
     # XLA's FLOP count of the direct loss grows like N D^2, the Gram path's like N^2 D.
-    assert float(rows[1]["flops_per_step"]) > float(rows[2]["flops_per_step"])
-    assert bench.main(["--what", "loss", "--n", "8", "--d", "16", "--steps", "1",
+    assert float(rows[2]["flops_per_step"]) > float(rows[3]["flops_per_step"])
+    # The loss sharded over the 8 devices: the same total FLOPs as on one device (the
+    # per-device count times 8), and the ring-collective floats of each path.
+    assert bench.main(["--what", "loss", "--n", "16,64", "--d", "16", "--steps", "1",
+                       "--warmup", "0", "--loss-devices", "8", "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9                              # appended under one header
+    sharded = rows[5:]
+    assert [(r["n"], r["path"], r["devices"]) for r in sharded] == [
+        ("16", "direct", "8"), ("16", "gram", "8"), ("64", "direct", "8"), ("64", "gram", "8")]
+    assert [float(r["floats_moved"]) for r in sharded] == [
+        bench.loss_floats_moved(n, 16, p, 8) for n in (16, 64) for p in ("direct", "gram")]
+    assert bench.main(["--what", "loss", "--n", "16", "--d", "16", "--steps", "1",
                        "--warmup", "0", "--csv", str(out)]) == 0
     with open(out) as f:
-        assert len(list(csv.DictReader(f))) == 6      # appended under one header
+        one = list(csv.DictReader(f))[-2:]
+    for r1, r8 in zip(one, sharded[:2]):
+        assert r1["devices"] == "1" and float(r1["floats_moved"]) == 0
+        # Within 2x (collectives and per-device bookkeeping add a little at this tiny size);
+        # the per-device count alone would be 8x too small.
+        assert 0.5 < float(r8["flops_per_step"]) / float(r1["flops_per_step"]) < 2
+
+
+def test_loss_collective_floats_follow_the_ring_formulas():
+    bench = _experiment("benchmark")
+    assert bench.loss_floats_moved(2048, 8192, "direct", 1) == 0
+    # All-reduce of the [D, D] matrix: 2 (W - 1) / W D^2 floats out of each device.
+    assert bench.loss_floats_moved(2048, 8192, "direct", 8) == 2 * 7 / 8 * 8192 ** 2
+    # All-gather of two [N, D] views plus the reduce-scatter of their gradients.
+    assert bench.loss_floats_moved(2048, 8192, "gram", 8) == 4 * 7 / 8 * 2048 * 8192
+    # Equal traffic exactly where the FLOPs are equal too: 2N = D.
+    assert bench.loss_floats_moved(4096, 8192, "gram", 4) == bench.loss_floats_moved(
+        4096, 8192, "direct", 4)
+
+
+def test_benchmark_csv_keeps_older_rows_under_a_new_header(tmp_path):
+    import csv
+    bench = _experiment("benchmark")
+    out = tmp_path / "bench.csv"
+    out.write_text("what,impl,median_ms\nloss value+grad,bt_jax (JAX),12.5\n")
+    bench.append_csv([{k: "" for k in bench.CSV_FIELDS} | {"what": "train step"}], str(out))
+    with open(out) as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == bench.CSV_FIELDS
+    assert [(r["what"], r["median_ms"]) for r in rows] == [("loss value+grad", "12.5"),
+                                                           ("train step", "")]
 
 
 def test_torch_reference_loss_and_lars_match_bt_jax():

@@ -156,8 +156,13 @@ def test_bad_shapes_and_modes_raise_clear_errors():
         barlow_twins_loss(z, z, redundancy="diag")
 
 
-def test_auto_path_takes_the_gram_matrices_only_when_the_batch_is_smaller_than_d():
+def test_auto_path_takes_the_gram_matrices_only_when_they_cost_no_more():
+    """Gram / direct FLOPs are 2N / D: the Gram path at 2N <= D (measured crossover at
+    D = 2048 lies between N = 1024 and N = 1536)."""
     assert choose_correlation_path(256, 8192) == "gram"
+    assert choose_correlation_path(1024, 2048) == "gram"
+    assert choose_correlation_path(1025, 2048) == "direct"
+    assert choose_correlation_path(1536, 2048) == "direct"
     assert choose_correlation_path(8192, 8192) == "direct"
     assert choose_correlation_path(4096, 128) == "direct"
     assert choose_correlation_path(4096, 128, "gram") == "gram"

@@ -68,8 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.temperature = 0.1           # info_nce only
     c.loss.stop_gradient = False       # True: no gradient through view B's embedding
     # How sum C_ij^2 is computed: "direct" forms the [D, D] matrix, "gram" goes through the
-    # [N, N] Gram matrices of the views (O(N^2 D)); "auto" takes "gram" when the global
-    # batch is smaller than D. Same values and gradients up to float32 rounding.
+    # [N, N] Gram matrices of the views (O(N^2 D)); "auto" takes "gram" when 2N <= D for
+    # the global batch N (where it costs no more FLOPs, nor floats sent between devices).
+    # Same values and gradients up to float32 rounding.
     c.loss.correlation_path = "auto"
 
     c.optim = ml_collections.ConfigDict()

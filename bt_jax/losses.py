@@ -138,7 +138,7 @@ def choose_correlation_path(n_global: int, d: int, path: str = "auto") -> str:
     have the same ratio (psum of C against all-gather and reduce-scatter of the views).
     "auto" takes the Gram path when it does at most as much work: 2N <= D for the global
     batch N. Measured on a 2-core CPU at D = 2048 (experiments/PERF_NOTES.md, section 1):
-    Gram 5.2x faster at N = 256, 1.12x at N = 1024, 0.85x at N = 1536.
+    Gram 6.5x as fast at N = 256, 1.09x at N = 1024, 0.77x at N = 1536.
     """
     if path not in CORRELATION_PATHS:
         raise ValueError(f"path must be one of {CORRELATION_PATHS}; got {path!r}.")

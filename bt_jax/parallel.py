@@ -19,13 +19,12 @@ from bt_jax.config import ConfigError
 
 BATCH_AXIS = "batch"
 
-# XLA:CPU options for every program bt_jax compiles that runs convolutions. jaxlib 0.10's
+# XLA:CPU options for every program bt_jax compiles that runs the backbone. jaxlib 0.10's
 # XLA:CPU hands convolutions to YNNPACK fusions by default; on this project's x86-64 CPU
-# (AVX-512) their weight-gradient convolutions run 1.5x to 5x slower than XLA's own Eigen
-# convolutions, and they need transposed copies of every activation besides. An empty list
-# of YNNPACK fusion types sends convolutions and dots back to Eigen: the CIFAR ResNet-18
-# train step runs about 1.6x faster (experiments/PERF_NOTES.md, section 4). Only the CPU
-# backend reads these options; accelerators compile as before.
+# (AVX-512) their weight-gradient convolutions ran 1.5x to 4.7x slower than XLA's own Eigen
+# convolutions. An empty list of YNNPACK fusion types sends convolutions and dots back to
+# Eigen: the CIFAR ResNet-18 train step ran 1.34x and 1.45x faster in two measurements
+# (experiments/PERF_NOTES.md, section 4). Only XLA:CPU reads these options.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -94,9 +93,9 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
 @functools.cache
 def _xla_accepts(options: tuple[tuple[str, str], ...]) -> bool:
     """Whether this jaxlib's XLA:CPU compiler knows every option (older ones lack some)."""
+    x = jax.device_put(np.float32(0), jax.devices("cpu")[0])     # compiled for the CPU
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
-            np.float32(0)).compile()
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
     except Exception:  # pylint: disable=broad-except  # "No such compile option"
         return False
     return True

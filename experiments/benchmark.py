@@ -215,6 +215,11 @@ def bench_loss(n: int, d: int, path: str, steps: int, warmup: int, devices: int 
                                         argnums=(0, 1)))
         z_a, z_b = jnp.asarray(z_a), jnp.asarray(z_b)
     else:
+        if jax.device_count() < devices:
+            raise SystemExit(
+                f"error: --loss-devices {devices} but JAX sees {jax.device_count()} device(s). "
+                "On a CPU, start with XLA_FLAGS=--xla_force_host_platform_device_count="
+                f"{devices}.")
         mesh = parallel.make_mesh(jax.devices()[:devices])
         parallel.per_device_batch_size(n, mesh)
         loss = functools.partial(losses.barlow_twins_loss, path=path,

@@ -210,6 +210,12 @@ def test_loss_collective_floats_follow_the_ring_formulas():
         4096, 8192, "direct", 4)
 
 
+def test_sharded_loss_benchmark_asks_for_the_devices_it_lacks():
+    bench = _experiment("benchmark")
+    with pytest.raises(SystemExit, match="xla_force_host_platform_device_count=16"):
+        bench.bench_loss(32, 8, "gram", 1, 0, devices=16)   # the tests have 8 devices
+
+
 def test_benchmark_csv_keeps_older_rows_under_a_new_header(tmp_path):
     import csv
     bench = _experiment("benchmark")

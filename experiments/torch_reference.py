@@ -177,7 +177,7 @@ def benchmark_step(*, backbone: str, stem: str, width: float, image_size: int,
         loss = model(y1, y2)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(warmup + 1):
         step()

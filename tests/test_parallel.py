@@ -27,10 +27,11 @@ def test_cpu_options_give_the_float64_convolution_and_its_gradients(k, stride, p
     """The ResNet convolutions (3x3, strided 3x3, 1x1 downsample, 7x7 stem), value and both
     gradients, compiled with bt_jax's CPU options, against float64 NumPy."""
     rng = np.random.default_rng(k + stride)
-    x = rng.normal(size=(4, 12, 12, 8)).astype(np.float32)
-    w = (0.2 * rng.normal(size=(k, k, 8, 16))).astype(np.float32)
+    # 32 and 64 channels: shapes where XLA's defaults would have used YNNPACK.
+    x = rng.normal(size=(4, 12, 12, 32)).astype(np.float32)
+    w = (0.1 * rng.normal(size=(k, k, 32, 64))).astype(np.float32)
     ho = (12 + 2 * pad - k) // stride + 1
-    dy = rng.normal(size=(4, ho, ho, 16)).astype(np.float32)
+    dy = rng.normal(size=(4, ho, ho, 64)).astype(np.float32)
     options = parallel.compiler_options("cpu")
     assert options == parallel.CPU_COMPILER_OPTIONS      # this jaxlib knows the option
     got = _conv_value_and_grads(options, stride, pad)(x, w, dy)

@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 10_000  # streamed sources: per-process shuffle buffer (examples)
     c.data.prefetch_batches = 2  # global batches transferred to the devices ahead of the step
     c.data.image_size = 224
+    # A class-balanced part of the train split held out for tuning (drawn by the seed):
+    # pretraining and the probes use the rest, and the probes are scored on it instead of
+    # the test split. 0: no hold-out; probes fit on train, scored on test.
+    c.data.validation_examples = 0
     c.data.augment_on = "host"
     c.data.augment = ml_collections.ConfigDict()
     a = c.data.augment
@@ -109,7 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     # part of the training split.
     c.eval.fast_l2_grid = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
     c.eval.fast_holdout_fraction = 0.1
-    c.eval.fast_max_iter = 300
+    c.eval.fast_max_iter = 100
     # Weighted kNN (Wu et al. 2018) on L2-normalised features; the bank goes to the device
     # in chunks of knn_bank_chunk rows.
     c.eval.knn_k = 200
@@ -126,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.semi_lr_backbone = 0.005
     c.eval.semi_lr_head = 0.5
     c.eval.semi_weight_decay = 0.0
+    # kNN monitor: every this many epochs (and at the end) the encoder's kNN accuracy on the
+    # evaluation split (as the end-of-run kNN) goes to metrics.jsonl, TensorBoard, the
+    # progress output and training_curves.png. May be fractional; 0: off.
+    c.eval.monitor_every_epochs = 0.0
     # Collapse diagnostics during pretraining (0: only at the end) and the t-SNE plot.
     c.eval.diagnostics_every_steps = 1000
     c.eval.tsne_points = 2000    # 0: no tsne.png
@@ -219,6 +227,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "
          "buffer, record files still shuffled).")
     need(config.data.prefetch_batches >= 1, "data.prefetch_batches must be >= 1.")
+    need(config.data.validation_examples >= 0, "data.validation_examples must be >= 0 (0: "
+         f"no validation hold-out); got {config.data.validation_examples}.")
     e = config.eval
     need(e.linear_protocol in ("fast", "sgd"),
          f"eval.linear_protocol must be 'fast' or 'sgd'; got {e.linear_protocol!r}.")
@@ -234,5 +244,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "positive.")
     need(all(0.0 < f <= 1.0 for f in e.semi_fractions),
          f"eval.semi_fractions must be fractions in (0, 1]; got {e.semi_fractions}.")
+    need(e.monitor_every_epochs >= 0, "eval.monitor_every_epochs must be >= 0 (0: no kNN "
+         f"monitor); got {e.monitor_every_epochs}.")
+    need(e.monitor_every_epochs == 0 or e.enabled, "eval.monitor_every_epochs needs labels "
+         "to score: it cannot run with eval.enabled=False; set it to 0.")
     need(e.diagnostics_every_steps >= 0, "eval.diagnostics_every_steps must be >= 0 (0: only "
          "at the end).")

@@ -297,12 +297,14 @@ class MetricsLog:
     """
 
     def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
-                 steps_per_epoch: int = 0, write_files: bool = True):
+                 steps_per_epoch: int = 0, write_files: bool = True,
+                 eval_split: str = "test"):
         self.path = os.path.join(workdir, "metrics.jsonl") if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.steps_per_epoch = steps_per_epoch
         self.write_files = write_files
+        self.eval_split = eval_split
         self.writer = _tensorboard_writer(workdir) if write_files else None
         self._last = (time.perf_counter(), 0)
 
@@ -333,6 +335,27 @@ class MetricsLog:
         print(f"step {step:>6}/{self.total_steps}{epoch} | loss {row['loss']:.4f} | on-diag "
               f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr}{probe} | "
               f"{row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
+        return row
+
+    def write_monitor(self, step: int, knn: dict) -> dict:
+        """The kNN monitor's {"knn_top1", "knn_top5", "seconds"} -> a metrics.jsonl row
+        {"step", "epoch", "monitor_knn_top1", "monitor_knn_top5", "monitor_seconds"},
+        TensorBoard scalars and a progress line. The pairs/s of the next training line
+        leave the monitor's time out."""
+        row = {"step": step, **{f"monitor_{k}": float(v) for k, v in knn.items()}}
+        if self.steps_per_epoch:
+            row["epoch"] = step / self.steps_per_epoch
+        self._last = (time.perf_counter(), step)
+        if not self.write_files:
+            return row
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
+        epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""
+        print(f"step {step:>6}/{self.total_steps}{epoch} | kNN monitor: top-1 "
+              f"{100 * row['monitor_knn_top1']:.2f}% on the {self.eval_split} split "
+              f"({row['monitor_seconds']:.1f} s)", flush=True)
         return row
 
     def write_diagnostics(self, step: int, diagnosis: dict) -> Optional[str]:
@@ -460,6 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     backbone.msgpack and results.json into workdir, and returns the results dict.
     """
     from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from bt_jax import monitor as monitor_lib  # pylint: disable=import-outside-toplevel
     from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
 
     config_lib.validate(config)
@@ -472,16 +496,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
-    source = datasets.pretrain_split(config.data)
+    source = datasets.pretrain_split(config.data, config.seed)
     spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
     stats = pipeline.normalization_stats(source)
     if config.eval.enabled:   # loaded first: a missing test split fails before training
-        train_split, test_split = (
-            datasets.load_split(config.data.name, split, image_size=config.data.image_size,
-                                path=config.data.path, download=config.data.download,
-                                strict=config.data.strict_decode)
-            for split in ("train", "test"))
+        train_split, test_split = datasets.labelled_splits(config.data, config.seed)
 
     model = create_model(config, axis_name=parallel.BATCH_AXIS)
     tx = create_optimizer(config, spe, total_steps)
@@ -517,8 +537,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
+    eval_split = "validation" if config.data.validation_examples else "test"
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
-                     write_files=chief)
+                     write_files=chief, eval_split=eval_split)
+    monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
+                                                          spe, total_steps)
+    if monitor_at:
+        probe_train = evaluate.probe_subset(train_split, config.eval.probe_train_examples,
+                                            config.seed)
+        monitor = monitor_lib.KnnMonitor(
+            create_model(config).backbone, pipeline.eval_arrays(probe_train, *stats),
+            probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
+            test_split.num_classes, config.eval)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
@@ -543,6 +573,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     last_diagnosis = jax.device_get(diagnose(state.params, state.batch_stats,
                                                              batch))
                     log.write_diagnostics(step, last_diagnosis)
+                if step in monitor_at:
+                    log.write_monitor(step, monitor(backbone_variables(
+                        {"params": state.params, "batch_stats": state.batch_stats})))
                 if saving_step:
                     manager.maybe_save(step, state, force=True)
                 if preempted:
@@ -568,7 +601,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     probe = None if state.probe is None else jax.device_get(state.probe["params"])
     results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
                                     init_backbone, train_split, test_split, stats,
-                                    online_probe=probe, workdir=workdir if chief else None)
+                                    online_probe=probe, workdir=workdir if chief else None,
+                                    trained_features=monitor and monitor.last_features)
     if chief:
         evaluate.write_results(results, workdir)
     print(evaluate.format_table(results), flush=True)

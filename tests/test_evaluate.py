@@ -134,27 +134,53 @@ def test_probe_subset_is_class_balanced_deterministic_and_optional():
     assert evaluate.probe_subset(split, 400, seed=3) is split
 
 
-def test_row_space_basis_spans_the_rows_and_skips_full_rank_features():
+def test_principal_axes_span_the_rows_with_their_variances():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 6)).astype(np.float32)
-    assert evaluate.row_space_basis(x) is None                 # full column rank: nothing to do
     wide = np.concatenate([x, x, -2 * x], axis=1)              # [50, 18], rank 6
-    basis = evaluate.row_space_basis(wide)
-    assert basis.shape == (18, 6)
+    basis, variances = evaluate.principal_axes(wide)
+    assert basis.shape == (18, 6) and variances.shape == (6,)
     np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
     np.testing.assert_allclose(wide @ basis @ basis.T, wide, atol=1e-4)
+    projected = wide.astype(np.float64) @ basis
+    np.testing.assert_allclose(np.mean(projected ** 2, 0), variances, rtol=1e-4)
+    assert evaluate.principal_axes(wide, max_features=10)[0] is None   # too wide: not whitened
 
 
-def test_fast_probe_on_rank_deficient_pixels_equals_the_unprojected_fit(monkeypatch):
-    """Upsampled, grey-replicated digits (768 features, rank <= 64): the projected fit
-    predicts what the fit on all 768 features predicts."""
+def _probe_weights_float64(x, y, l2, num_classes):
+    """Float64 reference optimum of mean cross-entropy + l2/2 |W|^2 (scikit-learn's
+    multinomial logistic regression, C = 1 / (l2 N), no penalty on the intercept)."""
+    from sklearn.linear_model import LogisticRegression
+    clf = LogisticRegression(C=1.0 / (l2 * len(y)), tol=1e-12, max_iter=20000)
+    clf.fit(x.astype(np.float64), y)
+    return clf.coef_.T, clf.intercept_
+
+
+def _objective_float64(x, y, w, b, l2):
+    logits = x.astype(np.float64) @ w + b
+    log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    return -log_p[np.arange(len(y)), y].mean() + 0.5 * l2 * np.sum(w ** 2)
+
+
+@pytest.mark.parametrize("l2", [1e-4, 1e-2])
+def test_whitened_lbfgs_reaches_the_float64_optimum_on_rank_deficient_pixels(l2):
+    """Upsampled, grey-replicated digits (768 correlated features, rank <= 64): the
+    preconditioned fit, mapped back to the 768 standardised features, reaches the float64
+    optimum's objective and predicts as it does."""
     from sklearn.datasets import load_digits
     x, y = load_digits(return_X_y=True)
     img = np.repeat(np.repeat(x[:400].reshape(-1, 8, 8), 2, 1), 2, 2)
     pixels = np.repeat(img[..., None], 3, -1).reshape(400, -1).astype(np.float32)
-    args = (pixels[:300], y[:300], pixels[300:], y[300:400], 10)
-    projected = evaluate.fast_linear_probe(*args, l2_grid=(1e-3,), max_iter=150)
-    monkeypatch.setattr(evaluate, "row_space_basis", lambda x: None)
-    full = evaluate.fast_linear_probe(*args, l2_grid=(1e-3,), max_iter=150)
-    assert projected["top1"] >= 0.8
-    assert abs(projected["top1"] - full["top1"]) <= 0.02, (projected, full)
+    xs, _ = evaluate.standardize_features(pixels, pixels[:1])
+    y = y[:400].astype(np.int32)
+    basis, variances = evaluate.principal_axes(xs)
+    z = (xs @ basis) / np.sqrt(variances)
+    fit = evaluate._fit_softmax_lbfgs(z, y, variances, np.asarray([l2], np.float32),
+                                      num_classes=10, max_iter=100)
+    w = basis @ (np.asarray(fit["w"][0], np.float64) / np.sqrt(variances)[:, None])
+    b = np.asarray(fit["b"][0], np.float64)
+    want_w, want_b = _probe_weights_float64(xs, y, l2, 10)
+    got, want = _objective_float64(xs, y, w, b, l2), _objective_float64(xs, y, want_w, want_b, l2)
+    assert got <= want + 1e-3 * max(want, 1.0), (got, want)
+    agree = np.mean(np.argmax(xs @ w + b, 1) == np.argmax(xs @ want_w + want_b, 1))
+    assert agree >= 0.99

@@ -587,15 +587,75 @@ def load_split(name: str, split: str, *, image_size: int, path: str = "",
 PretrainSplit = Union[Split, FileSplit, TFDSSplit]
 
 
-def pretrain_split(data_config) -> PretrainSplit:
+def validation_mask(labels: np.ndarray, num_examples: int, seed: int) -> np.ndarray:
+    """Boolean [N] mask of a class-balanced validation part of a labelled split.
+
+    Every class gives round(num_examples / C) examples (all it has, if fewer), drawn by
+    seed alone: the same (labels, num_examples, seed) always hold out the same images.
+
+    Args:
+      labels: [N] int class labels.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels[labels >= 0])
+    if num_examples >= np.sum(labels >= 0):
+        raise ConfigError(f"data.validation_examples={num_examples} leaves no training images "
+                          f"of the {np.sum(labels >= 0)} in the train split: hold out fewer.")
+    per_class = max(1, int(round(num_examples / len(classes))))
+    rng = np.random.default_rng([seed, 0x5A11])
+    held = np.zeros(labels.shape[0], bool)
+    for c in classes:
+        held[rng.permutation(np.flatnonzero(labels == c))[:per_class]] = True
+    return held
+
+
+def split_off_validation(split: Split, num_examples: int, seed: int) -> tuple[Split, Split]:
+    """(rest, validation): `validation_mask`'s images taken out of an in-memory split."""
+    held = validation_mask(split.labels, num_examples, seed)
+    return (Split(split.images[~held], split.labels[~held], split.num_classes),
+            Split(split.images[held], split.labels[held], split.num_classes))
+
+
+def _check_validation_source(d) -> None:
+    spec = tfds_spec(d.name)
+    if d.validation_examples and (d.name == "folder" or (spec is not None and spec.streamed)):
+        raise ConfigError(
+            f"data.validation_examples holds out part of an in-memory train split; "
+            f"{d.name!r} is streamed. Set data.validation_examples=0 and tune on a split of "
+            "your own (e.g. a folder with train/ and test/ made from your training images).")
+
+
+def labelled_splits(data_config, seed: int) -> tuple[Split, Split]:
+    """(probe train, probe eval): the in-memory labelled splits the probes fit and score on.
+
+    data.validation_examples == 0: the train and test splits. > 0: the train split without
+    its validation part, and that part (`validation_mask`, drawn by seed); the test split
+    is then not read at all, so tuning never sees it.
+    """
+    d = data_config
+    _check_validation_source(d)
+
+    def load(split):
+        return load_split(d.name, split, image_size=d.image_size, path=d.path,
+                          download=d.download, strict=d.strict_decode)
+
+    if d.validation_examples > 0:
+        return split_off_validation(load("train"), d.validation_examples, seed)
+    return load("train"), load("test")
+
+
+def pretrain_split(data_config, seed: int = 0) -> PretrainSplit:
     """The split pretraining reads, from config.data.
 
     In memory for small fixed-size sources (digits, Fashion-MNIST, CIFAR), streamed for
     the others: image folders as a `FileSplit`, STL-10 / Imagenette / ImageNet / "tfds:"
-    as a `TFDSSplit`. data.pretrain_split overrides the source's default split.
+    as a `TFDSSplit`. data.pretrain_split overrides the source's default split. With
+    data.validation_examples > 0 the validation part of the train split (drawn by seed,
+    `validation_mask`) is left out.
     """
     d = data_config
     _check_name(d.name)
+    _check_validation_source(d)
     if d.image_size <= 0:
         raise ConfigError(f"data.image_size must be positive; got {d.image_size}.")
     spec = tfds_spec(d.name)
@@ -606,8 +666,14 @@ def pretrain_split(data_config) -> PretrainSplit:
         if split not in SPLITS:
             raise ConfigError(f"data.pretrain_split of {d.name!r} must be one of {SPLITS}; "
                               f"got {split!r}.")
-        return load_split(d.name, split, image_size=d.image_size, path=d.path,
-                          download=d.download, strict=d.strict_decode)
+        source = load_split(d.name, split, image_size=d.image_size, path=d.path,
+                            download=d.download, strict=d.strict_decode)
+        if d.validation_examples > 0:
+            if split != "train":
+                raise ConfigError("data.validation_examples holds out part of the train "
+                                  f"split; data.pretrain_split is {split!r}.")
+            source = split_off_validation(source, d.validation_examples, seed)[0]
+        return source
     builder = tfds_builder(spec.tfds_name, split, d.path, d.download)
     source = TFDSSplit(spec.tfds_name, split, d.path,
                        builder.info.features["label"].num_classes, d.download)

@@ -18,7 +18,7 @@ from typing import Any, Sequence, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "cifar_pool")
 
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -90,7 +90,9 @@ class ResNet(nn.Module):
     Attributes:
       stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
       block_cls: BasicBlock or Bottleneck.
-      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv, no pool).
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv, no pool) or
+        "cifar_pool" (3x3/1 conv + 2x2/2 max-pool: every stage at half the "cifar"
+        resolution, a quarter of its cost; for 28-64 px images on small budgets).
       width: channel multiplier (1.0 is the standard network; e.g. 0.25 for tiny runs).
       zero_init_residual: zero-init the last BN scale of each block (Goyal et al. 2017).
       axis_name: mesh axis for cross-replica BatchNorm statistics, or None.
@@ -129,6 +131,8 @@ class ResNet(nn.Module):
         x = nn.relu(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+        elif self.stem == "cifar_pool":
+            x = nn.max_pool(x, (2, 2), (2, 2))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for i in range(num_blocks):
                 x = self.block_cls(

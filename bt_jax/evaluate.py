@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from typing import Optional
 
 import flax.linen as nn
@@ -389,7 +390,8 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
       {"linear_top1", "linear_top5", "linear_fast_*", "linear_sgd_*", "knn_top1",
        "knn_top5", "online_linear_top1"?, "semi_*"?, "num_train", "num_test",
        "diagnostics": {...} (spectrum of the test features, "collapse": verdict or None),
-       "baselines": {"random_init": {...}, "pixels": {...}}}.
+       "baselines": {"random_init": {...}, "pixels": {...}},
+       "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
     """
     from bt_jax import classifier, diagnostics  # pylint: disable=import-outside-toplevel
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -405,6 +407,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
         return (extract_features(backbone, variables, train_img, e.batch_size),
                 extract_features(backbone, variables, test_img, e.batch_size))
 
+    seconds, start = {}, time.perf_counter()
     train_x, test_x = trained_features or features(trained)
     results = probe_representation(config, encode, trained, train_split, test_split, train_x,
                                    test_x, stats)
@@ -423,14 +426,18 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
                                       max_points=e.tsne_points, seed=config.seed)
     results.update(num_train=len(train_split), num_test=len(test_split),
                    eval_split="validation" if config.data.validation_examples else "test")
+    seconds["trained"] = time.perf_counter() - start
     if e.baselines:
-        results["baselines"] = {
-            "random_init": probe_representation(config, encode, random_init, train_split,
-                                                test_split, *features(random_init), stats),
-            "pixels": probe_representation(config, classifier.pixel_encoder, {}, train_split,
-                                           test_split, train_img.reshape(len(train_split), -1),
-                                           test_img.reshape(len(test_split), -1), stats),
-        }
+        start = time.perf_counter()
+        random_r = probe_representation(config, encode, random_init, train_split, test_split,
+                                        *features(random_init), stats)
+        seconds["random_init"], start = time.perf_counter() - start, time.perf_counter()
+        pixels_r = probe_representation(config, classifier.pixel_encoder, {}, train_split,
+                                        test_split, train_img.reshape(len(train_split), -1),
+                                        test_img.reshape(len(test_split), -1), stats)
+        seconds["pixels"] = time.perf_counter() - start
+        results["baselines"] = {"random_init": random_r, "pixels": pixels_r}
+    results["eval_seconds"] = seconds
     return results
 
 

@@ -554,6 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
           flush=True)
     log.start(start)
+    loop_start = time.perf_counter()
     last_diagnosis = None
     try:
         with PreemptionWatch() as preemption:
@@ -583,6 +584,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finally:   # every way out (end, SIGTERM, NaN, error) waits for pending saves
         manager.close()
         log.close()
+    train_seconds = time.perf_counter() - loop_start   # this process's share, if resumed
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
     if chief:
@@ -603,6 +605,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     init_backbone, train_split, test_split, stats,
                                     online_probe=probe, workdir=workdir if chief else None,
                                     trained_features=monitor and monitor.last_features)
+    results["train_seconds"] = train_seconds
     if chief:
         evaluate.write_results(results, workdir)
     print(evaluate.format_table(results), flush=True)

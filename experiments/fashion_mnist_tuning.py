@@ -44,25 +44,29 @@ def _read_json(path: str) -> Optional[dict]:
         return None
 
 
-def command(recipe: str, workdir: str, overrides: list[str]) -> list[str]:
+def command(recipe: str, workdir: str, overrides: list[str],
+            validation_examples: int = VALIDATION_EXAMPLES) -> list[str]:
     """The training command of one tuning run (validation hold-out always on)."""
     return [sys.executable, "-m", "bt_jax.main", f"--config={recipe}", f"--workdir={workdir}",
-            f"--config.data.validation_examples={VALIDATION_EXAMPLES}",
+            f"--config.data.validation_examples={validation_examples}",
             *[f"--config.{o}" for o in overrides]]
 
 
 def run_metrics(workdir: str) -> dict:
     """{"train_pairs_per_s", "monitor_seconds"} from a run's metrics.jsonl: the median
     pairs/s of its logging intervals (the first, which holds compilation, left out) and the
-    monitor's total time."""
+    time of the monitor's calls before the last step (the last one's features are the
+    end-of-run evaluation's, which would extract them anyway)."""
     rows = []
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):
         with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
     rates = [r["pairs_per_s"] for r in rows if "pairs_per_s" in r][1:]
+    last = max((r["step"] for r in rows), default=0)
     return {"train_pairs_per_s": statistics.median(rates) if rates else None,
-            "monitor_seconds": sum(r.get("monitor_seconds", 0.0) for r in rows)}
+            "monitor_seconds": sum(r.get("monitor_seconds", 0.0) for r in rows
+                                   if r["step"] < last)}
 
 
 def row_of(name: str, recipe: str, overrides: list[str], workdir: str, note: str) -> dict:
@@ -109,7 +113,8 @@ def write_row(row: dict, path: str = CSV_PATH) -> None:
     os.replace(path + ".tmp", path)
 
 
-def tune(name: str, recipe: str, overrides: list[str], root: str, note: str) -> dict:
+def tune(name: str, recipe: str, overrides: list[str], root: str, note: str,
+         validation_examples: int = VALIDATION_EXAMPLES, csv_path: str = CSV_PATH) -> dict:
     """Runs (or resumes, or skips when finished) one tuning run and logs its row."""
     workdir = os.path.join(root, name)
     os.makedirs(workdir, exist_ok=True)
@@ -119,7 +124,7 @@ def tune(name: str, recipe: str, overrides: list[str], root: str, note: str) -> 
         raise SystemExit(f"error: {workdir!r} holds run {name!r} with other overrides "
                          f"({record['overrides']}); pick another --run name.")
     if "knn_top1" not in (_read_json(os.path.join(workdir, "results.json")) or {}):
-        cmd = command(recipe, workdir, overrides)
+        cmd = command(recipe, workdir, overrides, validation_examples)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.perf_counter()
         status = subprocess.call(cmd, cwd=ROOT)
@@ -128,7 +133,7 @@ def tune(name: str, recipe: str, overrides: list[str], root: str, note: str) -> 
         with open(record_path, "w") as f:
             json.dump(record, f, indent=2)
     row = row_of(name, recipe, overrides, workdir, note)
-    write_row(row)
+    write_row(row, csv_path)
     print(json.dumps(row), flush=True)
     return row
 
@@ -173,13 +178,21 @@ def main(argv=None) -> int:
                    help="config override, repeatable")
     p.add_argument("--note", default="", help="why this run (kept in the CSV)")
     p.add_argument("--root", default=os.path.join(ROOT, "runs", "fmnist_tuning"))
+    p.add_argument("--validation-examples", type=int, default=VALIDATION_EXAMPLES,
+                   help="held-out training images the probes are scored on (never 0: "
+                        "tuning never reads the test split)")
+    p.add_argument("--csv", default=CSV_PATH)
+    p.add_argument("--out", default=PLOT_PATH, help="the plot's path")
     p.add_argument("--plot", action="store_true", help="draw the plot from the CSV")
     p.add_argument("--chosen", default="", help="comma list of runs to ring in the plot")
     args = p.parse_args(argv)
+    if args.validation_examples <= 0:
+        p.error("--validation-examples must be positive: tuning runs never read the test split")
     if args.run:
-        tune(args.run, args.recipe, args.set, args.root, args.note)
+        tune(args.run, args.recipe, args.set, args.root, args.note, args.validation_examples,
+             args.csv)
     if args.plot:
-        plot(read_rows(), [c for c in args.chosen.split(",") if c])
+        plot(read_rows(args.csv), [c for c in args.chosen.split(",") if c], args.out)
     if not (args.run or args.plot):
         p.error("give --run NAME or --plot")
     return 0

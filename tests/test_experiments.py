@@ -269,3 +269,33 @@ def test_torch_reference_step_runs():
     assert r["seconds"] > 0 and r["torch_version"]
     model = ref.ResNet("resnet50", "imagenet", 0.25)
     assert model.num_features == 512                 # 2048 x 0.25, torchvision's layout
+
+
+@pytest.mark.slow    # one tiny training process, about a minute on 2 cores
+def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
+    """The tuning runner on digits: the run is scored on a validation hold-out, its CSV row
+    has wall time, pairs/s and validation accuracy, a second call skips the finished run,
+    and the plot is drawn."""
+    csv_path, png = tmp_path / "tuning.csv", tmp_path / "pareto.png"
+    args = [sys.executable, "experiments/fashion_mnist_tuning.py", "--run", "t1",
+            "--recipe", "configs/digits.py", "--root", str(tmp_path / "runs"),
+            "--validation-examples", "200", "--csv", str(csv_path), "--out", str(png),
+            "--set", "num_epochs=2", "--set", "model.width=0.0625",
+            "--set", "model.projector_dims=(32,32)", "--set", "data.image_size=16",
+            "--set", "eval.semi_fractions=()", "--set", "eval.tsne_points=0",
+            "--set", "eval.fast_max_iter=20", "--set", "eval.monitor_every_epochs=1",
+            "--note", "smoke", "--plot", "--chosen", "t1"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import csv
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 1 and rows[0]["run"] == "t1" and rows[0]["status"] == "done"
+    assert float(rows[0]["wall_min"]) > 0 and float(rows[0]["train_pairs_per_s"]) > 0
+    assert 0 < float(rows[0]["val_linear_top1"]) <= 100 and rows[0]["pixels_linear_top1"]
+    results = json.load(open(tmp_path / "runs" / "t1" / "results.json"))
+    assert results["eval_split"] == "validation" and results["num_test"] == 200
+    assert png.exists()
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "bt_jax.main" not in again.stdout   # finished: skipped
+    assert list(csv.DictReader(open(csv_path)))[0]["wall_min"] == rows[0]["wall_min"]

@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def cifar_recipe() -> ml_collections.ConfigDict:
-    """solo-learn's CIFAR recipe (DESIGN.md's table), shared by configs/cifar10.py,
+    """solo-learn's CIFAR recipe (its barlow_twins CIFAR config), shared by configs/cifar10.py,
     cifar100.py and stl10.py: ResNet-18 with the CIFAR stem, projector 2048-2048-2048,
     lambda 0.0051 with loss scale 0.1, LARS (eta 0.02, wd 1e-4, trust ratio clipped at the
     learning rate), lr 0.3 for weights and biases not scaled by batch, 10 warm-up epochs,

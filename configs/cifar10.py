@@ -1,4 +1,4 @@
-"""CIFAR-10 with solo-learn's CIFAR recipe (DESIGN.md; `bt_jax.config.cifar_recipe`):
+"""CIFAR-10 with solo-learn's CIFAR recipe (`bt_jax.config.cifar_recipe`):
 ResNet-18 with the CIFAR stem, projector 2048-2048-2048, lambda 0.0051 with loss scale 0.1,
 LARS (eta 0.02, wd 1e-4, trust ratio clipped at the learning rate), lr 0.3 not scaled by
 batch, 10 warm-up epochs, batch 256, 1000 epochs, blur p 0 / 0, solarize p 0 / 0.2.

@@ -1,4 +1,4 @@
-"""The paper's ImageNet recipe (Zbontar et al. 2021; DESIGN.md's table): ResNet-50 with
+"""The paper's ImageNet recipe (Zbontar et al. 2021, Section 4 and its official code): ResNet-50 with
 zero-init residuals, projector 8192-8192-8192, lambda 0.0051, LARS (eta 0.001, momentum
 0.9, wd 1.5e-6), learning rates 0.2 (weights) and 0.0048 (biases, BN) times batch/256,
 10 warm-up epochs then cosine to 1/1000, batch 2048, 1000 epochs, 224 px crops with the

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# The paper's ImageNet linear top-1 after 300 epochs (DESIGN.md; Tables 2-4).
+# The paper's ImageNet linear top-1 after 300 epochs (Zbontar et al. 2021, Tables 2-4).
 PAPER_BASELINE = 71.4
 
 
@@ -191,7 +191,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
 SWEEPS = ("loss", "asymmetric", "lambda", "projector_width", "projector_depth", "batch_size",
           "augmentations", "redundancy", "seed")
 
-# What the paper says where DESIGN.md records no number per row.
+# What the paper says where it gives no number per row.
 PAPER_NOTES = {
     "loss": "Paper Table 2 (ImageNet, 300 epochs, linear top-1).",
     "asymmetric": "Paper Table 2 (ImageNet, 300 epochs, linear top-1). Predictor: 2 linear "
@@ -209,7 +209,7 @@ PAPER_NOTES = {
                      "grayscale, so its colour jitter is brightness and contrast only.",
     "seed": "Not a paper ablation: the baseline with other seeds (initialisation, data order "
             "and augmentations all change), to show how far a single run moves by chance.",
-    "redundancy": "DESIGN.md: the authors saw little difference between the cross- and "
+    "redundancy": "The paper: the authors saw little difference between the cross- and "
                   "auto-correlation redundancy term.",
 }
 

@@ -170,6 +170,21 @@ def plot(rows: list[dict], chosen: list[str], path: str = PLOT_PATH) -> None:
     plt.close(fig)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The CSV as a Markdown table (accuracies in percent, validation split)."""
+    lines = ["| run | overrides of configs/fashion_mnist_quick.py | wall min | pairs/s (run) | "
+             "val linear | val kNN | pixels linear / kNN | random init linear / kNN | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def pair(a, b):
+            return f"{r[a]} / {r[b]}" if r.get(a) else "—"
+        lines.append(f"| {r['run']} | `{r['overrides'] or '(none)'}` | {r['wall_min']} | "
+                     f"{r['train_pairs_per_s']} | {r['val_linear_top1'] or '—'} | "
+                     f"{r['val_knn_top1'] or '—'} | {pair('pixels_linear_top1', 'pixels_knn_top1')} | "
+                     f"{pair('random_linear_top1', 'random_knn_top1')} | {r['note']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="run name (its workdir is ROOT/NAME)")
@@ -185,6 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=PLOT_PATH, help="the plot's path")
     p.add_argument("--plot", action="store_true", help="draw the plot from the CSV")
     p.add_argument("--chosen", default="", help="comma list of runs to ring in the plot")
+    p.add_argument("--markdown", action="store_true", help="print the CSV as a Markdown table")
     args = p.parse_args(argv)
     if args.validation_examples <= 0:
         p.error("--validation-examples must be positive: tuning runs never read the test split")
@@ -193,8 +209,10 @@ def main(argv=None) -> int:
              args.csv)
     if args.plot:
         plot(read_rows(args.csv), [c for c in args.chosen.split(",") if c], args.out)
-    if not (args.run or args.plot):
-        p.error("give --run NAME or --plot")
+    if args.markdown:
+        print(markdown_table(read_rows(args.csv)))
+    if not (args.run or args.plot or args.markdown):
+        p.error("give --run NAME, --plot or --markdown")
     return 0
 
 

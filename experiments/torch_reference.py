@@ -6,7 +6,7 @@ What facebookresearch/barlowtwins' main.py does per step, written out here (torc
 not needed; its ResNet layout is reproduced): a torchvision-layout ResNet (ImageNet stem:
 7x7/2 conv + max-pool; CIFAR stem: 3x3/1 conv, no pool), the projector Linear-BN-ReLU
 blocks ending in a bias-free Linear, the loss sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2
-on C = BN(z_a)^T BN(z_b) / N (BatchNorm1d without affine), and LARS as DESIGN.md states it:
+on C = BN(z_a)^T BN(z_b) / N (BatchNorm1d without affine), and LARS as the official code has it:
 biases and BatchNorm parameters get neither weight decay nor the trust ratio; the others
 get g + wd * w, scaled by eta * |w| / |g + wd * w|, into momentum 0.9. One process, the
 given number of threads. torch is an optional dependency of experiments/ only.

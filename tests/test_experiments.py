@@ -93,6 +93,7 @@ def test_ablation_runs_switch_the_intended_fields():
         ab.apply_overrides(ab._load_recipe(small.recipe), {"loss.lamda": 0.1})
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs(tmp_path,
                                                                                  capsys):
     """Two runs (cross- and auto-correlation redundancy), 2 steps each, on digits."""
@@ -284,7 +285,7 @@ def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
             "--set", "model.projector_dims=(32,32)", "--set", "data.image_size=16",
             "--set", "eval.semi_fractions=()", "--set", "eval.tsne_points=0",
             "--set", "eval.fast_max_iter=20", "--set", "eval.monitor_every_epochs=1",
-            "--note", "smoke", "--plot", "--chosen", "t1"]
+            "--note", "smoke", "--plot", "--chosen", "t1", "--markdown"]
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -295,7 +296,7 @@ def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
     assert 0 < float(rows[0]["val_linear_top1"]) <= 100 and rows[0]["pixels_linear_top1"]
     results = json.load(open(tmp_path / "runs" / "t1" / "results.json"))
     assert results["eval_split"] == "validation" and results["num_test"] == 200
-    assert png.exists()
+    assert png.exists() and "| t1 | `num_epochs=2" in r.stdout
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "bt_jax.main" not in again.stdout   # finished: skipped
     assert list(csv.DictReader(open(csv_path)))[0]["wall_min"] == rows[0]["wall_min"]

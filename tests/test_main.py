@@ -39,6 +39,7 @@ def _tiny(num_steps):
     return c
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     c = _tiny(3)
@@ -164,6 +165,7 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
     assert r.returncode == 2 and "config.json" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_train_and_evaluate_with_on_device_augmentation(tmp_path):
     c = _tiny(2)
     c.data.augment_on = "device"
@@ -187,6 +189,7 @@ def _write_folder_dataset(root, n_train=24, n_unlabelled=16):
             Image.fromarray(img).save(d / f"{i}.jpg")
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 @pytest.mark.parametrize("augment_on", ["host", "device"])
 def test_train_and_evaluate_streams_a_folder_with_unlabelled_images(tmp_path, augment_on):
     _write_folder_dataset(tmp_path / "data")

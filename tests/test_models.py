@@ -97,3 +97,23 @@ def test_bad_backbone_stem_and_input_raise():
         ResNet18(stem="tiny").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
         ResNet18().init(jax.random.key(0), jnp.zeros((16, 16, 3)))
+
+
+def test_cifar_pool_stem_has_the_cifar_weights_at_a_quarter_of_the_flops():
+    """stem="cifar_pool": the CIFAR stem's parameters exactly, every stage at half the
+    resolution (so about a quarter of the FLOPs), the same [N, F] output."""
+    x = jnp.zeros((2, 28, 28, 3))
+
+    def build(stem):
+        model = ResNet18(stem=stem, width=0.25)
+        variables = model.init(jax.random.key(0), x, train=False)
+        flops = jax.jit(lambda v: model.apply(v, x, train=False)).lower(
+            variables).compile().cost_analysis()
+        flops = (flops[0] if isinstance(flops, list) else flops)["flops"]
+        return variables, model.apply(variables, x, train=False), flops
+
+    v_cifar, out_cifar, flops_cifar = build("cifar")
+    v_pool, out_pool, flops_pool = build("cifar_pool")
+    assert out_pool.shape == out_cifar.shape == (2, 128)
+    assert jax.tree.map(jnp.shape, v_pool) == jax.tree.map(jnp.shape, v_cifar)
+    assert 0.2 < flops_pool / flops_cifar < 0.35, (flops_pool, flops_cifar)

@@ -143,6 +143,7 @@ def test_train_step_refuses_a_model_without_the_batch_axis():
         train.make_train_step(train.create_model(c), tx, c.loss, parallel.make_mesh())
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_count():
     from bt_jax.data import device_augment
     from bt_jax.data.views import ViewConfig
@@ -193,6 +194,7 @@ def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     assert jaxpr.out_avals[0].dtype == jnp.float32
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_online_probe_matches_one_device_and_never_reaches_the_backbone():
     """The probe's update on 8 devices equals the global-batch update computed directly;
     unlabelled examples (-1) are ignored; the backbone's update is the same with or

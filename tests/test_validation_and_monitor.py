@@ -81,6 +81,7 @@ def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     assert got["seconds"] > 0
 
 
+@pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_training_with_the_monitor_logs_it_and_ends_on_the_end_of_run_knn(tmp_path, capsys):
     c = _digits_config(200)
     c.num_steps = 0

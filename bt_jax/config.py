@@ -140,6 +140,12 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def eval_split_name(config: ml_collections.ConfigDict) -> str:
+    """"validation" when the probes are scored on a hold-out of the train split
+    (data.validation_examples > 0), else "test"."""
+    return "validation" if config.data.validation_examples else "test"
+
+
 def cifar_recipe() -> ml_collections.ConfigDict:
     """solo-learn's CIFAR recipe (its barlow_twins CIFAR config), shared by configs/cifar10.py,
     cifar100.py and stl10.py: ResNet-18 with the CIFAR stem, projector 2048-2048-2048,

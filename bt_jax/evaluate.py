@@ -394,6 +394,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
        "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
     """
     from bt_jax import classifier, diagnostics  # pylint: disable=import-outside-toplevel
+    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     stats = pipeline.channel_stats(train_split) if stats is None else stats
     e = config.eval
@@ -425,7 +426,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
                                       os.path.join(workdir, "tsne.png"),
                                       max_points=e.tsne_points, seed=config.seed)
     results.update(num_train=len(train_split), num_test=len(test_split),
-                   eval_split="validation" if config.data.validation_examples else "test")
+                   eval_split=config_lib.eval_split_name(config))
     seconds["trained"] = time.perf_counter() - start
     if e.baselines:
         start = time.perf_counter()

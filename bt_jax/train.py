@@ -537,9 +537,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
-    eval_split = "validation" if config.data.validation_examples else "test"
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
-                     write_files=chief, eval_split=eval_split)
+                     write_files=chief, eval_split=config_lib.eval_split_name(config))
     monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
                                                           spe, total_steps)
     if monitor_at:

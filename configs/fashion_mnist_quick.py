@@ -1,4 +1,8 @@
-"""Fashion-MNIST in about 15 minutes on a 2-core CPU: pretraining and its evaluation.
+"""Fashion-MNIST on a budget of about 15 minutes of a 2-core CPU, pretraining and evaluation.
+
+Measured with --config.data.validation_examples=10000 (50,000 training images): 15 min 35 s
+on the project's 2-core AMD EPYC, validation linear 81.4% / kNN 74.5% against raw pixels'
+85.6% / 81.8%: it does not yet beat pixels (see README.md, Fashion-MNIST).
 
 ResNet-18 with the "cifar_pool" stem (3x3/1 conv + 2x2 max-pool: stages at 14, 7, 4, 2 px)
 at width 0.25 (128 features), projector 1024-1024, batch 256, one epoch (234 steps at

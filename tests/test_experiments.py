@@ -281,7 +281,7 @@ def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
     args = [sys.executable, "experiments/fashion_mnist_tuning.py", "--run", "t1",
             "--recipe", "configs/digits.py", "--root", str(tmp_path / "runs"),
             "--validation-examples", "200", "--csv", str(csv_path), "--out", str(png),
-            "--set", "num_epochs=2", "--set", "model.width=0.0625",
+            "--set", "num_epochs=2", "--set", "log_every_steps=2", "--set", "model.width=0.0625",
             "--set", "model.projector_dims=(32,32)", "--set", "data.image_size=16",
             "--set", "eval.semi_fractions=()", "--set", "eval.tsne_points=0",
             "--set", "eval.fast_max_iter=20", "--set", "eval.monitor_every_epochs=1",

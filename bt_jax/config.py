@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 1.0
     c.model.projector_dims = (8192, 8192, 8192)
     c.model.dtype = "float32"
+    c.model.conv_impl = "auto"         # "xla" | "im2col" | "dense": same result, other speed
     c.model.zero_init_residual = True
     c.model.projector_bn = True        # False: the paper's "no BN in projector" ablation
     c.model.predictor_dims = ()        # e.g. (8192, 8192): a predictor on view A (ablation)
@@ -200,6 +201,8 @@ def diff(reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the field and the fix for values that cannot work."""
+    from bt_jax.models.conv import CONV_IMPLS  # pylint: disable=import-outside-toplevel
+
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
@@ -211,6 +214,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "set num_epochs or num_steps to a positive number.")
     need(config.model.dtype in DTYPES, f"model.dtype must be one of {DTYPES}; got "
          f"{config.model.dtype!r}.")
+    need(config.model.conv_impl in CONV_IMPLS, f"model.conv_impl must be one of {CONV_IMPLS}; "
+         f"got {config.model.conv_impl!r}.")
     need(config.model.width > 0, f"model.width must be positive; got {config.model.width}.")
     need(len(config.model.projector_dims) > 0 and all(d > 0 for d in config.model.projector_dims),
          f"model.projector_dims must be positive widths; got {config.model.projector_dims}.")

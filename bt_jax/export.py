@@ -40,7 +40,8 @@ def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
     with open(config_path) as f:
         model = json.load(f)["model"]
     backbone = make_backbone(model["backbone"], stem=model["stem"], width=model["width"],
-                             zero_init_residual=model["zero_init_residual"])
+                             zero_init_residual=model["zero_init_residual"],
+                             conv_impl=model.get("conv_impl", "auto"))
     with open(path, "rb") as f:
         variables = flax.serialization.msgpack_restore(f.read())
     return backbone, {"params": variables["params"], "batch_stats": variables["batch_stats"]}

@@ -44,7 +44,8 @@ def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = N
     backbone = make_backbone(config.model.backbone, stem=config.model.stem,
                              width=config.model.width,
                              zero_init_residual=config.model.zero_init_residual,
-                             axis_name=axis_name, dtype=dtype)
+                             axis_name=axis_name, dtype=dtype,
+                             conv_impl=config.model.conv_impl)
     return BarlowTwins(backbone=backbone, projector_dims=tuple(config.model.projector_dims),
                        projector_bn=config.model.projector_bn,
                        predictor_dims=tuple(config.model.predictor_dims),

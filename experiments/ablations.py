@@ -271,7 +271,9 @@ def train_command(scale: Scale, run: Run, extra: dict, workdir: str) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
+    """The JSON object in path, or None when it is missing or unreadable (a run killed
+    while writing it)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -282,12 +284,12 @@ def _read_json(path: str) -> Optional[dict]:
 def run_status(workdir: str, overrides: dict) -> str:
     """"done" | "failed" | "todo". A workdir made with other overrides is an error: the
     sweep would otherwise report another experiment's numbers."""
-    record = _read_json(os.path.join(workdir, "ablation.json"))
+    record = read_json(os.path.join(workdir, "ablation.json"))
     if record is not None and record.get("overrides") != json.loads(json.dumps(overrides)):
         raise SystemExit(
             f"error: {workdir!r} holds a run with other overrides ({record.get('overrides')}); "
             "delete it or pass another --root.")
-    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    results = read_json(os.path.join(workdir, "results.json")) or {}
     if "linear_top1" in results and "knn_top1" in results:
         return "done"
     return "failed" if record is not None and record.get("status") == "failed" else "todo"
@@ -301,7 +303,7 @@ def train_run(scale: Scale, run: Run, extra: dict, workdir: str) -> dict:
     config = apply_overrides(_load_recipe(scale.recipe), overrides)
     os.makedirs(workdir, exist_ok=True)
     record_path = os.path.join(workdir, "ablation.json")
-    record = _read_json(record_path) or {"overrides": json.loads(json.dumps(overrides)),
+    record = read_json(record_path) or {"overrides": json.loads(json.dumps(overrides)),
                                          "seconds": 0.0}
     print(f"\n=== {run.name}: {run.setting}\n    {train_command(scale, run, extra, workdir)}",
           flush=True)
@@ -326,8 +328,8 @@ CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_t
 
 def collect_row(sweep: str, run: Run, workdir: str) -> dict:
     """One CSV row from a run's workdir (accuracies in percent; empty where missing)."""
-    results = _read_json(os.path.join(workdir, "results.json")) or {}
-    record = _read_json(os.path.join(workdir, "ablation.json")) or {}
+    results = read_json(os.path.join(workdir, "results.json")) or {}
+    record = read_json(os.path.join(workdir, "ablation.json")) or {}
     final = {}
     try:
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -360,7 +362,7 @@ REFERENCES = (("random_init", "reference: same encoder, random init (no training
 def reference_rows(sweep: str, workdir: str) -> list[dict]:
     """Rows for the random-init encoder and raw pixels, probed the same way, from the
     baseline's results.json (present once `--references` evaluated them)."""
-    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    results = read_json(os.path.join(workdir, "results.json")) or {}
     rows = []
     for key, setting in REFERENCES:
         r = results.get("baselines", {}).get(key)

@@ -8,6 +8,7 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
       python experiments/benchmark.py --what loss --loss-devices 8 --n 512,2048 --d 4096
   python experiments/benchmark.py --what step --preset cifar-r18 --torch --xla-defaults
+  python experiments/benchmark.py --what step --preset fmnist-quick --conv-impl xla
 
 Train step: pairs/s (median over timed steps after warm-up, each step synchronised with
 block_until_ready), compile time (lowering plus XLA compilation), peak device memory (the
@@ -54,6 +55,9 @@ PRESETS = {
     # The paper's model at 224 px.
     "imagenet-r50": dict(backbone="resnet50", stem="imagenet", width=1.0, image_size=224,
                          projector=(8192, 8192, 8192), batch=256),
+    # configs/fashion_mnist_quick.py's model (ResNet-18, 3x3 conv + 2x2 max-pool stem).
+    "fmnist-quick": dict(backbone="resnet18", stem="cifar_pool", width=0.25, image_size=28,
+                         projector=(1024, 1024), batch=256),
     # A few seconds anywhere: the harness's own test.
     "tiny": dict(backbone="resnet18", stem="cifar", width=0.125, image_size=16,
                  projector=(64, 64, 64), batch=16),
@@ -135,7 +139,7 @@ def peak_memory() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
 
 
-def step_config(args):
+def step_config(args, conv_impl: str = "auto"):
     """An ml_collections config for the benchmarked model (the trainer's own fields)."""
     from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
     c = base_config()
@@ -146,16 +150,18 @@ def step_config(args):
     c.model.width = args.width
     c.model.projector_dims = tuple(args.projector)
     c.model.dtype = args.dtype
+    c.model.conv_impl = conv_impl
     c.eval.online_probe = False
     c.loss.correlation_path = args.path
     return c
 
 
-def bench_train_step(args, xla_options=None) -> dict:
+def bench_train_step(args, xla_options=None, conv_impl: str = "auto") -> dict:
     """The trainer's jit(shard_map) step on synthetic inputs over args.devices devices,
-    compiled with bt_jax's XLA options (None) or the given ones ({}: XLA's defaults)."""
+    compiled with bt_jax's XLA options (None) or the given ones ({}: XLA's defaults), its
+    convolutions run as model.conv_impl = conv_impl."""
     from bt_jax import parallel, train  # pylint: disable=import-outside-toplevel
-    config = step_config(args)
+    config = step_config(args, conv_impl)
     mesh = parallel.make_mesh(jax.devices()[:args.devices])
     parallel.per_device_batch_size(args.batch, mesh)
     model = train.create_model(config, axis_name=parallel.BATCH_AXIS)
@@ -193,6 +199,8 @@ def bench_train_step(args, xla_options=None) -> dict:
     _, sec = median_seconds(run, steps=args.steps, warmup=args.warmup)
     mem, mem_kind = peak_memory()
     impl = "bt_jax (JAX)" if xla_options is None else "bt_jax (XLA default options)"
+    if conv_impl != "auto":
+        impl = f"bt_jax (JAX, conv_impl={conv_impl})"
     return {"what": "train step", "impl": impl, "median_ms": sec * 1e3,
             "pairs_per_s": args.batch / sec, "compile_s": compile_s,
             "peak_memory_mb": mem, "memory_kind": mem_kind, "flops_per_step": flops,
@@ -374,6 +382,10 @@ def parse_args(argv=None):
     p.add_argument("--xla-defaults", action="store_true",
                    help="also time the step compiled with XLA's default options instead of "
                         "bt_jax.parallel.compiler_options (the before/after of PERF_NOTES 4)")
+    p.add_argument("--conv-impl", type=lambda s: [v for v in s.split(",") if v != "auto"],
+                   default=[], help="also time the step with model.conv_impl set to each of "
+                                    "these (comma list of xla, im2col, dense): the before / "
+                                    "after of bt_jax.models.conv's per-layer choice")
     p.add_argument("--csv", default=os.path.join(ROOT, "experiments", "results",
                                                  "benchmark.csv"))
     args = p.parse_args(argv)
@@ -392,6 +404,8 @@ def main(argv=None) -> int:
     for what in args.what.split(","):
         if what == "step":
             rows.append(bench_train_step(args))
+            for conv_impl in args.conv_impl:
+                rows.append(bench_train_step(args, conv_impl=conv_impl))
             if args.xla_defaults:
                 rows.append(bench_train_step(args, xla_options={}))
             if args.torch:

@@ -25,23 +25,17 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+from ablations import read_json  # noqa: E402  (the sweep runner's reader)
+
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_tuning.csv")
 PLOT_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_pareto.png")
 VALIDATION_EXAMPLES = 10_000
 FIELDS = ("run", "recipe", "overrides", "status", "wall_min", "train_pairs_per_s",
           "monitor_share", "val_linear_top1", "val_knn_top1", "pixels_linear_top1",
           "pixels_knn_top1", "random_linear_top1", "random_knn_top1", "note")
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def command(recipe: str, workdir: str, overrides: list[str],
@@ -71,8 +65,8 @@ def run_metrics(workdir: str) -> dict:
 
 def row_of(name: str, recipe: str, overrides: list[str], workdir: str, note: str) -> dict:
     """The CSV row of a run, from its workdir (results.json, metrics.jsonl, tuning.json)."""
-    record = _read_json(os.path.join(workdir, "tuning.json")) or {}
-    results = _read_json(os.path.join(workdir, "results.json")) or {}
+    record = read_json(os.path.join(workdir, "tuning.json")) or {}
+    results = read_json(os.path.join(workdir, "results.json")) or {}
     base = results.get("baselines", {})
     seconds = record.get("seconds")
     m = run_metrics(workdir)
@@ -119,11 +113,11 @@ def tune(name: str, recipe: str, overrides: list[str], root: str, note: str,
     workdir = os.path.join(root, name)
     os.makedirs(workdir, exist_ok=True)
     record_path = os.path.join(workdir, "tuning.json")
-    record = _read_json(record_path) or {"overrides": overrides, "seconds": 0.0}
+    record = read_json(record_path) or {"overrides": overrides, "seconds": 0.0}
     if record["overrides"] != overrides:
         raise SystemExit(f"error: {workdir!r} holds run {name!r} with other overrides "
                          f"({record['overrides']}); pick another --run name.")
-    if "knn_top1" not in (_read_json(os.path.join(workdir, "results.json")) or {}):
+    if "knn_top1" not in (read_json(os.path.join(workdir, "results.json")) or {}):
         cmd = command(recipe, workdir, overrides, validation_examples)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.perf_counter()

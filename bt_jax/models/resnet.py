@@ -18,14 +18,12 @@ from typing import Any, Sequence, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bt_jax.models.conv import Conv
+
 STEMS = ("imagenet", "cifar", "cifar_pool")
 
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    return ((k // 2, k // 2), (k // 2, k // 2))
 
 
 class _ResidualBlock(nn.Module):
@@ -35,10 +33,12 @@ class _ResidualBlock(nn.Module):
     zero_init_residual: bool = True
     axis_name: Any = None
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def _layers(self, train: bool):
         """(conv, norm, scale init of the block's last BN) for this block's settings."""
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = functools.partial(Conv, kernel_init=conv_init, impl=self.conv_impl,
+                                 dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, axis_name=self.axis_name, dtype=self.dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
@@ -52,9 +52,9 @@ class BasicBlock(_ResidualBlock):
     @nn.compact
     def __call__(self, x, train: bool):
         conv, norm, last_scale = self._layers(train)
-        y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
+        y = conv(self.features, 3, self.strides, padding=1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = conv(self.features, 3, padding=1, name="conv2")(y)
         y = norm(scale_init=last_scale, name="bn2")(y)
         return nn.relu(y + _shortcut(self, x, self.features, conv, norm))
 
@@ -67,11 +67,11 @@ class Bottleneck(_ResidualBlock):
     def __call__(self, x, train: bool):
         conv, norm, last_scale = self._layers(train)
         out = self.features * self.expansion
-        y = conv(self.features, (1, 1), name="conv1")(x)
+        y = conv(self.features, 1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
+        y = conv(self.features, 3, self.strides, padding=1, name="conv2")(y)
         y = nn.relu(norm(name="bn2")(y))
-        y = conv(out, (1, 1), name="conv3")(y)
+        y = conv(out, 1, name="conv3")(y)
         y = norm(scale_init=last_scale, name="bn3")(y)
         return nn.relu(y + _shortcut(self, x, out, conv, norm))
 
@@ -80,7 +80,7 @@ def _shortcut(block: nn.Module, x, out_features: int, conv, norm):
     """Identity, or 1x1 strided conv + BN where the shape changes (torchvision's downsample)."""
     if x.shape[-1] == out_features and block.strides == 1:
         return x
-    y = conv(out_features, (1, 1), block.strides, name="downsample_conv", parent=block)(x)
+    y = conv(out_features, 1, block.strides, name="downsample_conv", parent=block)(x)
     return norm(name="downsample_bn", parent=block)(y)
 
 
@@ -97,6 +97,8 @@ class ResNet(nn.Module):
       zero_init_residual: zero-init the last BN scale of each block (Goyal et al. 2017).
       axis_name: mesh axis for cross-replica BatchNorm statistics, or None.
       dtype: computation dtype (parameters stay float32).
+      conv_impl: how the convolutions run ("auto" | "xla" | "im2col" | "dense", see
+        `bt_jax.models.conv`): the same function and parameters, different speed.
     """
     stage_sizes: Sequence[int]
     block_cls: Type[nn.Module]
@@ -105,6 +107,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     axis_name: Any = None
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @property
     def num_features(self) -> int:
@@ -124,13 +127,13 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         stem_channels = self._channels(0)
         k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-        x = nn.Conv(stem_channels, (k, k), stride, padding=_pad(k), use_bias=False,
-                    kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+        x = Conv(stem_channels, k, stride, padding=k // 2, impl=self.conv_impl,
+                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          axis_name=self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         elif self.stem == "cifar_pool":
             x = nn.max_pool(x, (2, 2), (2, 2))
         for stage, num_blocks in enumerate(self.stage_sizes):
@@ -139,7 +142,7 @@ class ResNet(nn.Module):
                     features=self._channels(stage),
                     strides=2 if (stage > 0 and i == 0) else 1,
                     zero_init_residual=self.zero_init_residual,
-                    axis_name=self.axis_name, dtype=self.dtype,
+                    axis_name=self.axis_name, dtype=self.dtype, conv_impl=self.conv_impl,
                     name=f"layer{stage + 1}_{i}")(x, train)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 

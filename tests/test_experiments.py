@@ -158,11 +158,12 @@ def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
     out = tmp_path / "bench.csv"
     assert bench.main(["--what", "step,loss,augment", "--preset", "tiny", "--n", "32",
                        "--d", "96", "--steps", "2", "--warmup", "0", "--augment", "device",
-                       "--xla-defaults", "--csv", str(out)]) == 0
+                       "--xla-defaults", "--conv-impl", "xla", "--csv", str(out)]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [(r["what"], r["impl"], r["path"]) for r in rows] == [
         ("train step", "bt_jax (JAX)", ""),
+        ("train step", "bt_jax (JAX, conv_impl=xla)", ""),
         ("train step", "bt_jax (XLA default options)", ""),
         ("loss value+grad", "bt_jax (JAX)", "direct"), ("loss value+grad", "bt_jax (JAX)", "gram"),
         ("device augmentation", "bt_jax (JAX)", "")]
@@ -175,15 +176,15 @@ def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
         assert r["peak_source"].startswith("measured")
     assert float(step["pairs_per_s"]) > 0 and float(step["peak_memory_mb"]) > 0
     # XLA's FLOP count of the direct loss grows like N D^2, the Gram path's like N^2 D.
-    assert float(rows[2]["flops_per_step"]) > float(rows[3]["flops_per_step"])
+    assert float(rows[3]["flops_per_step"]) > float(rows[4]["flops_per_step"])
     # The loss sharded over the 8 devices: the same total FLOPs as on one device (the
     # per-device count times 8), and the ring-collective floats of each path.
     assert bench.main(["--what", "loss", "--n", "16,64", "--d", "16", "--steps", "1",
                        "--warmup", "0", "--loss-devices", "8", "--csv", str(out)]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 9                              # appended under one header
-    sharded = rows[5:]
+    assert len(rows) == 10                             # appended under one header
+    sharded = rows[6:]
     assert [(r["n"], r["path"], r["devices"]) for r in sharded] == [
         ("16", "direct", "8"), ("16", "gram", "8"), ("64", "direct", "8"), ("64", "gram", "8")]
     assert [float(r["floats_moved"]) for r in sharded] == [
@@ -197,6 +198,35 @@ def test_benchmark_harness_measures_step_loss_and_augmentation(tmp_path):
         # Within 2x (collectives and per-device bookkeeping add a little at this tiny size);
         # the per-device count alone would be 8x too small.
         assert 0.5 < float(r8["flops_per_step"]) / float(r1["flops_per_step"]) < 2
+
+
+def test_bench_conv_lists_every_distinct_layer_of_the_backbone():
+    """ResNet-18 with the cifar_pool stem at 28 px: the stem, then per stage a strided
+    first conv, a 1x1 downsample and the stride-1 3x3 convs (3 per stage, 4 in stage 1)."""
+    from bt_jax.models import make_backbone
+    layers = _experiment("bench_conv").conv_layers(
+        make_backbone("resnet18", stem="cifar_pool", width=0.125), 28, 4)
+    assert [(l["input"][1], l["kernel"], l["stride"], l["count"]) for l in layers] == [
+        (28, (3, 3, 3, 8), 1, 1), (14, (3, 3, 8, 8), 1, 4),
+        (14, (3, 3, 8, 16), 2, 1), (7, (3, 3, 16, 16), 1, 3), (14, (1, 1, 8, 16), 2, 1),
+        (7, (3, 3, 16, 32), 2, 1), (4, (3, 3, 32, 32), 1, 3), (7, (1, 1, 16, 32), 2, 1),
+        (4, (3, 3, 32, 64), 2, 1), (2, (3, 3, 64, 64), 1, 3), (4, (1, 1, 32, 64), 2, 1)]
+    assert [l["first"] for l in layers] == [True] + [False] * 10
+
+
+@pytest.mark.slow    # compiles 3 x 11 small layers (about a minute); `make test-slow` runs it
+def test_bench_conv_times_every_impl_and_writes_its_csv(tmp_path):
+    import csv
+    out = tmp_path / "conv.csv"
+    assert _experiment("bench_conv").main(["--width", "0.125", "--image-size", "16",
+                                           "--batch", "4", "--steps", "1",
+                                           "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 11
+    for r in rows:
+        assert all(float(r[f"{impl}_ms"]) > 0 for impl in ("xla", "im2col", "dense"))
+        assert r["auto"] in ("xla", "im2col", "dense") and r["best"] in ("xla", "im2col", "dense")
 
 
 def test_loss_collective_floats_follow_the_ring_formulas():

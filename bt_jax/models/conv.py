@@ -5,16 +5,15 @@ inputs, HWIO kernels and explicit symmetric padding (PyTorch's semantics), and d
 in how XLA runs it:
 
 - "xla": `lax.conv_general_dilated`, which cuDNN and the TPU compiler run well. On CPU, XLA
-  lowers it to Eigen's spatial convolution, whose backward passes are slow for the small
-  feature maps of 28-32 px images (6-20x the forward pass rather than about 2x), and
-  whose forward pass collapses on 2x2 maps (about 5 GFLOP/s).
+  lowers it to Eigen's spatial convolution, which is slow on the tiny maps of a ResNet's
+  last stages at 28-32 px (about 5 GFLOP/s forward on 2x2 maps).
 - "im2col": the kh * kw shifted (and strided) views of the padded input, concatenated on
   the channel axis, times the [kh * kw * Cin, Cout] kernel: one GEMM forward and two
-  backward. Best on CPU for strided convolutions and for few input channels (the stem).
+  backward. Best on CPU for strided 1x1 layers and strided layers with tiny outputs.
 - "dense": the whole convolution as one matrix from the flattened [H * W * Cin] input to
   the flattened [Ho * Wo * Cout] output (a block-Toeplitz matrix gathered from the
   kernel); the arithmetic of every tap that hits padding is skipped, not wasted. Best on
-  CPU for maps of 2x2 pixels (and small 4x4 ones), where "xla" is slowest.
+  CPU for maps of 2x2 pixels, where "xla" is slowest.
 
 "auto" picks per layer from the static shapes: "xla" off the CPU, and on the CPU the rule
 of `choose_conv_impl`, measured by experiments/bench_conv.py. Parameters are identical
@@ -36,8 +35,7 @@ CONV_IMPLS = ("auto", "xla", "im2col", "dense")
 # "auto" limits on the CPU: the im2col patches and the dense matrix are materialised, so
 # they are used only while they stay small next to the activations around them.
 _IM2COL_MAX_BYTES = 512 * 2 ** 20
-_IM2COL_MIN_INPUT = 4096        # H * W * Cin from which stride-1 layers gain from im2col
-_DENSE_MAX_BYTES = 4 * 2 ** 20  # on 3x3 and 4x4 maps; 2x2 and smaller always
+_DENSE_MAX_BYTES = 64 * 2 ** 20  # the [H * W * Cin, Ho * Wo * Cout] matrix
 
 
 def output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -103,24 +101,22 @@ def choose_conv_impl(x_shape, kernel_shape, stride: int, pad: int, *,
     """The implementation "auto" uses for one layer (static shapes only).
 
     Off the CPU: "xla". On the CPU, from experiments/bench_conv.py (forward + backward of
-    3x3 layers at batch 512 on a 2-core x86 CPU): "dense" on maps of at most 2x2 pixels
-    (20x faster than "xla") and on 3x3-4x4 maps while the matrix stays under 4 MiB;
-    "im2col" for strided layers, stems of at most 4 input channels, and stride-1 layers of
-    at least 4,096 input values per image (1.5-3x faster: XLA's weight gradient is its
-    slow part); "xla" for the smaller stride-1 layers (14x14x16, 7x7x32), where it is
-    fastest. A materialised array above its size limit falls back to "xla".
+    every layer of the Fashion-MNIST ResNet-18 at widths 0.25 and 0.5, batch 512, compiled
+    with bt_jax's XLA options, on a 2-core x86 CPU): "dense" on maps of at most 2x2 pixels
+    (11 ms against 211 ms for "xla" at 128 channels, 34 against 1,140 at 256); "im2col"
+    for strided 1x1 layers (1.4-2.3x faster) and strided layers with at most 2x2 outputs
+    (3.4-8.8x); "xla" for everything else, where it was fastest or level. A materialised
+    array above its size limit falls back to "xla".
     """
     if backend != "cpu":
         return "xla"
     n, h, w, cin = x_shape
     kh, kw, _, cout = kernel_shape
     ho, wo = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
-    dense_bytes = h * w * cin * ho * wo * cout * itemsize
-    if h * w <= 4 or (h * w <= 16 and dense_bytes <= _DENSE_MAX_BYTES):
+    if h * w <= 4 and h * w * cin * ho * wo * cout * itemsize <= _DENSE_MAX_BYTES:
         return "dense"
     patch_bytes = n * ho * wo * kh * kw * cin * itemsize
-    wants_im2col = stride > 1 or cin <= 4 or h * w * cin >= _IM2COL_MIN_INPUT
-    if wants_im2col and patch_bytes <= _IM2COL_MAX_BYTES:
+    if stride > 1 and (kh * kw == 1 or ho * wo <= 4) and patch_bytes <= _IM2COL_MAX_BYTES:
         return "im2col"
     return "xla"
 

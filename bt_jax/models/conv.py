@@ -102,10 +102,11 @@ def choose_conv_impl(x_shape, kernel_shape, stride: int, pad: int, *,
 
     Off the CPU: "xla". On the CPU, from experiments/bench_conv.py (forward + backward of
     every layer of the Fashion-MNIST ResNet-18 at widths 0.25 and 0.5, batch 512, compiled
-    with bt_jax's XLA options, on a 2-core x86 CPU): "dense" on maps of at most 2x2 pixels
-    (11 ms against 211 ms for "xla" at 128 channels, 34 against 1,140 at 256); "im2col"
-    for strided 1x1 layers (1.4-2.3x faster) and strided layers with at most 2x2 outputs
-    (3.4-8.8x); "xla" for everything else, where it was fastest or level. A materialised
+    with bt_jax's XLA options, on a 2-core x86 CPU; experiments/results/bench_conv_cpu.csv):
+    "dense" on maps of at most 2x2 pixels (10.5 ms against 206 ms for "xla" at 128
+    channels, 36.7 against 1,025 at 256); "im2col" for strided 1x1 layers (1.3-1.7x
+    faster) and strided layers with at most 2x2 outputs (2.4x at 128 channels, 10.3x at
+    256); "xla" for everything else, where it was fastest or level. A materialised
     array above its size limit falls back to "xla".
     """
     if backend != "cpu":

@@ -156,10 +156,13 @@ def step_config(args, conv_impl: str = "auto"):
     return c
 
 
-def bench_train_step(args, xla_options=None, conv_impl: str = "auto") -> dict:
+def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
+                     fuse_views: bool = False) -> dict:
     """The trainer's jit(shard_map) step on synthetic inputs over args.devices devices,
     compiled with bt_jax's XLA options (None) or the given ones ({}: XLA's defaults), its
-    convolutions run as model.conv_impl = conv_impl."""
+    convolutions run as model.conv_impl = conv_impl. With --augment device the views are
+    made on the device by their own program before the step's, as the trainer does, or
+    inside the step (fuse_views)."""
     from bt_jax import parallel, train  # pylint: disable=import-outside-toplevel
     config = step_config(args, conv_impl)
     mesh = parallel.make_mesh(jax.devices()[:args.devices])
@@ -187,8 +190,16 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto") -> dict:
                 for k in ("view_a", "view_b")}
     batch = parallel.host_to_global(host, mesh)
     step = train.make_train_step(model, tx, config.loss, mesh, make_views=make_views,
-                                 xla_options=xla_options)
-    step, compile_s, flops = compile_and_count(step, state, batch)
+                                 xla_options=xla_options, fuse_views=fuse_views)
+    if hasattr(step, "views"):   # two programs: augmentation, then the update
+        views, views_s, views_flops = compile_and_count(step.views, batch)
+        update, compile_s, flops = compile_and_count(step.update, state, views(batch))
+        compile_s, flops = compile_s + views_s, flops + views_flops
+
+        def step(state, batch):  # pylint: disable=function-redefined
+            return update(state, views(batch))
+    else:
+        step, compile_s, flops = compile_and_count(step, state, batch)
 
     holder = [state]
 
@@ -201,6 +212,8 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto") -> dict:
     impl = "bt_jax (JAX)" if xla_options is None else "bt_jax (XLA default options)"
     if conv_impl != "auto":
         impl = f"bt_jax (JAX, conv_impl={conv_impl})"
+    if make_views is not None and fuse_views:
+        impl = impl[:-1] + ", views made inside the step)"
     return {"what": "train step", "impl": impl, "median_ms": sec * 1e3,
             "pairs_per_s": args.batch / sec, "compile_s": compile_s,
             "peak_memory_mb": mem, "memory_kind": mem_kind, "flops_per_step": flops,
@@ -386,6 +399,9 @@ def parse_args(argv=None):
                    default=[], help="also time the step with model.conv_impl set to each of "
                                     "these (comma list of xla, im2col, dense): the before / "
                                     "after of bt_jax.models.conv's per-layer choice")
+    p.add_argument("--fused-views", action="store_true",
+                   help="with --augment device, also time the views made inside the step's "
+                        "program instead of by their own program before it")
     p.add_argument("--csv", default=os.path.join(ROOT, "experiments", "results",
                                                  "benchmark.csv"))
     args = p.parse_args(argv)
@@ -408,6 +424,8 @@ def main(argv=None) -> int:
                 rows.append(bench_train_step(args, conv_impl=conv_impl))
             if args.xla_defaults:
                 rows.append(bench_train_step(args, xla_options={}))
+            if args.fused_views and args.augment == "device":
+                rows.append(bench_train_step(args, fuse_views=True))
             if args.torch:
                 rows.append(bench_torch(args))
         elif what == "loss":

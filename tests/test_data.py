@@ -206,6 +206,33 @@ def test_device_mode_yields_raw_images_with_their_epoch_and_index(digits):
     np.testing.assert_array_equal(host["index"], last["index"])  # same order either way
 
 
+def test_device_mode_batches_resume_and_split_over_processes_without_tensorflow(digits):
+    """In-memory splits augmented on the device are gathered in NumPy: a resumed stream
+    and each process's half equal the uninterrupted one-process stream, across an epoch
+    boundary, and each epoch visits distinct examples."""
+    from bt_jax.data import in_memory
+    c = _config()
+    c.data.augment_on = "device"
+    spe = len(digits) // 32
+    full = [next(s) for s in [pipeline.train_batches(c, digits)] for _ in range(spe + 2)]
+    assert len(set(np.concatenate([b["index"] for b in full[:spe]]))) == spe * 32
+    resumed = pipeline.train_batches(c, digits, start_step=spe - 1)
+    for want in full[spe - 1:]:
+        got = next(resumed)
+        for key in ("image", "index", "label", "epoch"):
+            np.testing.assert_array_equal(got[key], want[key])
+    halves = [in_memory.device_batches(digits.images, digits.labels, seed=c.seed,
+                                       global_batch=32, start_step=spe, process_index=p,
+                                       process_count=2) for p in (0, 1)]
+    first = [next(h) for h in halves]
+    assert first[0]["image"].shape == (16, 16, 16, 1)
+    np.testing.assert_array_equal(np.concatenate([h["index"] for h in first]),
+                                  full[spe]["index"])
+    with pytest.raises(config_lib.ConfigError, match="not divisible"):
+        next(in_memory.device_batches(digits.images, digits.labels, seed=0, global_batch=32,
+                                      process_count=3))
+
+
 @pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_tfds_sources_through_mock_data(name, num_classes, tmp_path):
     import tensorflow_datasets as tfds

@@ -166,6 +166,48 @@ def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_cou
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+def test_views_as_their_own_program_equal_views_inside_the_step():
+    """The trainer's default: the on-device augmentation is a separate jit(shard_map) before
+    the step. Its views equal make_views on the whole batch on one device, labels still
+    reach the online probe, and the update equals the one-program (fuse_views) step's."""
+    from bt_jax.data import device_augment
+    from bt_jax.data.views import ViewConfig
+    c = tiny_config()
+    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
+    probe_tx = train.online_probe_optimizer(c)
+    make_views = device_augment.make_view_fn(0, ViewConfig(8), ViewConfig(8, solarize_prob=0.5),
+                                             [0.5] * 3, [0.25] * 3)
+    rng = np.random.default_rng(1)
+    batch = {"image": rng.integers(0, 256, (16, 10, 10, 1), np.uint8),
+             "index": np.arange(16, dtype=np.int32), "epoch": np.full(16, 2, np.int32),
+             "label": np.arange(16, dtype=np.int32) % 3}
+    mesh = parallel.make_mesh()
+    model = train.create_model(c, parallel.BATCH_AXIS)
+    init = train.init_state(train.create_model(c), tx, jax.random.key(0), 8, num_classes=3,
+                            probe_tx=probe_tx)
+    separate = train.make_train_step(model, tx, c.loss, mesh, make_views=make_views,
+                                     probe_tx=probe_tx)
+    fused = train.make_train_step(model, tx, c.loss, mesh, make_views=make_views,
+                                  probe_tx=probe_tx, fuse_views=True)
+    assert hasattr(separate, "views") and not hasattr(fused, "views")
+    global_batch = parallel.host_to_global(batch, mesh)
+    views = jax.device_get(separate.views(global_batch))
+    direct = jax.device_get(make_views(jax.tree.map(jnp.asarray, batch)))
+    for key in ("view_a", "view_b"):
+        np.testing.assert_allclose(views[key], direct[key], atol=1e-6)
+    out = {}
+    for name, step in (("separate", separate), ("fused", fused)):
+        new, metrics = step(parallel.replicate(init, mesh), global_batch)
+        out[name] = jax.device_get((new, metrics))
+    (s_sep, m_sep), (s_fused, m_fused) = out["separate"], out["fused"]
+    assert "probe_top1" in m_sep
+    for key in ("loss", "probe_loss", "probe_top1"):
+        np.testing.assert_allclose(m_sep[key], m_fused[key], rtol=1e-5)
+    worst, errs = _max_leaf_rel_err((s_sep.params, s_sep.probe["params"]),
+                                    (s_fused.params, s_fused.probe["params"]))
+    assert worst < 1e-4, errs
+
+
 def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     """model.dtype="bfloat16": convolutions and dense layers in bf16; parameters, optimiser
     state, BatchNorm statistics, the cross-correlation and the loss in float32."""

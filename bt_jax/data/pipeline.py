@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bt_jax.config import ConfigError
-from bt_jax.data import augment, datasets, import_tensorflow
+from bt_jax.data import augment, datasets, import_tensorflow, in_memory
 from bt_jax.data.views import view_configs
 
 tf = import_tensorflow()
@@ -44,13 +44,6 @@ def normalization_stats(source: datasets.PretrainSplit) -> tuple[np.ndarray, np.
         return channel_stats(source)
     return (np.asarray(datasets.IMAGENET_MEAN, np.float32),
             np.asarray(datasets.IMAGENET_STD, np.float32))
-
-
-def epoch_order(seed: int, epoch: int, num_examples: int, global_batch: int) -> np.ndarray:
-    """[steps_per_epoch, global_batch] example indices of one epoch (remainder dropped)."""
-    steps = num_examples // global_batch
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    return perm[: steps * global_batch].reshape(steps, global_batch)
 
 
 def _local_batch(global_batch: int, process_count: int) -> int:
@@ -91,7 +84,7 @@ def _index_stream(config, num_examples: int, start_step: int, steps: int, local:
     def rows():
         epoch, skip = divmod(start_step, steps)
         while True:
-            order = epoch_order(config.seed, epoch, num_examples, config.batch_size)
+            order = in_memory.epoch_order(config.seed, epoch, num_examples, config.batch_size)
             for row in order[skip:steps, process_index * local:(process_index + 1) * local]:
                 yield row.astype(np.int32), np.full(local, epoch, np.int32)
             epoch, skip = epoch + 1, 0
@@ -181,12 +174,18 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
     "index", "label" and "epoch": int32 [B_local]. B_local = batch_size / process_count.
 
     Batch k is a function of (config, k) alone: the same on a resumed run, and computed
-    without augmenting the k batches before it. In-memory and file splits run as one
-    tf.data pipeline for the whole run (no stall at epoch boundaries); TFDS streams as one
-    pipeline per epoch.
+    without augmenting the k batches before it. In-memory splits augmented on the device
+    are gathered in NumPy (`in_memory.device_batches`: no TensorFlow threads beside the
+    step); other in-memory and file splits run as one tf.data pipeline for the whole run
+    (no stall at epoch boundaries); TFDS streams as one pipeline per epoch.
     """
     local = _local_batch(config.batch_size, process_count)
     spe = steps_per_epoch(source, config.batch_size, process_count)
+    if config.data.augment_on == "device" and isinstance(source, datasets.Split):
+        yield from in_memory.device_batches(
+            source.images, source.labels, seed=config.seed, global_batch=config.batch_size,
+            start_step=start_step, process_index=process_index, process_count=process_count)
+        return
     mean, std = stats if stats is not None else normalization_stats(source)
     transform = _example_to_views(config, mean, std)
 
@@ -209,7 +208,7 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
         if not isinstance(source, datasets.FileSplit):
             raise
         epoch, row = divmod(step, spe)
-        order = epoch_order(config.seed, epoch, len(source), config.batch_size)
+        order = in_memory.epoch_order(config.seed, epoch, len(source), config.batch_size)
         raise _name_bad_file(source, order[row, process_index * local:
                                            (process_index + 1) * local], e) from None
 

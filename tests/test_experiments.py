@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,3 +331,30 @@ def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "bt_jax.main" not in again.stdout   # finished: skipped
     assert list(csv.DictReader(open(csv_path)))[0]["wall_min"] == rows[0]["wall_min"]
+
+
+def test_fashion_mnist_test_runs_on_the_test_split_and_summarises_seeds():
+    """Final runs set validation_examples=0 and the seed; the summary's mean and sample std
+    and the quick recipe's targets are computed per seed against that run's pixels."""
+    final = _experiment("fashion_mnist_test")
+    cmd = final.command("configs/fashion_mnist_quick.py", "/tmp/w", 2)
+    assert "--config.data.validation_examples=0" in cmd and "--config.seed=2" in cmd
+    rows = [{"status": "done", "seed": s, "wall_min": w, "train_pairs_per_s": "400",
+             "test_linear_top1": lin, "test_knn_top1": knn, "pixels_linear_top1": "84.5",
+             "pixels_knn_top1": "81.8", "random_linear_top1": "", "random_knn_top1": ""}
+            for s, w, lin, knn in ((0, "14.0", "86.0", "82.0"), (1, "15.5", "87.0", "81.0"),
+                                   (2, "13.0", "86.6", "81.9"))]
+    rows.append({**rows[0], "seed": 3, "status": "failed (exit 1)", "test_linear_top1": "1"})
+    s = final.summary(rows)
+    assert s["test_linear_top1"]["n"] == 3
+    np.testing.assert_allclose(s["test_linear_top1"]["mean"], np.mean([86.0, 87.0, 86.6]))
+    np.testing.assert_allclose(s["test_linear_top1"]["std"],
+                               np.std([86.0, 87.0, 86.6], ddof=1))
+    assert (s["wall_min"]["min"], s["wall_min"]["max"]) == (13.0, 15.5)
+    t = final.quick_targets(rows)
+    assert set(t) == {"0", "1", "2"}
+    assert t["0"] == {"wall_le_15_min": True, "linear_ge_86.5": False,
+                      "linear_ge_pixels_plus_2": False, "knn_gt_pixels": True}
+    assert t["1"] == {"wall_le_15_min": False, "linear_ge_86.5": True,
+                      "linear_ge_pixels_plus_2": True, "knn_gt_pixels": False}
+    assert all(t["2"].values())

@@ -206,8 +206,9 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
     function of the batch) turns into them: it then runs as its own jit(shard_map) program
     just before the step's (`parallel.sharded_map`), which XLA:CPU runs faster than one
     fused program, and the returned function carries the two as `.views` and `.update`
-    (fuse_views=True: one program, views made first thing in the step, as a comparison). Metrics are replicated scalars: loss,
-    on_diag, off_diag, c_diag_mean, c_offdiag_rms (see `losses.barlow_twins_terms`),
+    (fuse_views=True: one program, views made first thing in the step, as a comparison).
+    Metrics are replicated scalars: loss, on_diag, off_diag, c_diag_mean, c_offdiag_rms
+    (see `losses.barlow_twins_terms`),
     grad_norm, learning_rate / bias_learning_rate (the rates of the weights and of
     biases and BatchNorm at this step) where the schedules are given, and probe_loss /
     probe_top1 when the state holds an online probe (then the batch needs "label" and

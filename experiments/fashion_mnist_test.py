@@ -17,7 +17,6 @@ time adds up. The machine must be otherwise idle for the wall times to mean anyt
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -28,8 +27,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import fashion_mnist_tuning as tuning  # noqa: E402  (the tuning log's readers and writers)
 from ablations import read_json  # noqa: E402
-from fashion_mnist_tuning import run_metrics  # noqa: E402
 
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_test.csv")
 FIELDS = ("name", "recipe", "seed", "status", "wall_min", "train_pairs_per_s",
@@ -46,47 +45,15 @@ def command(recipe: str, workdir: str, seed: int) -> list[str]:
 def row_of(name: str, recipe: str, seed: int, workdir: str) -> dict:
     """The CSV row of one seed's run, from its workdir."""
     record = read_json(os.path.join(workdir, "timing.json")) or {}
-    results = read_json(os.path.join(workdir, "results.json")) or {}
-    base = results.get("baselines", {})
-    seconds = record.get("seconds")
-    m = run_metrics(workdir)
-
-    def pct(r, key):
-        return None if key not in r else round(100 * r[key], 2)
-
-    return {"name": name, "recipe": recipe, "seed": seed,
-            "status": "done" if "knn_top1" in results else record.get("status", "todo"),
-            "wall_min": None if seconds is None else round(seconds / 60, 2),
-            "train_pairs_per_s": None if m["train_pairs_per_s"] is None
-            else round(m["train_pairs_per_s"], 1),
-            "monitor_share": None if not seconds else round(m["monitor_seconds"] / seconds, 3),
-            "test_linear_top1": pct(results, "linear_top1"),
-            "test_knn_top1": pct(results, "knn_top1"),
-            "pixels_linear_top1": pct(base.get("pixels", {}), "linear_top1"),
-            "pixels_knn_top1": pct(base.get("pixels", {}), "knn_top1"),
-            "random_linear_top1": pct(base.get("random_init", {}), "linear_top1"),
-            "random_knn_top1": pct(base.get("random_init", {}), "knn_top1"),
+    numbers = tuning.measured(workdir, record.get("seconds"), "test")
+    numbers["status"] = numbers["status"] or record.get("status", "todo")
+    return {"name": name, "recipe": recipe, "seed": seed, **numbers,
             "date": record.get("date", "")}
-
-
-def read_rows(path: str = CSV_PATH) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def write_row(row: dict, path: str = CSV_PATH) -> None:
     """Adds the row, or replaces the row of the same name and seed."""
-    rows = [r for r in read_rows(path)
-            if (r["name"], str(r["seed"])) != (row["name"], str(row["seed"]))] + [row]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in FIELDS}
-                         for r in rows)
-    os.replace(path + ".tmp", path)
+    tuning.write_row(row, path, FIELDS, key=("name", "seed"))
 
 
 def run_seed(name: str, recipe: str, seed: int, root: str, csv_path: str = CSV_PATH) -> dict:
@@ -152,7 +119,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for seed in args.seeds:
         run_seed(args.name, args.recipe, seed, args.root, args.csv)
-    rows = [r for r in read_rows(args.csv) if r["name"] == args.name]
+    rows = [r for r in tuning.read_rows(args.csv) if r["name"] == args.name]
     if args.summary or args.seeds:
         print(json.dumps({"summary": summary(rows), "quick_targets": quick_targets(rows)},
                          indent=1))

@@ -63,28 +63,37 @@ def run_metrics(workdir: str) -> dict:
                                    if r["step"] < last)}
 
 
-def row_of(name: str, recipe: str, overrides: list[str], workdir: str, note: str) -> dict:
-    """The CSV row of a run, from its workdir (results.json, metrics.jsonl, tuning.json)."""
-    record = read_json(os.path.join(workdir, "tuning.json")) or {}
+def measured(workdir: str, seconds, split: str) -> dict:
+    """A finished run's numbers from its workdir: status, wall minutes (of `seconds`, the
+    timed command), median pairs/s, the monitor's share of the wall time, and the accuracy
+    of Barlow Twins ("{split}_linear_top1", "{split}_knn_top1"), raw pixels and the
+    random-init encoder in percent (None where absent)."""
     results = read_json(os.path.join(workdir, "results.json")) or {}
     base = results.get("baselines", {})
-    seconds = record.get("seconds")
     m = run_metrics(workdir)
 
     def pct(r, key):
         return None if key not in r else round(100 * r[key], 2)
 
-    return {"run": name, "recipe": recipe, "overrides": " ".join(overrides),
-            "status": "done" if "knn_top1" in results else record.get("status", "todo"),
+    return {"status": "done" if "knn_top1" in results else None,
             "wall_min": None if seconds is None else round(seconds / 60, 2),
             "train_pairs_per_s": None if m["train_pairs_per_s"] is None
             else round(m["train_pairs_per_s"], 1),
             "monitor_share": None if not seconds else round(m["monitor_seconds"] / seconds, 3),
-            "val_linear_top1": pct(results, "linear_top1"), "val_knn_top1": pct(results, "knn_top1"),
+            f"{split}_linear_top1": pct(results, "linear_top1"),
+            f"{split}_knn_top1": pct(results, "knn_top1"),
             "pixels_linear_top1": pct(base.get("pixels", {}), "linear_top1"),
             "pixels_knn_top1": pct(base.get("pixels", {}), "knn_top1"),
             "random_linear_top1": pct(base.get("random_init", {}), "linear_top1"),
-            "random_knn_top1": pct(base.get("random_init", {}), "knn_top1"),
+            "random_knn_top1": pct(base.get("random_init", {}), "knn_top1")}
+
+
+def row_of(name: str, recipe: str, overrides: list[str], workdir: str, note: str) -> dict:
+    """The CSV row of a run, from its workdir (results.json, metrics.jsonl, tuning.json)."""
+    record = read_json(os.path.join(workdir, "tuning.json")) or {}
+    numbers = measured(workdir, record.get("seconds"), "val")
+    numbers["status"] = numbers["status"] or record.get("status", "todo")
+    return {"run": name, "recipe": recipe, "overrides": " ".join(overrides), **numbers,
             "note": note}
 
 
@@ -95,14 +104,18 @@ def read_rows(path: str = CSV_PATH) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_row(row: dict, path: str = CSV_PATH) -> None:
-    """Adds the row, or replaces the row of the same run."""
-    rows = [r for r in read_rows(path) if r["run"] != row["run"]] + [row]
+def write_row(row: dict, path: str = CSV_PATH, fields: tuple = FIELDS,
+              key: tuple = ("run",)) -> None:
+    """Adds the row, or replaces the row with the same values of `key`'s fields."""
+    def ident(r):
+        return tuple(str(r[k]) for k in key)
+
+    rows = [r for r in read_rows(path) if ident(r) != ident(row)] + [row]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in FIELDS}
+        writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields}
                          for r in rows)
     os.replace(path + ".tmp", path)
 

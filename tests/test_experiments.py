@@ -358,3 +358,34 @@ def test_fashion_mnist_test_runs_on_the_test_split_and_summarises_seeds():
     assert t["1"] == {"wall_le_15_min": False, "linear_ge_86.5": True,
                       "linear_ge_pixels_plus_2": True, "knn_gt_pixels": False}
     assert all(t["2"].values())
+
+
+def test_fashion_mnist_test_row_reads_a_finished_workdir(tmp_path):
+    """A seed's CSV row comes from its workdir: accuracies in percent, wall minutes from the
+    timed command, the median pairs/s without the first (compiling) interval, the monitor's
+    calls before the last step as a share of the wall time."""
+    final = _experiment("fashion_mnist_test")
+    work = tmp_path / "quick-s1"
+    work.mkdir()
+    json.dump({"linear_top1": 0.8627, "knn_top1": 0.7935,
+               "baselines": {"pixels": {"linear_top1": 0.845, "knn_top1": 0.818}}},
+              open(work / "results.json", "w"))
+    json.dump({"seconds": 600.0, "status": "done", "date": "2026-11-30"},
+              open(work / "timing.json", "w"))
+    with open(work / "metrics.jsonl", "w") as f:
+        for row in ({"step": 25, "pairs_per_s": 10.0}, {"step": 50, "pairs_per_s": 150.0},
+                    {"step": 75, "pairs_per_s": 160.0}, {"step": 98, "monitor_seconds": 60.0},
+                    {"step": 100, "pairs_per_s": 170.0}, {"step": 100, "monitor_seconds": 9.0}):
+            f.write(json.dumps(row) + "\n")
+    row = final.row_of("quick", "configs/fashion_mnist_quick.py", 1, str(work))
+    assert row["status"] == "done" and row["wall_min"] == 10.0 and row["date"] == "2026-11-30"
+    assert (row["test_linear_top1"], row["test_knn_top1"]) == (86.27, 79.35)
+    assert (row["pixels_linear_top1"], row["random_linear_top1"]) == (84.5, None)
+    assert row["train_pairs_per_s"] == 160.0 and row["monitor_share"] == 0.1
+    csv_path = tmp_path / "test.csv"
+    final.write_row(row, str(csv_path))
+    final.write_row({**row, "test_knn_top1": 80.0}, str(csv_path))   # same seed: replaced
+    final.write_row({**row, "seed": 2}, str(csv_path))
+    import csv
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [(r["seed"], r["test_knn_top1"]) for r in rows] == [("1", "80.0"), ("2", "79.35")]

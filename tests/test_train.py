@@ -166,6 +166,7 @@ def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_cou
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+@pytest.mark.slow    # two compiled train steps: about a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_views_as_their_own_program_equal_views_inside_the_step():
     """The trainer's default: the on-device augmentation is a separate jit(shard_map) before
     the step. Its views equal make_views on the whole batch on one device, labels still
@@ -194,7 +195,7 @@ def test_views_as_their_own_program_equal_views_inside_the_step():
     views = jax.device_get(separate.views(global_batch))
     direct = jax.device_get(make_views(jax.tree.map(jnp.asarray, batch)))
     for key in ("view_a", "view_b"):
-        np.testing.assert_allclose(views[key], direct[key], atol=1e-6)
+        np.testing.assert_allclose(views[key], direct[key], atol=1e-5)  # float rounding
     out = {}
     for name, step in (("separate", separate), ("fused", fused)):
         new, metrics = step(parallel.replicate(init, mesh), global_batch)

@@ -55,7 +55,8 @@ PRESETS = {
     # The paper's model at 224 px.
     "imagenet-r50": dict(backbone="resnet50", stem="imagenet", width=1.0, image_size=224,
                          projector=(8192, 8192, 8192), batch=256),
-    # configs/fashion_mnist_quick.py's model (ResNet-18, 3x3 conv + 2x2 max-pool stem).
+    # configs/fashion_mnist_quick.py's model (ResNet-18, 3x3 conv + 2x2 max-pool stem) at the
+    # width it had until tuning run q13; --width 0.5 gives the recipe's current one.
     "fmnist-quick": dict(backbone="resnet18", stem="cifar_pool", width=0.25, image_size=28,
                          projector=(1024, 1024), batch=256),
     # A few seconds anywhere: the harness's own test.

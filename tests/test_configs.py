@@ -11,6 +11,10 @@ from bt_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+# Compiling their 8-device step takes 60-90 s on this 2-core CPU: `make test-slow` (and CI).
+SLOW_TO_COMPILE = ("cifar10.py", "imagenet.py")
+STEP_RECIPES = [pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_TO_COMPILE
+                else p for p in RECIPES]
 
 
 def load(path):
@@ -31,7 +35,7 @@ def test_recipe_is_valid(path):
     train.create_optimizer(c, steps_per_epoch=10, total_steps=100)
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
+@pytest.mark.parametrize("path", STEP_RECIPES, ids=[os.path.basename(p) for p in RECIPES])
 def test_recipe_runs_one_train_step_with_tiny_overrides(path):
     """The recipe's loss, optimiser (clipping, schedules) and model settings, shrunk in width,
     image size and batch: one data-parallel step on the 8 CPU devices gives finite metrics."""

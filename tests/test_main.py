@@ -243,6 +243,7 @@ def test_cli_batch_size_must_divide_over_devices(tmp_path):
     assert "not divisible by the 4 devices" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow    # a whole training run: about a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_a_diverging_run_stops_clearly_and_saves_no_nan_checkpoint(tmp_path):
     c = _tiny(4)
     c.optim.lr_weights = 1e38          # overflows at once

@@ -44,6 +44,7 @@ def _uses_ynnpack(jitted, *args) -> bool:
     return "ynn_fusion" in jitted.lower(*args).compile().as_text()
 
 
+@pytest.mark.slow    # compiles the step twice: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_the_train_step_is_compiled_without_ynnpack_convolutions():
     """XLA's default CPU options put convolutions into YNNPACK fusions (slow weight gradients
     on x86, PERF_NOTES section 4); the train step, built the ordinary way, must not."""

@@ -184,8 +184,8 @@ def test_views_as_their_own_program_equal_views_inside_the_step():
              "label": np.arange(16, dtype=np.int32) % 3}
     mesh = parallel.make_mesh()
     model = train.create_model(c, parallel.BATCH_AXIS)
-    init = train.init_state(train.create_model(c), tx, jax.random.key(0), 8, num_classes=3,
-                            probe_tx=probe_tx)
+    init = jax.device_get(train.init_state(train.create_model(c), tx, jax.random.key(0), 8,
+                                           num_classes=3, probe_tx=probe_tx))  # donated: copy
     separate = train.make_train_step(model, tx, c.loss, mesh, make_views=make_views,
                                      probe_tx=probe_tx)
     fused = train.make_train_step(model, tx, c.loss, mesh, make_views=make_views,

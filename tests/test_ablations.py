@@ -66,6 +66,7 @@ def test_info_nce_on_eight_devices_equals_the_global_batch():
     np.testing.assert_allclose(np.asarray(g_b), np.asarray(want_b), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow    # about a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_model_switches_change_the_parameters():
     c = tiny_config()
     c.model.projector_bn = False

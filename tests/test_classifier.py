@@ -56,6 +56,7 @@ def test_sgd_probe_learns_from_augmented_pixels_and_not_from_noise(digits16):
     assert r["top1"] < 0.3
 
 
+@pytest.mark.slow    # about a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_frozen_probe_never_changes_the_backbone_and_finetuning_works_on_a_copy(digits16):
     train_split, test_split = digits16
     backbone, variables = _tiny_backbone()

@@ -12,7 +12,7 @@ from bt_jax import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 # Compiling their 8-device step takes 60-90 s on this 2-core CPU: `make test-slow` (and CI).
-SLOW_TO_COMPILE = ("cifar10.py", "imagenet.py")
+SLOW_TO_COMPILE = ("cifar10.py", "cifar100.py", "imagenet.py")
 STEP_RECIPES = [pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_TO_COMPILE
                 else p for p in RECIPES]
 

@@ -209,6 +209,7 @@ def test_views_as_their_own_program_equal_views_inside_the_step():
     assert worst < 1e-4, errs
 
 
+@pytest.mark.slow    # about a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     """model.dtype="bfloat16": convolutions and dense layers in bf16; parameters, optimiser
     state, BatchNorm statistics, the cross-correlation and the loss in float32."""

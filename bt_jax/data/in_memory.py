@@ -26,6 +26,14 @@ def epoch_order(seed: int, epoch: int, num_examples: int, global_batch: int) -> 
     return perm[: steps * global_batch].reshape(steps, global_batch)
 
 
+def local_batch(global_batch: int, process_count: int) -> int:
+    """Examples per process in each global batch; a clear error if they do not divide."""
+    if global_batch % process_count:
+        raise ConfigError(f"batch_size {global_batch} is not divisible by the {process_count} "
+                          "processes.")
+    return global_batch // process_count
+
+
 def device_batches(images: np.ndarray, labels: np.ndarray, *, seed: int, global_batch: int,
                    start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:
@@ -45,10 +53,7 @@ def device_batches(images: np.ndarray, labels: np.ndarray, *, seed: int, global_
     if steps == 0:
         raise ConfigError(f"batch_size {global_batch} is larger than the {num} training "
                           "examples: lower config.batch_size.")
-    if global_batch % process_count:
-        raise ConfigError(f"batch_size {global_batch} is not divisible by the {process_count} "
-                          "processes.")
-    local = global_batch // process_count
+    local = local_batch(global_batch, process_count)
     columns = slice(process_index * local, (process_index + 1) * local)
     labels = np.asarray(labels, np.int32)
     epoch, skip = divmod(start_step, steps)

@@ -46,13 +46,6 @@ def normalization_stats(source: datasets.PretrainSplit) -> tuple[np.ndarray, np.
             np.asarray(datasets.IMAGENET_STD, np.float32))
 
 
-def _local_batch(global_batch: int, process_count: int) -> int:
-    if global_batch % process_count:
-        raise ConfigError(f"batch_size {global_batch} is not divisible by the {process_count} "
-                          "processes.")
-    return global_batch // process_count
-
-
 def steps_per_epoch(source, global_batch: int, process_count: int = 1) -> int:
     """Full global batches in one epoch; raises if there is not even one.
 
@@ -61,7 +54,7 @@ def steps_per_epoch(source, global_batch: int, process_count: int = 1) -> int:
     runs out of full local batches, so every process runs the same number of steps.
     """
     if isinstance(source, datasets.TFDSSplit):
-        local = _local_batch(global_batch, process_count)
+        local = in_memory.local_batch(global_batch, process_count)
         sizes = source.share_sizes(process_count)
         steps, num = min(sizes) // local, sum(sizes)
     else:
@@ -179,7 +172,7 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
     step); other in-memory and file splits run as one tf.data pipeline for the whole run
     (no stall at epoch boundaries); TFDS streams as one pipeline per epoch.
     """
-    local = _local_batch(config.batch_size, process_count)
+    local = in_memory.local_batch(config.batch_size, process_count)
     spe = steps_per_epoch(source, config.batch_size, process_count)
     if config.data.augment_on == "device" and isinstance(source, datasets.Split):
         yield from in_memory.device_batches(

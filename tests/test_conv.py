@@ -97,6 +97,7 @@ def test_conv_module_has_nn_conv_parameters_and_output():
     np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow   # ~70 s on a 2-core CPU
 def test_backbone_is_the_same_function_whatever_the_impl():
     """A 16 px "cifar_pool" ResNet-18 (maps 16, 8, 4, 2, 1: "auto" uses every form
     somewhere): the same parameters, features and parameter gradients as with XLA's

@@ -51,6 +51,26 @@ def _max_leaf_rel_err(tree, ref):
     return max(jax.tree.leaves(errs)), errs
 
 
+@pytest.mark.slow   # ~30-45 s on a 2-core CPU: flax's init compiled with default options
+def test_init_variables_is_the_models_own_init_in_one_fast_program():
+    """The same values as flax's model.init (compiled with XLA's default options), from one
+    program; and still traceable inside a user's eval_shape."""
+    c = tiny_config()
+    model = train.create_model(c)
+    got = train.init_variables(model, jax.random.key(3), c.data.image_size)
+    x = jnp.zeros((2, c.data.image_size, c.data.image_size, 3))
+    want = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(3))
+    assert set(got) == {"params", "batch_stats"}
+    chex.assert_trees_all_close(got["params"], want["params"], rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_equal(got["batch_stats"], want["batch_stats"])
+    other = train.init_variables(model, jax.random.key(4), c.data.image_size)
+    kernel = lambda v: v["params"]["projector"]["linear0"]["kernel"]
+    assert not np.allclose(kernel(other), kernel(got))
+    shapes = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0),
+                                                         c.data.image_size))
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes, got)
+
+
 def test_eight_devices_equal_one_device_loss_and_every_gradient():
     """Cross-replica BN and the psum'd loss give the single-device global-batch gradient."""
     c = tiny_config()
@@ -80,6 +100,7 @@ def test_eight_devices_equal_one_device_loss_and_every_gradient():
     assert all(float(np.max(np.abs(g))) > 0 for g in jax.tree.leaves(grads1))
 
 
+@pytest.mark.slow   # ~40 s on a 2-core CPU
 def test_full_train_steps_agree_between_eight_and_one_device():
     c = tiny_config()
     tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
@@ -101,6 +122,7 @@ def test_full_train_steps_agree_between_eight_and_one_device():
     assert worst < 1e-3, errs
 
 
+@pytest.mark.slow   # ~40 s on a 2-core CPU
 def test_training_lowers_the_loss_on_a_fixed_batch():
     c = tiny_config()
     c.optim.lr_weights = 2.0

@@ -13,7 +13,7 @@ experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside our
 NAME.png.
 
 Scales:
-  small  configs/fashion_mnist.py cut to 30,720 pairs per run (120 steps at batch 256),
+  small  configs/fashion_mnist_narrow.py cut to 30,720 pairs per run (120 steps at batch 256),
          probes fit on 10,000 labelled training images; about 2 min 45 s a run on 2 CPU cores.
   paper  configs/imagenet.py at 300 epochs, the paper's ablation length, with the paper's
          SGD linear probe. --print-commands prints one `python -m bt_jax.main` command per
@@ -58,7 +58,7 @@ SMALL_PAIRS = 30_720     # pairs of views per small-scale run, whatever the batc
 
 SCALES = {
     "small": Scale(
-        recipe="configs/fashion_mnist.py",
+        recipe="configs/fashion_mnist_narrow.py",
         overrides={
             "num_steps": SMALL_PAIRS // 256,
             "optim.warmup_epochs": 0.05,          # 12 of the 120 steps at batch 256

@@ -1,6 +1,8 @@
 """bt_jax: Barlow Twins (Zbontar et al., ICML 2021) in JAX and Flax."""
 from setuptools import find_packages, setup
 
+# Training, evaluation, checkpoints, TensorBoard events and plots with in-memory sources
+# and on-device augmentation need only these: no TensorFlow.
 CORE = [
     "jax>=0.6",
     "flax>=0.10",
@@ -8,16 +10,16 @@ CORE = [
     "chex>=0.1.88",
     "ml-collections>=0.1.1",
     "numpy>=1.26",
+    "orbax-checkpoint>=0.6",
+    "absl-py>=1.4",
+    "scikit-learn>=1.3",
+    "matplotlib>=3.7",
+    "tensorboard>=2.16",
 ]
-TRAIN = [
+# The tf.data / TFDS input pipeline: host augmentation, TFDS sources, image folders.
+DATA = [
     "tensorflow-cpu>=2.16",
     "tensorflow-datasets>=4.9.4",
-    "scikit-learn>=1.3",
-    "orbax-checkpoint>=0.6",
-    "clu>=0.0.10",
-    "tensorboard>=2.16",
-    "matplotlib>=3.7",
-    "absl-py>=1.4",
 ]
 TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5"]
 # experiments/torch_reference.py only; a CPU build is enough (`pip install torch==2.13.0`
@@ -31,5 +33,5 @@ setup(
     packages=find_packages(include=["bt_jax", "bt_jax.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"train": TRAIN, "test": TRAIN + TEST, "bench": BENCH},
+    extras_require={"data": DATA, "train": DATA, "test": DATA + TEST, "bench": BENCH},
 )

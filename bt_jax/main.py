@@ -85,8 +85,7 @@ def main(argv):
         except (ValueError, TypeError, RuntimeError) as e:
             _fail(f"jax.distributed.initialize failed: {e}. Outside SLURM / TPU pods / MPI, "
                   "pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.")
-    from bt_jax import data, train  # pylint: disable=import-outside-toplevel
-    data.keep_tensorflow_off_accelerators()
+    from bt_jax import train  # pylint: disable=import-outside-toplevel
     print(describe_config(), flush=True)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -18,7 +18,7 @@ import optax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import diagnostics, losses, optim, parallel, plots
+from bt_jax import diagnostics, event_writer, losses, optim, parallel, plots
 from bt_jax.models import BarlowTwins, make_backbone
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -340,7 +340,7 @@ class MetricsLog:
         self.steps_per_epoch = steps_per_epoch
         self.write_files = write_files
         self.eval_split = eval_split
-        self.writer = _tensorboard_writer(workdir) if write_files else None
+        self.writer = event_writer.create(workdir) if write_files else None
         self._last = (time.perf_counter(), 0)
 
     def start(self, step: int):
@@ -421,16 +421,7 @@ class MetricsLog:
 
     def close(self):
         if self.writer is not None:
-            self.writer.flush()
-
-
-def _tensorboard_writer(workdir: str):
-    """clu's default writer (TensorBoard event files) where clu is installed, else None."""
-    try:
-        from clu import metric_writers  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    return metric_writers.create_default_writer(workdir, just_logging=False)
+            self.writer.close()   # flushes
 
 
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -532,6 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
     source = datasets.pretrain_split(config.data, config.seed)
+    pipeline.require_packages(config, source)
     spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
     stats = pipeline.normalization_stats(source)

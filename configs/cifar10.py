@@ -3,9 +3,13 @@ ResNet-18 with the CIFAR stem, projector 2048-2048-2048, lambda 0.0051 with loss
 LARS (eta 0.02, wd 1e-4, trust ratio clipped at the learning rate), lr 0.3 not scaled by
 batch, 10 warm-up epochs, batch 256, 1000 epochs, blur p 0 / 0, solarize p 0 / 0.2.
 
-Needs CIFAR-10 prepared for TFDS (`tfds build cifar10 --data_dir=DIR` where there is a
-network; then --config.data.path=DIR), or --config.data.download=True.
-  python -m bt_jax.main --config configs/cifar10.py --workdir runs/cifar10
+Reads the official python archive (cifar-10-batches-py/ or cifar-10-python.tar.gz from
+https://www.cs.toronto.edu/~kriz/cifar.html) in --config.data.path=DIR, without TensorFlow;
+with on-device augmentation nothing but JAX is needed. Without the archive: TFDS
+(`tfds build cifar10 --data_dir=DIR` where there is a network), or
+--config.data.download=True.
+  python -m bt_jax.main --config configs/cifar10.py --workdir runs/cifar10 \
+      --config.data.path=DIR --config.data.augment_on=device
 solo-learn's reported result (92.10% online linear) is a reference, not something this
 recipe has reproduced here (no network for CIFAR, and 1000 epochs need an accelerator).
 """

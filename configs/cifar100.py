@@ -1,8 +1,11 @@
 """CIFAR-100 with solo-learn's CIFAR recipe (`bt_jax.config.cifar_recipe`), as for CIFAR-10.
 
-Needs CIFAR-100 prepared for TFDS (`tfds build cifar100 --data_dir=DIR`, then
---config.data.path=DIR), or --config.data.download=True.
-  python -m bt_jax.main --config configs/cifar100.py --workdir runs/cifar100
+Reads the official python archive (cifar-100-python/ or cifar-100-python.tar.gz from
+https://www.cs.toronto.edu/~kriz/cifar.html) in --config.data.path=DIR, without TensorFlow;
+with on-device augmentation nothing but JAX is needed. Without the archive: TFDS
+(`tfds build cifar100 --data_dir=DIR`), or --config.data.download=True.
+  python -m bt_jax.main --config configs/cifar100.py --workdir runs/cifar100 \
+      --config.data.path=DIR --config.data.augment_on=device
 """
 from bt_jax.config import cifar_recipe
 

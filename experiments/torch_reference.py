@@ -159,26 +159,72 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-group["lr"])
 
 
+def torchvision_resnet50(dims: tuple, lambd: float = 0.0051) -> nn.Module:
+    """torchvision's own resnet50 (zero_init_residual, as the official code builds it; the
+    classifier replaced by the identity) with this file's projector and loss. Only the
+    model files are imported, so a torchvision whose package __init__ does not load beside
+    this torch (a CUDA build beside a CPU torch) still works."""
+    try:
+        from torchvision.models import resnet50  # pylint: disable=import-outside-toplevel
+    except Exception:  # pylint: disable=broad-except
+        import importlib.util  # pylint: disable=import-outside-toplevel
+        import sys  # pylint: disable=import-outside-toplevel
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        path = spec.submodule_search_locations[0] + "/models/resnet.py"
+        module_spec = importlib.util.spec_from_file_location("_tv_resnet", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules["_tv_resnet"] = module
+        module_spec.loader.exec_module(module)
+        resnet50 = module.resnet50
+    model = BarlowTwins("resnet50", "imagenet", 1.0, tuple(dims), lambd)
+    backbone = resnet50(zero_init_residual=True)
+    backbone.fc = nn.Identity()
+    model.backbone = backbone
+    return model
+
+
 def benchmark_step(*, backbone: str, stem: str, width: float, image_size: int,
                    projector: tuple, batch: int, steps: int, warmup: int,
-                   threads: int) -> dict:
+                   threads: int, device: str = "cpu", amp_bf16: bool = False,
+                   use_torchvision: bool = False) -> dict:
     """Median seconds of one training step (forward of both views, backward, LARS) on
-    random inputs, after `warmup` untimed steps."""
+    random inputs, after `warmup` untimed steps; channels_last throughout.
+
+    device: "cpu" or "cuda" (each step synchronised). amp_bf16: the forward under
+    torch.autocast(bfloat16), the loss in float32. use_torchvision: torchvision's
+    resnet50 (`torchvision_resnet50`) instead of this file's layout copy.
+    """
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    model = BarlowTwins(backbone, stem, width, tuple(projector))
-    model = model.to(memory_format=torch.channels_last)
+    if use_torchvision:
+        model = torchvision_resnet50(tuple(projector))
+    else:
+        model = BarlowTwins(backbone, stem, width, tuple(projector))
+    model = model.to(device=device, memory_format=torch.channels_last)
     opt = LARS(model.parameters(), lr=0.2 * batch / 256)
-    y1 = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
-    y2 = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
+    y1, y2 = (torch.randn(batch, 3, image_size, image_size, device=device).to(
+        memory_format=torch.channels_last) for _ in range(2))
+    cuda = device.startswith("cuda")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(y1, y2)
+        if amp_bf16:
+            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16):
+                z1 = model.projector(model.backbone(y1))
+                z2 = model.projector(model.backbone(y2))
+            loss = barlow_twins_loss(z1.float(), z2.float(), model.lambd)
+        else:
+            loss = model(y1, y2)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()   # the whole step, the optimiser's kernels too
         return float(loss.detach())
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup + 1):
         step()
     times = []
@@ -186,8 +232,11 @@ def benchmark_step(*, backbone: str, stem: str, width: float, image_size: int,
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"seconds": statistics.median(times), "torch_version": torch.__version__,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"seconds": statistics.median(times), "torch_version": torch.__version__,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cuda:
+        out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
 
 
 def main() -> None:

@@ -389,3 +389,67 @@ def test_fashion_mnist_test_row_reads_a_finished_workdir(tmp_path):
     import csv
     rows = list(csv.DictReader(open(csv_path)))
     assert [(r["seed"], r["test_knn_top1"]) for r in rows] == [("1", "80.0"), ("2", "79.35")]
+
+
+def write_tiny_idx(directory, num_train: int = 512, num_test: int = 128) -> None:
+    """Fashion-MNIST's four IDX files (gzipped) with random 28x28 images whose class shows
+    in their mean brightness, so the probes have something to find."""
+    import gzip
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = np.clip(rng.normal(20 * labels[:, None, None], 30, (n, 28, 28)), 0,
+                         255).astype(np.uint8)
+        for kind, arr, code in (("images", images, 3), ("labels", labels, 1)):
+            header = bytes([0, 0, 8, code]) + b"".join(int(v).to_bytes(4, "big")
+                                                       for v in arr.shape)
+            with gzip.open(os.path.join(directory, f"{prefix}-{kind}-idx{code}-ubyte.gz"),
+                           "wb") as f:
+                f.write(header + arr.tobytes())
+
+
+@pytest.mark.slow    # every part at tiny sizes: about 2 minutes on 2 cores; `make test-slow` (and CI) runs it
+def test_gpu_check_dry_run_writes_every_field_without_tensorflow(tmp_path):
+    write_tiny_idx(str(tmp_path / "fmnist"))
+    out = tmp_path / "out"
+    code = ("import sys; sys.modules['tensorflow'] = None; "
+            "sys.modules['tensorflow_datasets'] = None; import runpy; "
+            f"sys.argv = ['gpu_check.py', '--dry-run', '--out', {str(out)!r}, "
+            f"'--fmnist-dir', {str(tmp_path / 'fmnist')!r}]; "
+            "runpy.run_path('experiments/gpu_check.py', run_name='__main__')")
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.load(open(out / "gpu_check.json"))
+    md = (out / "gpu_check.md").read_text()
+    assert report["dry_run"] is True and "GPU check (dry run" in md
+    env_part = report["environment"]
+    assert env_part["platform"] == "cpu" and env_part["jax_version"]
+    assert env_part["cuda_version"]["status"] == "not measured"
+    assert report["device_memory"]["status"] == "not measured"
+    step = report["resnet50_step"]
+    assert [row["per_device_batch"] for row in step["rows"]] == [8, 16]
+    for row in step["rows"]:
+        assert row["pairs_per_s"] > 0 and row["compile_s"] > 0 and row["flops_per_step"] > 0
+        assert row["mfu"]["status"] == "not measured"          # GPU-only numbers
+        assert row["peak_memory_mib"]["status"] == "not measured"
+    torch_part = report["torch_step"]
+    try:
+        import torch  # noqa: F401
+        assert torch_part["status"] == "measured"
+        assert all(row["bt_jax_over_torch"] > 0 for row in torch_part["rows"])
+    except ImportError:
+        assert torch_part["status"] == "not measured"
+    loss = report["loss_paths"]["rows"]
+    assert [row["n"] for row in loss] == [16, 32, 64]
+    assert all(row["direct_ms"] > 0 and row["gram_ms"] > 0 for row in loss)
+    assert report["augmentation"]["pairs_per_s"] > 0
+    quality = report["quality"]
+    assert quality["status"] == "measured" and quality["epochs"] >= 1
+    assert quality["train_images"] == 512
+    for key in ("test_linear_top1", "test_knn_top1", "pixels_linear_top1"):
+        assert 0.0 <= quality[key] <= 1.0
+    assert (out / "quality_training_curves.png").exists()
+    assert "Loss, value and gradients" in md and "bt_jax / PyTorch" in md

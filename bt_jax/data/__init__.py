@@ -1,13 +1,26 @@
-"""The input pipeline: the only package of bt_jax that imports TensorFlow.
+"""The input pipeline: the only package of bt_jax that imports TensorFlow, and only where it
+is needed (host augmentation, TFDS sources, image folders).
 
-`bt_jax.data.device_augment` and `bt_jax.data.views` do not import TensorFlow, so they work
-on a machine without it.
+In-memory sources (digits, Fashion-MNIST's IDX files, CIFAR's python archives) augmented on
+the device (data.augment_on="device") never import it: training, evaluation and every
+artifact work on a machine with JAX alone. `pip install 'bt_jax[data]'` brings TensorFlow
+and TFDS where they are wanted.
 """
+from bt_jax.config import ConfigError
 
 _CONFIGURED = False
+DATA_EXTRA = "pip install 'bt_jax[data]'  (or: pip install tensorflow-cpu tensorflow-datasets)"
 
 
-def import_tensorflow():
+def missing_package_error(package: str, needed_for: str) -> ConfigError:
+    """The one-line error for an optional package that `needed_for` cannot do without."""
+    return ConfigError(f"{needed_for} needs {package}, which is not installed: {DATA_EXTRA}. "
+                       "Without it, use an in-memory source (digits, fashion_mnist from IDX "
+                       "files, cifar10 / cifar100 from their python archives) with "
+                       "data.augment_on=device.")
+
+
+def import_tensorflow(needed_for: str = "This input pipeline"):
     """TensorFlow, configured once for input pipelines, and returned.
 
     - No GPUs: the accelerator's memory belongs to JAX.
@@ -16,9 +29,15 @@ def import_tensorflow():
       core's views/s with TF's default intra-op pool, 1.5x with one thread per op).
     Where TensorFlow was already initialised by other code these settings cannot change
     and TF's are kept.
+
+    Raises:
+      ConfigError naming the package and the pip extra, where TensorFlow is not installed.
     """
     global _CONFIGURED
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    try:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise missing_package_error("TensorFlow", needed_for) from None
     if not _CONFIGURED:
         _CONFIGURED = True
         try:
@@ -29,6 +48,15 @@ def import_tensorflow():
     return tf
 
 
-def keep_tensorflow_off_accelerators() -> None:
-    """Hides GPUs from TensorFlow so that the accelerator's memory belongs to JAX."""
-    import_tensorflow()
+def import_tfds(needed_for: str):
+    """tensorflow_datasets, after `import_tensorflow` (so TF never sees the GPUs).
+
+    Raises:
+      ConfigError naming the package and the pip extra, where it is not installed.
+    """
+    import_tensorflow(needed_for)
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise missing_package_error("tensorflow-datasets", needed_for) from None
+    return tfds

@@ -23,7 +23,7 @@ from typing import Sequence
 from bt_jax.data import import_tensorflow
 from bt_jax.data.views import ViewConfig, gaussian_kernel_size
 
-tf = import_tensorflow()
+tf = import_tensorflow("Host augmentation and image decoding (bt_jax.data.augment)")
 
 __all__ = ["ViewConfig", "gaussian_kernel_size", "view_seed", "crop_window", "decode_rgb",
            "decode_crop", "augment_view", "augment_pair", "augment_view_encoded",

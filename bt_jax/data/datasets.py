@@ -12,6 +12,7 @@ reads. Every failure to find data is a ConfigError naming what was looked for an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 from typing import Callable, Optional, Union
@@ -19,7 +20,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from bt_jax.config import ConfigError
-from bt_jax.data import import_tensorflow
+from bt_jax.data import import_tensorflow, import_tfds
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
@@ -49,13 +50,17 @@ class Split:
 
 
 def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-    """Bicubic resize of uint8 [N, h, w, C] to [N, size, size, C], rounded and clipped."""
+    """Bicubic resize (Keys a = -0.5, antialiased when shrinking) of uint8 [N, h, w, C] to
+    [N, size, size, C], rounded and clipped; on the host's CPU, without TensorFlow
+    (`jax.image.resize`: TF's tf.image.resize(..., "bicubic", antialias=True) to 3e-4)."""
     if images.shape[1] == size and images.shape[2] == size:
         return images
-    tf = import_tensorflow()
-    out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), (size, size),
-                          method="bicubic", antialias=True)
-    return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+    import jax  # pylint: disable=import-outside-toplevel
+    with jax.default_device(jax.devices("cpu")[0]):
+        out = jax.image.resize(jax.numpy.asarray(images, jax.numpy.float32),
+                               (images.shape[0], size, size, images.shape[3]),
+                               method="cubic", antialias=True)
+    return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -133,6 +138,95 @@ def load_fashion_mnist(split: str, image_size: int, path: str = "", *, download:
             "holding them.") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class CifarArchive:
+    """The layout of one of CIFAR's official python-pickle archives (Krizhevsky 2009).
+
+    folder: the archive's top folder; tarball: the archive's file name; train, test: the
+    pickles of each split inside folder; label_key: the labels' key in each pickle.
+    """
+    name: str
+    folder: str
+    tarball: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    label_key: bytes
+    num_classes: int
+
+
+CIFAR_ARCHIVES = {
+    "cifar10": CifarArchive("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                            tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                            b"labels", 10),
+    "cifar100": CifarArchive("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz",
+                             ("train",), ("test",), b"fine_labels", 100),
+}
+
+
+def _cifar_pickles(archive: CifarArchive, path: str, split: str) -> Optional[list[bytes]]:
+    """The raw pickles of a split, from path/<folder>/, path itself (if it is that folder)
+    or path/<tarball>; None where none of them is there."""
+    import tarfile  # pylint: disable=import-outside-toplevel
+    names = archive.train if split == "train" else archive.test
+    for directory in (os.path.join(path, archive.folder), path):
+        files = [os.path.join(directory, n) for n in names]
+        if all(os.path.isfile(f) for f in files):
+            out = []
+            for f in files:
+                with open(f, "rb") as fh:
+                    out.append(fh.read())
+            return out
+    tarball = os.path.join(path, archive.tarball)
+    if os.path.isfile(tarball):
+        with tarfile.open(tarball, "r:*") as tar:
+            return [tar.extractfile(f"{archive.folder}/{n}").read() for n in names]
+    return None
+
+
+def decode_cifar_pickle(raw: bytes, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One pickle of a CIFAR python archive -> (uint8 [N, 32, 32, 3], int32 [N]).
+
+    Each pickle is a dict (written by Python 2: byte-string keys) whose b"data" is uint8
+    [N, 3072], a row being the 1,024 red, then green, then blue values of a 32x32 image in
+    row-major order. Unpickling runs code chosen by the file: read only archives you trust
+    (the official ones from the dataset's page)."""
+    import pickle  # pylint: disable=import-outside-toplevel
+    batch = pickle.loads(raw, encoding="bytes")
+    data = np.asarray(batch[b"data"], np.uint8)
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), np.asarray(batch[label_key], np.int32)
+
+
+def load_cifar(name: str, split: str, image_size: int, path: str = "", *,
+               download: bool = False, **unused) -> Split:
+    """CIFAR-10 (50,000 train / 10,000 test) or CIFAR-100 (same sizes, 100 fine labels).
+
+    Read without TensorFlow from the official python archive in `path`: its folder
+    (cifar-10-batches-py/, cifar-100-python/), path being that folder, or the .tar.gz as
+    downloaded; where none is there, from TFDS (data_dir `path`, or TFDS's default).
+    """
+    del unused
+    archive = CIFAR_ARCHIVES[name]
+    raws = _cifar_pickles(archive, path, split) if path else None
+    if raws is not None:
+        parts = [decode_cifar_pickle(raw, archive.label_key) for raw in raws]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        if labels.size and (labels.min() < 0 or labels.max() >= archive.num_classes):
+            raise ConfigError(f"{archive.name}: labels outside 0..{archive.num_classes - 1} "
+                              f"in {path!r}: is it the {archive.name} archive?")
+        return Split(_resize_uint8(images, image_size), labels, archive.num_classes)
+    try:
+        return load_tfds_in_memory(TFDSSpec(name, streamed=False), split, image_size, path,
+                                   download=download)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{archive.name}: no python archive ({archive.folder}/ or {archive.tarball}) in "
+            f"{path or 'data.path (unset)'!r}, and TFDS cannot load it either ({e}) Set "
+            f"data.path to the folder holding {archive.folder}/ or {archive.tarball} from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html.") from None
+
+
 # --------------------------------------------------------------------------- TFDS sources
 
 
@@ -154,8 +248,6 @@ class TFDSSpec:
 
 
 TFDS_SOURCES = {
-    "cifar10": TFDSSpec("cifar10", streamed=False),
-    "cifar100": TFDSSpec("cifar100", streamed=False),
     "stl10": TFDSSpec("stl10", pretrain="train+unlabelled"),       # 5k + 100k 96x96 images
     "imagenette": TFDSSpec("imagenette", test="validation"),
     "imagenet2012": TFDSSpec("imagenet2012", test="validation"),
@@ -186,7 +278,7 @@ def _split_names(split: str) -> list[str]:
 
 def tfds_builder(name: str, split: str, data_dir: str = "", download: bool = False):
     """The TFDS builder of `name` with `split` checked to exist; ConfigError otherwise."""
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds = import_tfds(f"TFDS's {name!r}")
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -208,7 +300,7 @@ def tfds_records(builder, split, *, data_dir: str = "", shuffle_seed: Optional[i
     split: a split string or a `tfds.split_for_jax_process` share. With shuffle_seed set,
     the record files are read in an order drawn from it (deterministic); else in order.
     """
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds = import_tfds("Reading TFDS records")
     read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed,
                                   interleave_cycle_length=16)
     try:
@@ -251,7 +343,7 @@ class TFDSSplit:
 
     def process_share(self, process_index: int, process_count: int):
         """This process's contiguous 1/process_count of the split (TFDS's even split)."""
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        tfds = import_tfds("Streaming TFDS across processes")
         if process_count == 1:
             return self.split
         return tfds.split_for_jax_process(self.split, process_index=process_index,
@@ -276,7 +368,7 @@ class TFDSSplit:
         interleaved in an order drawn from the seed, then shuffled in a buffer of
         shuffle_buffer examples seeded by it.
         """
-        tf = import_tensorflow()
+        tf = import_tensorflow("Streaming a TFDS dataset")
         builder = self.builder()
         ds = tfds_records(builder, self.process_share(process_index, process_count),
                           data_dir=self.data_dir, shuffle_seed=shuffle_seed)
@@ -300,7 +392,7 @@ def _example_index_fn(builder, split: str):
     examples are numbered 0..N-1 over "train+unlabelled" as a whole. Where the file layout
     is unknown (mocked datasets) it falls back to a 31-bit hash of the id.
     """
-    tf = import_tensorflow()
+    tf = import_tensorflow("Streaming a TFDS dataset")
     keys, offsets, total = [], [], 0
     for name in _split_names(split):
         try:
@@ -332,7 +424,7 @@ def _example_index_fn(builder, split: str):
 def center_square(image, size: int):
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: shorter side resized to size (bicubic,
     antialiased), centre square kept. The evaluation transform."""
-    tf = import_tensorflow()
+    tf = import_tensorflow("Cropping TFDS images")
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = size / tf.reduce_min(shape)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
@@ -351,7 +443,7 @@ def load_tfds_in_memory(spec: TFDSSpec, split: str, image_size: int, path: str =
     download=False nothing is fetched: the data must already be prepared there.
     """
     del unused
-    tf = import_tensorflow()
+    tf = import_tensorflow(f"TFDS's {spec.tfds_name!r}")
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
     split = {"train": spec.train, "test": spec.test}.get(split, split)
     builder = tfds_builder(spec.tfds_name, split, path, download)
@@ -437,7 +529,7 @@ def list_image_files(root: str, classes: Optional[list[str]] = None
 
 def _undecodable(paths: list[str]) -> list[str]:
     """The files among `paths` that TF cannot decode (read and decoded in parallel)."""
-    tf = import_tensorflow()
+    tf = import_tensorflow("Decoding image files (data.name=folder)")
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
 
     def check(path):
@@ -507,7 +599,7 @@ def decode_image_file(path: str, image_size: int) -> np.ndarray:
     palette (expanded) or alpha (dropped). Raises tf.errors.OpError on a file that cannot
     be decoded.
     """
-    tf = import_tensorflow()
+    tf = import_tensorflow("Decoding image files (data.name=folder)")
     from bt_jax.data.augment import decode_rgb  # pylint: disable=import-outside-toplevel
     return center_square(decode_rgb(tf.io.read_file(path)), image_size).numpy()
 
@@ -522,7 +614,7 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
     with strict=True, stop the load with an error naming the file.
     """
     del unused
-    tf = import_tensorflow()
+    tf = import_tensorflow("Decoding image files (data.name=folder)")
     files = folder_files(path, split, strict=strict, verify=False)
     if files.num_classes == 0 or (files.labels == UNLABELLED).any():
         raise ConfigError(f"{os.path.join(path, split)!r} has no class sub-directories, so it "
@@ -553,6 +645,8 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
 IN_MEMORY_SOURCES: dict[str, Callable[..., Split]] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
+    "cifar10": functools.partial(load_cifar, "cifar10"),
+    "cifar100": functools.partial(load_cifar, "cifar100"),
     "folder": load_folder,
 }
 SOURCES = sorted([*IN_MEMORY_SOURCES, *TFDS_SOURCES]) + [TFDS_PREFIX + "<name>"]

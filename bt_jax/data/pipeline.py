@@ -12,10 +12,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bt_jax.config import ConfigError
-from bt_jax.data import augment, datasets, import_tensorflow, in_memory
+from bt_jax.data import datasets, import_tensorflow, in_memory
 from bt_jax.data.views import view_configs
-
-tf = import_tensorflow()
 
 
 def channel_stats(split: datasets.Split, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +69,10 @@ def _tfds_epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _index_stream(config, num_examples: int, start_step: int, steps: int, local: int,
-                  process_index: int) -> tf.data.Dataset:
+                  process_index: int) -> "tf.data.Dataset":
     """Endless tf.data of {"index", "epoch"}: int32 [] from global step start_step on, this
     process's columns of each global batch of `epoch_order`. Skipping steps costs nothing."""
+    tf = import_tensorflow()
     def rows():
         epoch, skip = divmod(start_step, steps)
         while True:
@@ -91,6 +90,7 @@ def _tfds_epochs(config, source: datasets.TFDSSplit, start_step: int, steps: int
                  process_index: int, process_count: int):
     """Endless iterator of per-epoch tf.data of {"encoded", "index", "epoch"}: this process's
     share in each epoch's order, from start_step on. Skipped records are read, not decoded."""
+    tf = import_tensorflow()
     epoch, skip = divmod(start_step, steps)
     while True:
         ds = source.stream(shuffle_seed=_tfds_epoch_seed(config.seed, epoch),
@@ -106,6 +106,7 @@ def _tfds_epochs(config, source: datasets.TFDSSplit, start_step: int, steps: int
 def _load_example(source):
     """{"index", "epoch"} -> the same plus "label" and "image" (in memory) or "encoded"
     (files)."""
+    tf = import_tensorflow()
     labels = tf.constant(np.asarray(source.labels, np.int32))
     if isinstance(source, datasets.FileSplit):
         paths = tf.constant(source.paths.astype(str))
@@ -120,6 +121,8 @@ def _example_to_views(config, mean, std):
     """The host's per-example transform, traced once for the whole run:
     {"image" | "encoded", "index", "epoch"} -> normalised views (augment_on="host"), or
     the raw image / uint8 crops ("device")."""
+    from bt_jax.data import augment  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()
     cfg_a, cfg_b = view_configs(config)
     on_device = config.data.augment_on == "device"
 
@@ -153,6 +156,23 @@ def _name_bad_file(source: datasets.FileSplit, indices: np.ndarray, error) -> Co
                        "start-up and skip unreadable ones.")
 
 
+def _pipeline_purpose(config, source) -> str:
+    """What the tf.data pipeline is needed for, for the error where TensorFlow is missing."""
+    if isinstance(source, datasets.TFDSSplit):
+        return f"Streaming TFDS's {source.name!r}"
+    if isinstance(source, datasets.FileSplit):
+        return "Reading image files (data.name=folder)"
+    return "Host augmentation (data.augment_on=host)"
+
+
+def require_packages(config, source) -> None:
+    """Raises now (a ConfigError naming the pip extra), not at the first batch, where this
+    config's pipeline needs TensorFlow and it is not installed. In-memory splits augmented
+    on the device need nothing beyond JAX and NumPy."""
+    if not (config.data.augment_on == "device" and isinstance(source, datasets.Split)):
+        import_tensorflow(_pipeline_purpose(config, source))
+
+
 def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   stats: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Iterator[dict]:
@@ -179,6 +199,7 @@ def train_batches(config, source: datasets.PretrainSplit, *, start_step: int = 0
             source.images, source.labels, seed=config.seed, global_batch=config.batch_size,
             start_step=start_step, process_index=process_index, process_count=process_count)
         return
+    tf = import_tensorflow(_pipeline_purpose(config, source))
     mean, std = stats if stats is not None else normalization_stats(source)
     transform = _example_to_views(config, mean, std)
 

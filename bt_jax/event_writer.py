@@ -1,0 +1,98 @@
+"""TensorBoard event files without TensorFlow.
+
+The `tensorboard` package ships the event-file writer and the Summary protos; TensorFlow is
+not needed to write scalars and images that TensorBoard reads. Where `tensorboard` is not
+installed, `create` returns None after one warning line and the run goes on without events
+(metrics.jsonl holds the same numbers).
+"""
+from __future__ import annotations
+
+import struct
+import sys
+import time
+import zlib
+from typing import Optional
+
+import numpy as np
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] (or [H, W, 1], [H, W]) -> PNG bytes (8-bit RGB or grey, no filter).
+
+    PNG (ISO/IEC 15948): the signature, IHDR, one zlib-compressed IDAT of the scanlines
+    (each preceded by filter type 0), IEND; every chunk is length, type, data, CRC-32.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"encode_png takes uint8 [H, W, 3] or [H, W]; got {image.dtype} "
+                         f"{image.shape}.")
+    height, width = image.shape[:2]
+    colour_type = 2 if image.ndim == 3 else 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = image.reshape(height, -1)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+class EventWriter:
+    """Scalars and images into a TensorBoard events file in `logdir`.
+
+    The same three methods as clu's metric writers: write_scalars(step, {name: number}),
+    write_images(step, {name: uint8 [N, H, W, 3]}) (the first image of each), flush().
+    """
+
+    def __init__(self, logdir: str):
+        from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+        from tensorboard.summary.writer.event_file_writer import (  # pylint: disable=import-outside-toplevel
+            EventFileWriter)
+        self._summary_pb2 = summary_pb2
+        self._writer = EventFileWriter(logdir)
+
+    def _add(self, step: int, values: list) -> None:
+        from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+        summary = self._summary_pb2.Summary(value=values)
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary))
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        value = self._summary_pb2.Summary.Value
+        self._add(step, [value(tag=name, simple_value=float(v)) for name, v in scalars.items()])
+
+    def write_images(self, step: int, images: dict) -> None:
+        values = []
+        for name, batch in images.items():
+            image = np.asarray(batch)[0]
+            png = encode_png(image)
+            values.append(self._summary_pb2.Summary.Value(
+                tag=name, image=self._summary_pb2.Summary.Image(
+                    height=image.shape[0], width=image.shape[1],
+                    colorspace=3 if image.ndim == 3 and image.shape[-1] == 3 else 1,
+                    encoded_image_string=png)))
+        self._add(step, values)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def create(logdir: str) -> Optional[EventWriter]:
+    """An `EventWriter` for logdir, or None (with one line on stderr) where the
+    `tensorboard` package is missing."""
+    try:
+        return EventWriter(logdir)
+    except ImportError:
+        print("warning: the tensorboard package is not installed: no TensorBoard events "
+              "(metrics.jsonl has the same numbers). pip install tensorboard to get them.",
+              file=sys.stderr, flush=True)
+        return None

@@ -1,7 +1,7 @@
 """The one-command GPU measurement: environment, the ResNet-50 step, the loss paths, the
 on-device augmentation, PyTorch beside it, and a short Fashion-MNIST quality run.
 
-  python experiments/gpu_check.py --out DIR             # on a GPU: about 6-8 minutes
+  python experiments/gpu_check.py --out DIR             # one GPU: sized for <= 8 minutes
   python experiments/gpu_check.py --out DIR --dry-run   # every part at tiny sizes, any CPU
 
 Writes DIR/gpu_check.json (every field; after each part, so a run cut short keeps what it
@@ -23,7 +23,7 @@ Parts:
                 paths at N = 256 / 1024 / 2048, D = 8192.
   augmentation  the on-device augmentation of both views at 224 px: pairs/s.
   quality       configs/fashion_mnist.py at full width (model.width=1) with on-device
-                augmentation, for as many epochs as fit in --quality-seconds (150) of training
+                augmentation, for as many epochs as fit in --quality-seconds (120) of training
                 (from the step's measured speed): test linear (fast probe) and kNN accuracy,
                 raw pixels beside them, the epochs done.
 
@@ -63,7 +63,7 @@ FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", os.path.join(ROOT, ".carry",
 FULL = dict(backbone="resnet50", stem="imagenet", width=1.0, image_size=224,
             projector=(8192, 8192, 8192), per_device_batches=(128, 256), steps=10, warmup=2,
             loss_n=(256, 1024, 2048), loss_d=8192, augment_batch=256, quality_width=1.0,
-            quality_seconds=150.0)
+            quality_seconds=120.0)
 DRY = dict(backbone="resnet18", stem="cifar", width=0.125, image_size=32,
            projector=(64, 64, 64), per_device_batches=(8, 16), steps=2, warmup=1,
            loss_n=(16, 32, 64), loss_d=128, augment_batch=16, quality_width=0.0625,
@@ -137,14 +137,14 @@ def resnet50_step(sizes: dict) -> dict:
         if _gpu():
             row["peak_memory_mib"] = r["peak_memory_mb"]
         else:
-            row["peak_memory_mib"] = not_measured("no device allocator on the CPU backend "
-                                                  f"(host peak RSS {r['peak_memory_mb']:.0f} MB)")
+            row["peak_memory_mib"] = not_measured(
+                f"CPU backend, no device allocator; host peak RSS {r['peak_memory_mb']:.0f} MB")
         if published and flops:
             row["mfu"] = flops / r["seconds"] / (peak_flops * args.devices)
             row["peak_tflops_per_device"] = peak_flops / 1e12
             row["peak_source"] = peak_source
         else:
-            row["mfu"] = not_measured(f"no published bf16 peak for this device ({peak_source})")
+            row["mfu"] = not_measured(f"no published bf16 peak for {jax.devices()[0].device_kind}")
         rows.append(row)
     return {"status": "measured", "model": f"{sizes['backbone']} {sizes['stem']} stem, "
             f"{sizes['image_size']} px, bfloat16, projector "
@@ -162,14 +162,22 @@ def torch_step(sizes: dict) -> dict:
     cuda = torch.cuda.is_available()
     if _gpu() and not cuda:
         return not_measured("this PyTorch build sees no CUDA device")
+    model = "experiments/torch_reference.py's copy of torchvision's ResNet layout"
+    use_torchvision = sizes["backbone"] == "resnet50"
+    if use_torchvision:
+        try:
+            import torchvision.models  # pylint: disable=import-outside-toplevel,unused-import
+            model = "torchvision resnet50"
+        except Exception as e:  # pylint: disable=broad-except  (a broken install, too)
+            use_torchvision = False
+            model += f" (torchvision does not import: {type(e).__name__}: {e})"
     rows = []
     for per_device in sizes["per_device_batches"]:
         r = torch_reference.benchmark_step(
             backbone=sizes["backbone"], stem=sizes["stem"], width=sizes["width"],
             image_size=sizes["image_size"], projector=sizes["projector"], batch=per_device,
             steps=sizes["steps"], warmup=sizes["warmup"], threads=os.cpu_count(),
-            device="cuda" if cuda else "cpu", amp_bf16=True,
-            use_torchvision=sizes["backbone"] == "resnet50")
+            device="cuda" if cuda else "cpu", amp_bf16=True, use_torchvision=use_torchvision)
         row = {"per_device_batch": per_device, "pairs_per_s": per_device / r["seconds"],
                "median_step_ms": r["seconds"] * 1e3, "torch_version": r["torch_version"],
                "device": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -178,9 +186,8 @@ def torch_step(sizes: dict) -> dict:
         rows.append(row)
     if cuda:
         torch.cuda.empty_cache()   # hand the memory back before JAX's parts
-    return {"status": "measured", "model": "torchvision resnet50" if sizes["backbone"] ==
-            "resnet50" else "experiments/torch_reference.py's ResNet layout",
-            "amp": "bfloat16 autocast, channels_last", "rows": rows}
+    return {"status": "measured", "model": model + ", bfloat16 autocast, channels_last",
+            "rows": rows}
 
 
 def add_torch_ratio(report: dict) -> None:
@@ -301,7 +308,7 @@ def _table(rows: list, columns: list) -> list:
 
 def to_markdown(report: dict) -> str:
     """gpu_check.md: the report's parts as short tables."""
-    env = report["environment"]
+    env = report.get("environment", not_measured("not run"))
     lines = [f"# GPU check ({'dry run, tiny sizes' if report['dry_run'] else 'full sizes'})",
              "", f"{report['date']}, `{report['command']}`, {report['total_s']:.0f} s in all.",
              ""]
@@ -377,7 +384,7 @@ def parse_args(argv=None):
                    help="every part at tiny sizes (a CPU does it in about a minute)")
     p.add_argument("--fmnist-dir", default="", help="folder of Fashion-MNIST's IDX files")
     p.add_argument("--quality-seconds", type=float, default=None,
-                   help="training time of the quality run (default 150; 5 with --dry-run)")
+                   help="training time of the quality run (default 120; 5 with --dry-run)")
     p.add_argument("--parts", default="environment,torch_step,resnet50_step,loss_paths,"
                    "augmentation,quality", help="comma list of the parts to run")
     return p.parse_args(argv)

@@ -161,23 +161,9 @@ class LARS(torch.optim.Optimizer):
 
 def torchvision_resnet50(dims: tuple, lambd: float = 0.0051) -> nn.Module:
     """torchvision's own resnet50 (zero_init_residual, as the official code builds it; the
-    classifier replaced by the identity) with this file's projector and loss. Only the
-    model files are imported, so a torchvision whose package __init__ does not load beside
-    this torch (a CUDA build beside a CPU torch) still works."""
-    try:
-        from torchvision.models import resnet50  # pylint: disable=import-outside-toplevel
-    except Exception:  # pylint: disable=broad-except
-        import importlib.util  # pylint: disable=import-outside-toplevel
-        import sys  # pylint: disable=import-outside-toplevel
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or not spec.submodule_search_locations:
-            raise
-        path = spec.submodule_search_locations[0] + "/models/resnet.py"
-        module_spec = importlib.util.spec_from_file_location("_tv_resnet", path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules["_tv_resnet"] = module
-        module_spec.loader.exec_module(module)
-        resnet50 = module.resnet50
+    classifier replaced by the identity) with this file's projector and loss. Raises
+    ImportError where torchvision does not import."""
+    from torchvision.models import resnet50  # pylint: disable=import-outside-toplevel
     model = BarlowTwins("resnet50", "imagenet", 1.0, tuple(dims), lambd)
     backbone = resnet50(zero_init_residual=True)
     backbone.fc = nn.Identity()

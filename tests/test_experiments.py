@@ -440,6 +440,7 @@ def test_gpu_check_dry_run_writes_every_field_without_tensorflow(tmp_path):
         import torch  # noqa: F401
         assert torch_part["status"] == "measured"
         assert all(row["bt_jax_over_torch"] > 0 for row in torch_part["rows"])
+        assert "bt_jax / PyTorch" in (out / "gpu_check.md").read_text()
     except ImportError:
         assert torch_part["status"] == "not measured"
     loss = report["loss_paths"]["rows"]
@@ -452,4 +453,13 @@ def test_gpu_check_dry_run_writes_every_field_without_tensorflow(tmp_path):
     for key in ("test_linear_top1", "test_knn_top1", "pixels_linear_top1"):
         assert 0.0 <= quality[key] <= 1.0
     assert (out / "quality_training_curves.png").exists()
-    assert "Loss, value and gradients" in md and "bt_jax / PyTorch" in md
+    assert "Loss, value and gradients" in md and "Fashion-MNIST quality" in md
+
+
+def test_gpu_check_quality_epochs_fit_the_time():
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import gpu_check
+    # 60,000 images, batch 256 (234 steps per epoch) at 10,000 pairs/s for 120 s: 4,687
+    # steps, 20 whole epochs; never fewer than one.
+    assert gpu_check.quality_epochs(10_000, 120, 60_000, 256) == 20
+    assert gpu_check.quality_epochs(10, 1, 60_000, 256) == 1

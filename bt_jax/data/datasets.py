@@ -222,7 +222,7 @@ def load_cifar(name: str, split: str, image_size: int, path: str = "", *,
     except ConfigError as e:
         raise ConfigError(
             f"{archive.name}: no python archive ({archive.folder}/ or {archive.tarball}) in "
-            f"{path or 'data.path (unset)'!r}, and TFDS cannot load it either ({e}) Set "
+            f"{path or 'data.path (unset)'!r}, and TFDS cannot load it either ({e}). Set "
             f"data.path to the folder holding {archive.folder}/ or {archive.tarball} from "
             "https://www.cs.toronto.edu/~kriz/cifar.html.") from None
 

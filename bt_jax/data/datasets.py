@@ -56,7 +56,7 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size and images.shape[2] == size:
         return images
     import jax  # pylint: disable=import-outside-toplevel
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):   # this process's own
         out = jax.image.resize(jax.numpy.asarray(images, jax.numpy.float32),
                                (images.shape[0], size, size, images.shape[3]),
                                method="cubic", antialias=True)

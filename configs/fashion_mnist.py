@@ -17,46 +17,15 @@ The paper's SGD probe and fine-tuning on 1% / 10% of the labels, afterwards:
   python -m bt_jax.evaluate --workdir runs/fmnist --config configs/fashion_mnist.py \\
       --config.eval.linear_epochs=10 --config.eval.semi_fractions='(0.01,0.1)'
 """
-from bt_jax.config import base_config
+from bt_jax.config import fashion_mnist_recipe
 
 
 def get_config():
-    c = base_config()
-    c.batch_size = 256
+    c = fashion_mnist_recipe()
     c.num_epochs = 6
     c.log_every_steps = 50
-
-    c.data.name = "fashion_mnist"
-    c.data.image_size = 28
-    c.data.augment_on = "device"
-    a = c.data.augment
-    a.crop_scale = (0.5, 1.0)      # q05: +1.2 linear / +1.6 kNN over (0.25, 1) on validation
-    a.hue = 0.0                    # grayscale images: hue and saturation do nothing
-    a.saturation = 0.0
-    a.grayscale_prob = 0.0
-    a.blur_prob = (0.0, 0.0)
-    a.solarize_prob = (0.0, 0.2)
-
-    c.model.backbone = "resnet18"
-    c.model.stem = "cifar_pool"
-    c.model.width = 0.5
-    c.model.projector_dims = (1024, 1024)
-
-    c.loss.lambd = 0.0051
-    c.loss.scale = 1.0
-    c.optim.lr_weights = 10.0      # 50x the paper's 0.2 / 0.0048 (x batch / 256)
-    c.optim.lr_biases = 0.24
-    c.optim.scale_lr_by_batch = True
-    c.optim.weight_decay = 1.5e-6
-    c.optim.eta = 0.001
     c.optim.warmup_epochs = 0.6    # a tenth of the run
-
     c.checkpoint.every_steps = 500
-    c.eval.linear_protocol = "fast"
-    c.eval.linear_epochs = 0       # the SGD probe and fine-tuning: python -m bt_jax.evaluate
     c.eval.linear_crop_scale = (0.5, 1.0)
-    c.eval.semi_fractions = ()
-    c.eval.tsne_points = 0
-    c.eval.diagnostics_every_steps = 0
     c.eval.monitor_every_epochs = 3.0
     return c

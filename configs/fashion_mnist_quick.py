@@ -20,45 +20,14 @@ call's features are the evaluation's.
 
 Tune with --config.data.validation_examples=10000 (experiments/fashion_mnist_tuning.py).
 """
-from bt_jax.config import base_config
+from bt_jax.config import fashion_mnist_recipe
 
 
 def get_config():
-    c = base_config()
-    c.batch_size = 256
+    c = fashion_mnist_recipe()
     c.num_epochs = 1               # width 0.5 for 2 epochs (q13) does not fit 15 minutes
     c.log_every_steps = 25
-
-    c.data.name = "fashion_mnist"
-    c.data.image_size = 28
-    c.data.augment_on = "device"
-    a = c.data.augment
-    a.crop_scale = (0.5, 1.0)      # q05: +1.2 linear / +1.6 kNN over (0.25, 1) on validation
-    a.hue = 0.0                    # grayscale images: hue and saturation do nothing
-    a.saturation = 0.0
-    a.grayscale_prob = 0.0
-    a.blur_prob = (0.0, 0.0)
-    a.solarize_prob = (0.0, 0.2)
-
-    c.model.backbone = "resnet18"
-    c.model.stem = "cifar_pool"
-    c.model.width = 0.5            # q13: 86.8 / 81.6 against width 0.25's 84.0 / 78.9 (q10)
-    c.model.projector_dims = (1024, 1024)
-
-    c.loss.lambd = 0.0051
-    c.loss.scale = 1.0
-    c.optim.lr_weights = 10.0      # 50x the paper's 0.2 / 0.0048 (x batch / 256): q10
-    c.optim.lr_biases = 0.24
-    c.optim.scale_lr_by_batch = True
-    c.optim.weight_decay = 1.5e-6
-    c.optim.eta = 0.001
     c.optim.warmup_epochs = 0.1    # a tenth of the run, as in the 2-epoch runs q07, q09-q11, q13
-
     c.checkpoint.every_steps = 100
-    c.eval.linear_protocol = "fast"
-    c.eval.linear_epochs = 0       # the SGD probe and fine-tuning: python -m bt_jax.evaluate
-    c.eval.semi_fractions = ()
-    c.eval.tsne_points = 0
-    c.eval.diagnostics_every_steps = 0
     c.eval.monitor_every_epochs = 0.5
     return c

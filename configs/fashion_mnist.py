@@ -3,12 +3,14 @@
 The quick recipe (configs/fashion_mnist_quick.py: ResNet-18 with the "cifar_pool" stem at
 width 0.5, 256 features; projector 1024-1024; batch 256; LARS with the paper's eta and
 weight decay and 50x its learning rates, 10.0 / 0.24 x batch/256; augmentations on the
-device: crops of scale 0.5-1, flip, brightness / contrast jitter, solarize on view B) for
+device: crops of scale 0.85-1, flip, brightness / contrast jitter, solarize on view B) for
 6 epochs (1,404 steps on the 60,000 training images) with 0.6 of them as warm-up, chosen on
-the validation split (experiments/fashion_mnist_tuning.py, run f01). The kNN monitor runs
-every 3 epochs; the last call's features are the evaluation's: the fast L-BFGS probe and
-kNN (k = 200) on the 60,000 training images, tested on the 10,000 test images, beside the
-same encoder at random init and raw pixels. README.md (Fashion-MNIST) has its numbers.
+the validation split (experiments/fashion_mnist_tuning.py: 6 epochs in run f01, with the
+crops of scale 0.5-1 of that time; crops of scale 0.85-1 in the one-epoch runs q17-q18).
+The kNN monitor runs every 3 epochs; the last call's features are the evaluation's: the
+fast L-BFGS probe and kNN (k = 200) on the 60,000 training images, tested on the 10,000
+test images, beside the same encoder at random init and raw pixels. README.md
+(Fashion-MNIST) has its numbers.
 
 Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.data.path=DIR;
 without them, TFDS's fashion_mnist).

@@ -1,7 +1,7 @@
-"""Fashion-MNIST with a narrow network: the recipe of the small-scale ablations.
+"""Fashion-MNIST with a narrow network: the recipe of the tiny-scale ablations.
 
 The first Fashion-MNIST recipe, kept as it was because experiments/ablations.py --scale
-small runs it cut to 120 steps. Its 10 epochs scored below raw pixels (81.9% linear and
+tiny runs it cut to 120 steps. Its 10 epochs scored below raw pixels (81.9% linear and
 78.3% kNN against 84.5% and 81.8%, 52 min): configs/fashion_mnist.py is the recipe to train.
 
 A narrow ResNet-18 (CIFAR stem, width 0.125: 64 features), projector 1024-1024-1024,

@@ -1,5 +1,6 @@
 """The paper's ablations (Zbontar et al. 2021, Sec. 4 and Tables 2-4) as config sweeps.
 
+  python experiments/ablations.py --sweep seed --scale small --references   # the noise floor first
   python experiments/ablations.py --sweep loss --scale small
   python experiments/ablations.py --sweep all --scale small
   python experiments/ablations.py --sweep batch_size --scale paper --print-commands
@@ -12,9 +13,21 @@ recipe's standard probe (results.json's linear_top1) and kNN. The sweep then wri
 experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside ours) and
 NAME.png.
 
+Every table carries the noise floor and the paper's verdict per row. The noise floor is the
+seed sweep's spread at the same scale (the baseline with seeds 0, 1 and 2): a row's
+difference from the baseline's mean over the seeds is beyond noise when it exceeds
+2 x std x sqrt(1 + 1/n) (n seeds; about a 95% two-sided band for one run against the mean
+of n). The paper column reads agrees (the same direction beyond noise, or both flat),
+disagrees (the other direction, or a change where the paper saw none), within noise (the
+paper saw a change, this scale cannot tell it from seed noise), or no claim.
+
 Scales:
-  small  configs/fashion_mnist_narrow.py cut to 30,720 pairs per run (120 steps at batch 256),
-         probes fit on 10,000 labelled training images; about 2 min 45 s a run on 2 CPU cores.
+  small  configs/fashion_mnist_quick.py as it is: one epoch of Fashion-MNIST (234 steps at
+         batch 256), probes fit on the 60,000 training images; about 10 to 12 min a run on
+         2 CPU cores. Its baseline beats raw pixels' linear probe by more than 2 points.
+  tiny   configs/fashion_mnist_narrow.py cut to 30,720 pairs per run (120 steps at batch 256),
+         probes fit on 10,000 labelled training images; about 2 min 45 s a run on 2 CPU
+         cores, for quick checks: its baseline learns less than raw pixels hold.
   paper  configs/imagenet.py at 300 epochs, the paper's ablation length, with the paper's
          SGD linear probe. --print-commands prints one `python -m bt_jax.main` command per
          run for a cluster's scheduler; --report-only then builds the tables.
@@ -26,8 +39,10 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from typing import Optional
@@ -54,13 +69,27 @@ class Scale:
     description: str
 
 
-SMALL_PAIRS = 30_720     # pairs of views per small-scale run, whatever the batch size
+TINY_PAIRS = 30_720     # pairs of views per tiny-scale run, whatever the batch size
 
 SCALES = {
     "small": Scale(
+        recipe="configs/fashion_mnist_quick.py",
+        overrides={"eval.baselines": False},       # the references are probed once
+        widths=(256, 512, 1024, 2048, 4096),
+        lambdas=(0.0005, 0.002, 0.0051, 0.02, 0.08),
+        batch_sizes=(128, 256, 512, 1024),
+        depths=(1, 2, 3, 4),
+        description=("Fashion-MNIST, the quick recipe (configs/fashion_mnist_quick.py): "
+                     "ResNet-18 (cifar_pool stem, width 0.5: 256 features), projector "
+                     "1024-1024, batch 256, one epoch (234 steps), LARS at 50x the paper's "
+                     "learning rates, crops of scale 0.85-1; fast L-BFGS linear probe and kNN "
+                     "(k=200) fit on the 60,000 training images, tested on the 10,000 test "
+                     "images."),
+    ),
+    "tiny": Scale(
         recipe="configs/fashion_mnist_narrow.py",
         overrides={
-            "num_steps": SMALL_PAIRS // 256,
+            "num_steps": TINY_PAIRS // 256,
             "optim.warmup_epochs": 0.05,          # 12 of the 120 steps at batch 256
             "log_every_steps": 20,
             "checkpoint.every_steps": 60,
@@ -103,12 +132,15 @@ class Run:
     setting: the table's row label. overrides: config field -> value, on top of the scale's.
     paper: the paper's ImageNet linear top-1 for this row, if it reports one.
     x: the swept number, for sweeps plotted against a value (lambda, width, batch, depth).
+    expect: the paper's claim against the baseline where it gives no number ("lower",
+      "flat" or "higher"; None: no claim); rows with a `paper` number derive it from that.
     """
     name: str
     setting: str
     overrides: dict
     paper: Optional[float] = None
     x: Optional[float] = None
+    expect: Optional[str] = None
 
 
 def _projector_width(scale: Scale) -> int:
@@ -143,18 +175,23 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                     {"model.predictor_dims": (d, d), "loss.stop_gradient": True}, 61.3)]
     if sweep == "lambda":
         default = _load_recipe(scale.recipe).loss.lambd
-        return [base if v == default else Run(f"lambda_{v:g}", f"lambda {v:g}",
-                                              {"loss.lambd": v}, x=v)
+        # The paper: flat over [0.002, 0.02]; no claim outside it.
+        return [dataclasses.replace(base, x=v) if v == default else
+                Run(f"lambda_{v:g}", f"lambda {v:g}", {"loss.lambd": v}, x=v,
+                    expect="flat" if 0.002 <= v <= 0.02 else None)
                 for v in scale.lambdas]
     if sweep == "projector_width":
         dims = _load_recipe(scale.recipe).model.projector_dims
-        return [base if (w,) * len(dims) == tuple(dims) else
-                Run(f"width_{w}", f"projector width {w}", {"model.projector_dims": (w,) * len(dims)})
+        return [dataclasses.replace(base, x=w) if (w,) * len(dims) == tuple(dims) else
+                Run(f"width_{w}", f"projector width {w}",
+                    {"model.projector_dims": (w,) * len(dims)},
+                    x=w, expect="higher" if w > dims[-1] else "lower")
                 for w in scale.widths]
     if sweep == "projector_depth":
         dims = tuple(_load_recipe(scale.recipe).model.projector_dims)
-        return [base if (dims[-1],) * n == dims else
-                Run(f"depth_{n}", f"projector depth {n}", {"model.projector_dims": (dims[-1],) * n})
+        return [dataclasses.replace(base, x=n) if (dims[-1],) * n == dims else
+                Run(f"depth_{n}", f"projector depth {n}",
+                    {"model.projector_dims": (dims[-1],) * n}, x=n)
                 for n in scale.depths]
     if sweep == "batch_size":    # paper Table 4
         paper = {128: 69.7, 256: 70.7, 512: 71.4, 1024: 71.7, 2048: 71.4, 4096: 70.7}
@@ -174,17 +211,19 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
         crop_blur = {**no_colour, "data.augment.solarize_prob": (0.0, 0.0),
                      "data.augment.flip_prob": 0.0}
         return [base,
-                Run("aug_no_colour", "no grayscale, no colour jitter", no_colour),
-                Run("aug_crop_blur", "crop + blur only", crop_blur),
+                Run("aug_no_colour", "no grayscale, no colour jitter", no_colour,
+                    expect="lower"),
+                Run("aug_crop_blur", "crop + blur only", crop_blur, expect="lower"),
                 Run("aug_crop_only", "crop only", {**crop_blur,
-                                                   "data.augment.blur_prob": (0.0, 0.0)})]
+                                                   "data.augment.blur_prob": (0.0, 0.0)},
+                    expect="lower")]
     if sweep == "seed":      # not in the paper: how far runs move by the seed alone
         return [dataclasses.replace(base, setting="seed 0 (baseline)", x=0)] + [
             Run(f"seed_{k}", f"seed {k}", {"seed": k}, x=k) for k in (1, 2)]
     if sweep == "redundancy":
         return [dataclasses.replace(base, setting="cross-correlation (baseline)"),
                 Run("redundancy_auto", "auto-correlation of one branch",
-                    {"loss.redundancy": "auto"})]
+                    {"loss.redundancy": "auto"}, expect="flat")]
     raise SystemExit(f"error: unknown sweep {sweep!r}; choose one of {SWEEPS} or 'all'.")
 
 
@@ -202,8 +241,9 @@ PAPER_NOTES = {
                        "(per-row numbers only in its figure).",
     "projector_depth": "Paper: 3 layers is the default; no per-depth numbers recorded here.",
     "batch_size": "Paper Table 4 (ImageNet, 300 epochs): 128/256/512/1024/2048/4096 gave "
-                  "69.7/70.7/71.4/71.7/71.4/70.7. At small scale every batch size sees the "
-                  "same 30,720 pairs.",
+                  "69.7/70.7/71.4/71.7/71.4/70.7; the paper's change is against its "
+                  "number at our baseline's batch size. At the small scale every batch size "
+                  "trains one epoch, at the tiny scale 30,720 pairs.",
     "augmentations": "Paper Fig. 5: accuracy falls as augmentations are removed (values only "
                      "in the figure). Crop only drops the flip too; Fashion-MNIST is "
                      "grayscale, so its colour jitter is brightness and contrast only.",
@@ -323,7 +363,85 @@ def train_run(scale: Scale, run: Run, extra: dict, workdir: str) -> dict:
 
 CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_top5",
               "knn_top1", "knn_top5", "online_top1", "effective_rank", "final_loss", "steps",
-              "seconds", "paper_top1")
+              "seconds", "paper_top1", "paper_expect", "delta_linear", "delta_knn",
+              "vs_noise", "paper_agreement")
+NOISE_Z = 2.0       # beyond noise: |delta| > NOISE_Z * std * sqrt(1 + 1/n)
+PAPER_FLAT = 1.0    # the paper's rows within this many points of its baseline count as flat
+
+
+def noise_floor(seed_rows: list[dict]) -> Optional[dict]:
+    """The seed sweep's spread over its finished rows: {"n", "linear_mean", "linear_std",
+    "linear_threshold", "knn_mean", "knn_std", "knn_threshold"} (points), or None with
+    fewer than 2 finished seeds. A threshold is NOISE_Z standard deviations of one run's
+    difference from the mean of the n seeds: NOISE_Z * std * sqrt(1 + 1/n)."""
+    done = [r for r in seed_rows if r["status"] == "done"]
+    if len(done) < 2:
+        return None
+    floor = {"n": len(done)}
+    for key in ("linear", "knn"):
+        values = [float(r[f"{key}_top1"]) for r in done]
+        floor[f"{key}_mean"] = statistics.mean(values)
+        floor[f"{key}_std"] = statistics.stdev(values)
+        floor[f"{key}_threshold"] = (NOISE_Z * floor[f"{key}_std"]
+                                     * math.sqrt(1 + 1 / len(done)))
+    return floor
+
+
+def paper_expectation(paper: Optional[float], base_paper: Optional[float],
+                      expect: Optional[str]) -> Optional[str]:
+    """"lower" | "flat" | "higher" against the paper's baseline, from the row's paper number
+    (within PAPER_FLAT points: flat) or else its stated claim; None where it makes none."""
+    if paper is not None and base_paper is not None:
+        delta = paper - base_paper
+        return "lower" if delta <= -PAPER_FLAT else "higher" if delta >= PAPER_FLAT else "flat"
+    return expect
+
+
+def agreement(ours: Optional[str], paper: Optional[str]) -> str:
+    """The paper column: ours and the paper's "lower" | "flat" | "higher" (ours "flat" =
+    within noise; None = no noise floor yet / no claim)."""
+    if paper is None:
+        return "no claim"
+    if ours is None:
+        return "noise unknown"
+    if ours == "flat":
+        return "agrees" if paper == "flat" else "within noise"
+    return "agrees" if ours == paper else "disagrees"
+
+
+def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[dict]:
+    """Adds each trained row's change against the baseline (the mean over the seeds when
+    the noise floor exists, else the seed-0 baseline run), whether it is beyond noise, the
+    paper's expectation and the verdict. Reference rows pass through unchanged."""
+    by_name = {r.name: r for r in runs}
+    base = next((r for r in rows if r["run"] == "baseline"), None)
+    base_paper = _num(base["paper_top1"]) if base else None
+    ref = {k: (floor[f"{k}_mean"] if floor else
+               (_num(base[f"{k}_top1"]) if base and base["status"] == "done" else None))
+           for k in ("linear", "knn")}
+    out = []
+    for row in rows:
+        row = dict(row)
+        run = by_name.get(row["run"])
+        if run is None or row["status"] == "reference":
+            out.append(row)
+            continue
+        expect = (None if row["run"] == "baseline" else
+                  paper_expectation(_num(row["paper_top1"]), base_paper, run.expect))
+        row["paper_expect"] = expect or ""
+        if row["status"] == "done" and ref["linear"] is not None:
+            d_lin = float(row["linear_top1"]) - ref["linear"]
+            row["delta_linear"] = round(d_lin, 2)
+            row["delta_knn"] = round(float(row["knn_top1"]) - ref["knn"], 2)
+            ours = None
+            if floor:
+                ours = ("flat" if abs(d_lin) <= floor["linear_threshold"]
+                        else "higher" if d_lin > 0 else "lower")
+                row["vs_noise"] = "within" if ours == "flat" else "beyond"
+            if row["run"] != "baseline":
+                row["paper_agreement"] = agreement(ours, expect)
+        out.append(row)
+    return out
 
 
 def collect_row(sweep: str, run: Run, workdir: str) -> dict:
@@ -398,30 +516,50 @@ def _num(v) -> Optional[float]:
     return None if v in ("", None) else float(v)
 
 
-def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str) -> str:
-    """The sweep's table: ours (linear, kNN, change vs our baseline) beside the paper's
-    top-1 and its change vs the paper's baseline."""
+def noise_text(floor: Optional[dict]) -> str:
+    """The table's noise-floor line."""
+    if floor is None:
+        return ("Noise floor: not yet measured (the seed sweep at this scale has fewer than 2 "
+                "finished seeds); changes are against the seed-0 baseline run.")
+    return (f"Noise floor (seed sweep, {floor['n']} seeds): linear "
+            f"{floor['linear_mean']:.2f} ± {floor['linear_std']:.2f}, kNN "
+            f"{floor['knn_mean']:.2f} ± {floor['knn_std']:.2f} (mean ± std). Changes are "
+            f"against the seeds' mean; a linear change is beyond noise when larger than "
+            f"{floor['linear_threshold']:.2f} points ({NOISE_Z:g} x std x sqrt(1 + 1/n); kNN: "
+            f"{floor['knn_threshold']:.2f}). Paper column: agrees (same direction beyond "
+            f"noise, or both flat), disagrees, within noise (the paper saw a change of "
+            f"{PAPER_FLAT:g}+ points, this scale cannot tell it from seed noise), no claim.")
+
+
+def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str,
+                   floor: Optional[dict] = None) -> str:
+    """The sweep's table: ours (linear, kNN, their changes, beyond noise or not) beside the
+    paper's top-1, its change and the verdict; rows as annotated by `annotate`."""
     base = next((r for r in rows if r["run"] == "baseline"), None)
-    base_lin = _num(base["linear_top1"]) if base else None
+    base_paper = _num(base["paper_top1"]) if base else None
     lines = [f"### Ablation: {sweep} ({scale_name} scale)", "",
              SCALES[scale_name].description, "", PAPER_NOTES[sweep], "",
+             noise_text(floor), "",
              f"Command: `{command}`", "",
-             "| setting | linear top-1 | kNN top-1 | Δ linear vs baseline | effective rank "
-             "| paper top-1 | paper Δ |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting | linear top-1 | kNN top-1 | Δ linear | Δ kNN | vs noise "
+             "| effective rank | paper top-1 | paper Δ | paper |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lin, knn, paper = _num(r["linear_top1"]), _num(r["knn_top1"]), _num(r["paper_top1"])
         if r["status"] not in ("done", "reference"):
-            lin_txt = knn_txt = delta = r["status"]
+            lin_txt = knn_txt = r["status"]
         else:
             lin_txt, knn_txt = f"{lin:.1f}", f"{knn:.1f}"
-            delta = "0.0" if r["run"] == "baseline" or base_lin is None else \
-                f"{lin - base_lin:+.1f}"
+        d_lin, d_knn = _num(r.get("delta_linear")), _num(r.get("delta_knn"))
+        d_lin_txt = "" if d_lin is None else f"{d_lin:+.1f}"
+        d_knn_txt = "" if d_knn is None else f"{d_knn:+.1f}"
         paper_txt = "—" if paper is None else f"{paper:.1f}"
-        paper_delta = "—" if paper is None else f"{paper - PAPER_BASELINE:+.1f}"
+        paper_delta = ("—" if paper is None or base_paper is None or r["run"] == "baseline"
+                       else f"{paper - base_paper:+.1f}")
         rank = "" if r["effective_rank"] == "" else f"{float(r['effective_rank']):.1f}"
-        lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {delta} | {rank} "
-                     f"| {paper_txt} | {paper_delta} |")
+        lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {d_lin_txt} | {d_knn_txt} "
+                     f"| {r.get('vs_noise', '')} | {rank} | {paper_txt} | {paper_delta} "
+                     f"| {r.get('paper_agreement', '')} |")
     seconds = [float(r["seconds"]) for r in rows if r["seconds"] != ""]
     runs = [r for r in rows if r["status"] != "reference"]
     lines += ["", f"{len(runs)} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
@@ -430,13 +568,16 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(sweep: str, rows: list[dict], path: str) -> None:
+def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = None) -> None:
     """Linear and kNN top-1 per setting (bars), or against the swept value (lines, log x),
-    with the paper's numbers where it reports them."""
+    with the paper's numbers where it reports them; error bars (bars) or bands (lines) of
+    one seed standard deviation where the noise floor is known. The legend sits outside
+    the axes, clear of the data."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     refs = [r for r in rows if r["status"] == "reference"]
     rows = [r for r in rows if r["status"] != "reference"]
     for r, colour in zip(refs, ("grey", "black")):
@@ -445,51 +586,65 @@ def plot_sweep(sweep: str, rows: list[dict], path: str) -> None:
     lin = [_num(r["linear_top1"]) if r["status"] == "done" else None for r in rows]
     knn = [_num(r["knn_top1"]) if r["status"] == "done" else None for r in rows]
     paper = [_num(r["paper_top1"]) for r in rows]
+    std = {"lin": floor["linear_std"] if floor else None,
+           "knn": floor["knn_std"] if floor else None, "paper": None}
+    series = ((lin, "ours: linear", "lin"), (knn, "ours: kNN", "knn"),
+              (paper, "paper: ImageNet linear", "paper"))
     xs = [_num(r["x"]) for r in rows]
     if all(x is not None for x in xs):
         order = sorted(range(len(rows)), key=lambda i: xs[i])
-        for values, label, style in ((lin, "ours: linear", "o-"), (knn, "ours: kNN", "s--"),
-                                     (paper, "paper: ImageNet linear", "^:")):
+        for (values, label, key), style in zip(series, ("o-", "s--", "^:")):
             pts = [(xs[i], values[i]) for i in order if values[i] is not None]
             if pts:
-                ax.plot(*zip(*pts), style, label=label)
+                px, py = (np.array(v) for v in zip(*pts))
+                line, = ax.plot(px, py, style, label=label)
+                if std[key]:
+                    ax.fill_between(px, py - std[key], py + std[key], color=line.get_color(),
+                                    alpha=0.15, lw=0, label=f"{label} ± 1 seed std")
         if sweep in ("projector_width", "batch_size"):
             ax.set_xscale("log", base=2)
         elif sweep == "lambda":
             ax.set_xscale("log", base=10)
         ax.set_xlabel(sweep.replace("_", " "))
     else:
-        import numpy as np  # pylint: disable=import-outside-toplevel
         pos = np.arange(len(rows))
         width = 0.27
-        for k, (values, label) in enumerate(((lin, "ours: linear"), (knn, "ours: kNN"),
-                                             (paper, "paper: ImageNet linear"))):
+        for k, (values, label, key) in enumerate(series):
+            err = ([std[key] if v is not None else 0 for v in values] if std[key] else None)
             ax.bar(pos + (k - 1) * width, [v if v is not None else 0 for v in values], width,
-                   label=label)
+                   yerr=err, capsize=2 if err else 0,
+                   label=label + (" (± 1 seed std)" if err else ""))
         ax.set_xticks(pos)
         ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in rows], fontsize=7,
                            rotation=20, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"Barlow Twins ablation: {sweep.replace('_', ' ')}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir: str,
-           command: str) -> list[dict]:
-    """Writes NAME.csv, NAME.md and NAME.png for one sweep; returns the rows."""
-    rows = [collect_row(sweep, r, os.path.join(root, scale_name, r.name)) for r in runs]
-    rows += reference_rows(sweep, os.path.join(root, scale_name, "baseline"))
+           command: str) -> tuple[list[dict], Optional[dict]]:
+    """Writes NAME.csv, NAME.md and NAME.png for one sweep; returns the annotated rows and
+    the scale's noise floor (from its seed sweep's workdirs)."""
+    scale_root = os.path.join(root, scale_name)
+    seed_rows = [collect_row("seed", r, os.path.join(scale_root, r.name))
+                 for r in sweep_runs("seed", SCALES[scale_name])]
+    floor = noise_floor(seed_rows)
+    rows = [collect_row(sweep, r, os.path.join(scale_root, r.name)) for r in runs]
+    rows = annotate(rows, runs, floor)
+    rows += reference_rows(sweep, os.path.join(scale_root, "baseline"))
     os.makedirs(results_dir, exist_ok=True)
     stem = os.path.join(results_dir, sweep)
     write_csv(rows, stem + ".csv")
     with open(stem + ".md", "w") as f:
-        f.write(markdown_table(sweep, rows, scale_name=scale_name, command=command))
-    plot_sweep(sweep, rows, stem + ".png")
-    return rows
+        f.write(markdown_table(sweep, rows, scale_name=scale_name, command=command,
+                               floor=floor))
+    plot_sweep(sweep, rows, stem + ".png", floor)
+    return rows, floor
 
 
 def main(argv=None) -> int:
@@ -552,9 +707,9 @@ def main(argv=None) -> int:
                                                        extra)) == "done"
                 and not reference_rows(sweep, base_dir)):
             evaluate_references(scale, extra, base_dir)
-        rows = report(sweep, runs, args.scale, args.root, args.results, command(sweep))
-        print(f"\n{markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep))}",
-              flush=True)
+        rows, floor = report(sweep, runs, args.scale, args.root, args.results, command(sweep))
+        print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
+                                    floor=floor), flush=True)
     return 0
 
 

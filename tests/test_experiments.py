@@ -76,7 +76,7 @@ def test_every_ablation_run_is_a_valid_config_at_both_scales():
 
 def test_ablation_runs_switch_the_intended_fields():
     ab = _ablations()
-    small = ab.SCALES["small"]
+    small = ab.SCALES["tiny"]
     loss = {r.name: r for r in ab.sweep_runs("loss", small)}
     assert loss["redundancy_only"].overrides == {"loss.invariance_weight": 0.0}
     assert loss["invariance_only"].overrides == {"loss.lambd": 0.0}
@@ -94,13 +94,111 @@ def test_ablation_runs_switch_the_intended_fields():
         ab.apply_overrides(ab._load_recipe(small.recipe), {"loss.lamda": 0.1})
 
 
+def test_small_scale_is_the_quick_recipe_and_every_batch_size_trains_one_epoch():
+    ab = _ablations()
+    small = ab.SCALES["small"]
+    assert small.recipe == "configs/fashion_mnist_quick.py"
+    quick = ab._load_recipe(small.recipe)
+    for run in ab.sweep_runs("batch_size", small):
+        config = ab.apply_overrides(quick, ab.run_overrides(small, run, {}))
+        assert config.num_epochs == 1 and config.num_steps == quick.num_steps, run.name
+        assert config.eval.baselines is False    # the references are probed once, apart
+    widths = {r.x: r for r in ab.sweep_runs("projector_width", small)}
+    assert widths[1024].name == "baseline" and widths[256].expect == "lower"
+    assert widths[4096].expect == "higher"
+    depths = {r.x: r.name for r in ab.sweep_runs("projector_depth", small)}
+    assert depths[2] == "baseline"              # the quick recipe's projector: 1024-1024
+    lambdas = {r.x: r for r in ab.sweep_runs("lambda", small)}
+    assert lambdas[0.0051].name == "baseline" and lambdas[0.02].expect == "flat"
+    assert lambdas[0.08].expect is None
+
+
+def test_noise_floor_marks_changes_and_states_the_papers_verdict():
+    ab = _ablations()
+    seeds = [{"status": "done", "linear_top1": v, "knn_top1": k}
+             for v, k in (("87.0", "83.0"), ("87.4", "83.6"), ("86.6", "82.4"))]
+    floor = ab.noise_floor(seeds)
+    lin = np.array([87.0, 87.4, 86.6])
+    assert floor["n"] == 3 and abs(floor["linear_mean"] - lin.mean()) < 1e-9
+    assert abs(floor["linear_std"] - lin.std(ddof=1)) < 1e-9
+    assert abs(floor["linear_threshold"] - 2 * lin.std(ddof=1) * np.sqrt(4 / 3)) < 1e-9
+    assert ab.noise_floor(seeds[:1]) is None and ab.noise_floor(
+        [dict(seeds[0]), {**seeds[1], "status": "failed"}]) is None
+    # The paper's direction: from its number (1 point or more) or its stated claim.
+    assert ab.paper_expectation(57.3, 71.4, None) == "lower"
+    assert ab.paper_expectation(70.5, 71.4, None) == "flat"
+    assert ab.paper_expectation(71.7, 70.7, None) == "higher"
+    assert ab.paper_expectation(None, 71.4, "flat") == "flat"
+    assert ab.paper_expectation(None, 71.4, None) is None
+    assert ab.agreement("lower", "lower") == "agrees"
+    assert ab.agreement("flat", "flat") == "agrees"
+    assert ab.agreement("flat", "lower") == "within noise"
+    assert ab.agreement("higher", "lower") == "disagrees"
+    assert ab.agreement("lower", "flat") == "disagrees"
+    assert ab.agreement("lower", None) == "no claim"
+    assert ab.agreement(None, "lower") == "noise unknown"
+    runs = ab.sweep_runs("loss", ab.SCALES["small"])
+
+    def row(name, lin, knn, paper=""):
+        return {**{f: "" for f in ab.CSV_FIELDS}, "run": name, "setting": name,
+                "status": "done", "linear_top1": lin, "knn_top1": knn, "paper_top1": paper}
+    rows = ab.annotate([row("baseline", 87.0, 83.0, 71.4),
+                        row("invariance_only", 80.0, 70.0, 57.3),      # far lower: agrees
+                        row("no_projector_bn", 86.5, 83.0, 71.2),      # paper flat, ours flat
+                        row("feature_norm", 86.5, 82.0, 69.8),         # paper -1.6: within noise
+                        row("info_nce", 89.0, 85.0, 63.3)], runs, floor)   # higher: disagrees
+    by = {r["run"]: r for r in rows}
+    assert by["invariance_only"]["delta_linear"] == -7.0 and by["invariance_only"][
+        "vs_noise"] == "beyond"
+    assert [by[n]["paper_agreement"] for n in ("invariance_only", "no_projector_bn",
+                                               "feature_norm", "info_nce")] == [
+        "agrees", "agrees", "within noise", "disagrees"]
+    assert by["baseline"]["paper_agreement"] == "" and by["baseline"]["vs_noise"] == "within"
+    table = ab.markdown_table("loss", rows, scale_name="small", command="CMD", floor=floor)
+    assert "Noise floor (seed sweep, 3 seeds): linear 87.00 ± 0.40" in table
+    assert "| invariance_only | 80.0 | 70.0 | -7.0 | -13.0 | beyond |" in table
+    assert "| -14.1 | agrees |" in table
+    # Without a noise floor the changes are against the seed-0 baseline, with no verdict
+    # beyond "noise unknown".
+    bare = {r["run"]: r for r in ab.annotate(rows[:2], runs, None)}
+    assert bare["invariance_only"]["delta_linear"] == -7.0
+    assert bare["invariance_only"]["paper_agreement"] == "noise unknown"
+    assert "not yet measured" in ab.noise_text(None)
+
+
+def test_ablation_report_reads_seed_workdirs_and_draws_error_bars(tmp_path):
+    """report() on finished workdirs (written here, no training): the seed sweep's runs give
+    the noise floor of every table at that scale."""
+    import csv
+    ab = _ablations()
+    root = tmp_path / "runs"
+    for name, lin, knn in (("baseline", 0.870, 0.830), ("seed_1", 0.874, 0.836),
+                           ("seed_2", 0.866, 0.824), ("redundancy_auto", 0.850, 0.800)):
+        work = root / "small" / name
+        work.mkdir(parents=True)
+        (work / "results.json").write_text(json.dumps({"linear_top1": lin, "linear_top5": 0.99,
+                                                       "knn_top1": knn, "knn_top5": 0.99}))
+    runs = ab.sweep_runs("redundancy", ab.SCALES["small"])
+    rows, floor = ab.report("redundancy", runs, "small", str(root), str(tmp_path / "res"),
+                            "CMD")
+    assert floor["n"] == 3
+    with open(tmp_path / "res" / "redundancy.csv") as f:
+        saved = {r["run"]: r for r in csv.DictReader(f)}
+    assert saved["redundancy_auto"]["delta_linear"] == "-2.0"
+    assert saved["redundancy_auto"]["vs_noise"] == "beyond"
+    assert saved["redundancy_auto"]["paper_agreement"] == "disagrees"   # the paper: flat
+    png = (tmp_path / "res" / "redundancy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Noise floor (seed sweep, 3 seeds)" in (tmp_path / "res" / "redundancy.md").read_text()
+
+
 @pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs(tmp_path,
                                                                                  capsys):
     """Two runs (cross- and auto-correlation redundancy), 2 steps each, on digits."""
     import csv
     ab = _ablations()
-    args = ["--sweep", "redundancy", "--scale", "small", "--root", str(tmp_path / "runs"),
+    args = ["--sweep", "redundancy", "--scale", "tiny", "--root", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"),
             "--set", "data.name=digits", "--set", "data.image_size=16",
             "--set", "model.projector_dims=(32, 32, 32)", "--set", "model.width=0.0625",
@@ -115,13 +213,13 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     for r in rows:
         assert r["status"] == "done" and r["steps"] == "2"
         assert 10.0 <= float(r["linear_top1"]) <= 100.0 and 10.0 <= float(r["knn_top1"]) <= 100
-    with open(tmp_path / "runs" / "small" / "baseline" / "results.json") as f:
+    with open(tmp_path / "runs" / "tiny" / "baseline" / "results.json") as f:
         results = json.load(f)
     assert results["num_train"] == 300        # eval.probe_train_examples reached the probes
     assert abs(float(rows[0]["linear_top1"]) - 100 * results["linear_top1"]) < 0.01
     table = (tmp_path / "results" / "redundancy.md").read_text()
     assert "| cross-correlation (baseline) | " in table and "| 71.4 |" in table
-    assert "--sweep redundancy --scale small" in table
+    assert "--sweep redundancy --scale tiny" in table
     png = (tmp_path / "results" / "redundancy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # A rerun trains nothing: both runs are finished. --references adds the random-init

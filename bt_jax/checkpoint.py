@@ -1,7 +1,8 @@
 """Orbax checkpoints of the TrainState: periodic saves, keep-last-k, resume.
 
 Orbax writes each step into a temporary directory and renames it when complete, so an
-interrupted save never corrupts an earlier checkpoint.
+interrupted save (a kill, a full disk) never corrupts an earlier checkpoint; a failed
+asynchronous save is reported as one SaveError naming the step that is still intact.
 """
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ import jax
 import orbax.checkpoint as ocp
 
 from bt_jax.config import ConfigError
+
+
+class SaveError(Exception):
+    """A checkpoint could not be written (full disk, file-size limit, lost permissions)."""
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]
 
 
 class CheckpointManager:
@@ -25,6 +35,29 @@ class CheckpointManager:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._pending = None    # the step of the save in flight, if any
+
+    def _save_failed(self, e: BaseException) -> SaveError:
+        complete = [s for s in self._manager.all_steps() if s != self._pending]
+        kept = (f"the checkpoint of step {max(complete)} is intact: fix the cause and rerun "
+                "the same command to resume from it" if complete else
+                "no earlier checkpoint exists: fix the cause and rerun the same command")
+        where = f"step {self._pending}" if self._pending is not None else "a step"
+        self._pending = None
+        return SaveError(f"Saving the checkpoint of {where} into {self.directory!r} failed "
+                         f"({type(e).__name__}: {_first_line(e)}). Free disk space if it is "
+                         f"full; {kept}.")
+
+    def _guarded(self, fn, *args, **kwargs):
+        """fn(...), with any error of an asynchronous save as one SaveError."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+            raise self._save_failed(e) from e
+
+    def check_for_errors(self) -> None:
+        """Raises SaveError if an asynchronous save that already ended failed."""
+        self._guarded(self._manager.check_for_errors)
 
     def latest_step(self):
         """The newest saved step, or None."""
@@ -69,7 +102,10 @@ class CheckpointManager:
             return False
         if self._manager.latest_step() == step:
             return False
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._guarded(self._manager.wait_until_finished)   # the previous save's errors first
+        self._pending = step
+        return self._guarded(self._manager.save, step, args=ocp.args.StandardSave(state),
+                             force=True)
 
     def read_latest(self) -> tuple[int, dict]:
         """(step, the saved tree as nested dicts of numpy arrays) of the newest readable
@@ -90,12 +126,17 @@ class CheckpointManager:
                           + (f" (newest error: {first_error[1]})" if first_error else "") + ".")
 
     def wait(self):
-        """Blocks until asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until asynchronous saves are on disk; SaveError if one failed."""
+        self._guarded(self._manager.wait_until_finished)
+        self._pending = None
 
     def close(self):
-        """Waits for pending saves, then releases Orbax's threads."""
-        self._manager.close()
+        """Waits for pending saves, then releases Orbax's threads; SaveError if a save
+        failed."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def read_tree(path: str) -> dict:

@@ -121,14 +121,15 @@ def _optimizer(cfg: HeadConfig, total_steps: int) -> optax.GradientTransformatio
 
 
 def train_head(encode: Encoder, variables: dict, images: np.ndarray, labels: np.ndarray,
-               num_classes: int, cfg: HeadConfig, *, image_size: int, mean, std
-               ) -> tuple[dict, dict]:
+               num_classes: int, cfg: HeadConfig, *, image_size: int, mean, std,
+               on_epoch: Optional[Callable[[int], None]] = None) -> tuple[dict, dict]:
     """Trains a linear head (and, with cfg.finetune, the backbone) on augmented views.
 
     Args:
       encode: the backbone as an Encoder; variables: its variables (not modified).
       images: uint8 [N, H, W, C] training images; labels: [N] int.
       image_size: the crop size S; mean, std: [3] normalisation of the pretraining.
+      on_epoch: called with the number of finished epochs after each (progress lines).
 
     Returns:
       (head {"w": [F, C], "b": [C]}, backbone variables after training: the input ones
@@ -181,6 +182,9 @@ def train_head(encode: Encoder, variables: dict, images: np.ndarray, labels: np.
                 trainable, opt_state, batch_stats, {} if cfg.finetune else variables,
                 images[idx], labels[idx],
                 jnp.asarray(idx, jnp.int32), jnp.int32(epoch))
+        if on_epoch is not None:
+            jax.block_until_ready(trainable)
+            on_epoch(epoch + 1)
     if cfg.finetune:
         variables = {"params": trainable["backbone"], "batch_stats": batch_stats}
     return trainable["head"], variables
@@ -217,12 +221,13 @@ def head_accuracy(encode: Encoder, variables: dict, head: dict, images, labels, 
 
 def train_and_test(encode: Encoder, variables: dict, train: tuple, test: tuple,
                    num_classes: int, cfg: HeadConfig, *, image_size: int, mean, std,
-                   subset: Optional[np.ndarray] = None) -> dict:
+                   subset: Optional[np.ndarray] = None,
+                   on_epoch: Optional[Callable[[int], None]] = None) -> dict:
     """train_head on (images, labels) `train` (restricted to `subset` indices if given),
     then its {"top1", "top5"} on `test`."""
     images, labels = train
     if subset is not None:
         images, labels = images[subset], np.asarray(labels)[subset]
     head, trained = train_head(encode, variables, images, labels, num_classes, cfg,
-                               image_size=image_size, mean=mean, std=std)
+                               image_size=image_size, mean=mean, std=std, on_epoch=on_epoch)
     return head_accuracy(encode, trained, head, *test, image_size=image_size, mean=mean, std=std)

@@ -261,6 +261,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.model.width > 0, f"model.width must be positive; got {config.model.width}.")
     need(len(config.model.projector_dims) > 0 and all(d > 0 for d in config.model.projector_dims),
          f"model.projector_dims must be positive widths; got {config.model.projector_dims}.")
+    need(all(isinstance(d, int) for d in config.model.projector_dims),
+         f"model.projector_dims must be a tuple of integer widths, e.g. (2048, 2048, 2048); got "
+         f"{config.model.projector_dims!r}.")
+    need(config.data.image_size > 0, f"data.image_size must be positive; got "
+         f"{config.data.image_size}.")
+    from bt_jax.models.resnet import (  # pylint: disable=import-outside-toplevel
+        STEM_STRIDES, STEMS)
+    need(config.model.stem in STEMS, f"model.stem must be one of {STEMS}; got "
+         f"{config.model.stem!r}.")
+    smallest = STEM_STRIDES[config.model.stem] * 8    # the 4 stages halve 3 times
+    need(config.data.image_size >= smallest,
+         f"data.image_size={config.data.image_size} is too small for model.stem="
+         f"{config.model.stem!r}: its network reduces {smallest}x{smallest} px to one "
+         f"last-stage pixel. Raise data.image_size to at least {smallest}, or use a stem that "
+         "downsamples less ("
+         + ", ".join(f"{k!r}: {STEM_STRIDES[k] * 8} px" for k in STEMS) + ").")
+    o = config.optim
+    for field in ("lr_weights", "lr_biases", "weight_decay", "warmup_epochs"):
+        need(o[field] >= 0, f"optim.{field} must be >= 0; got {o[field]}. Learning rates, "
+             "weight decay and warm-up are magnitudes: a negative rate would climb the loss.")
+    need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}.")
+    need(o.eta > 0, f"optim.eta (LARS's trust coefficient) must be positive; got {o.eta}.")
+    need(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction must be in [0, 1]; got "
+         f"{o.end_lr_fraction}.")
+    need(config.loss.lambd >= 0, f"loss.lambd must be >= 0 (0: the invariance term only); got "
+         f"{config.loss.lambd}.")
+    need(config.loss.scale > 0, f"loss.scale must be positive; got {config.loss.scale}.")
+    need(config.loss.invariance_weight >= 0, "loss.invariance_weight must be >= 0; got "
+         f"{config.loss.invariance_weight}.")
     need(config.loss.redundancy in ("cross", "auto"),
          f"loss.redundancy must be 'cross' or 'auto'; got {config.loss.redundancy!r}.")
     need(config.loss.normalization in ("batch", "feature", "none"),

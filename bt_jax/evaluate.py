@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bt_jax import parallel
+from bt_jax import parallel, progress
 
 
 def feature_fn(backbone: nn.Module):
@@ -37,13 +37,15 @@ def feature_fn(backbone: nn.Module):
 
 
 def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
-                     batch_size: int = 512, *, apply=None) -> np.ndarray:
+                     batch_size: int = 512, *, apply=None,
+                     ticker: Optional[progress.Ticker] = None, offset: int = 0) -> np.ndarray:
     """Backbone features of images in eval mode (running BatchNorm statistics).
 
     Args:
       backbone: module mapping [B, S, S, 3] -> [B, F]; variables: its {"params", "batch_stats"}.
       images: [N, S, S, 3] float32, normalised.
       apply: `feature_fn(backbone)`, if one is already compiled.
+      ticker: a progress.Ticker told offset + the images done after each batch.
 
     Returns:
       [N, F] float32 numpy features.
@@ -57,6 +59,8 @@ def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         feats = np.asarray(apply(variables, chunk))
         out.append(feats[: feats.shape[0] - pad])
+        if ticker is not None:
+            ticker.update(offset + i + chunk.shape[0] - pad)
     return np.concatenate(out).astype(np.float32)
 
 
@@ -294,15 +298,29 @@ def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
             "l2": best}
 
 
-def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg) -> dict:
+def _percent(r: dict) -> str:
+    return f"top-1 {100 * r['top1']:.2f}%"
+
+
+def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg,
+                      label: Optional[str] = None) -> dict:
     """The cached-feature probes of one representation: {"linear_fast_top1",
-    "linear_fast_top5", "linear_fast_l2", "knn_top1", "knn_top5"}."""
+    "linear_fast_top5", "linear_fast_l2", "knn_top1", "knn_top5"}; with a label (the
+    representation's name), a progress line per probe with its time."""
+    n = len(train_y)
+    ticker = progress.Ticker(f"{label}: linear probe (fast, L-BFGS, {len(eval_cfg.fast_l2_grid)}"
+                             " L2 strengths)", n, "training features")
     fast = fast_linear_probe(train_x, train_y, test_x, test_y, num_classes,
                              l2_grid=tuple(eval_cfg.fast_l2_grid),
                              holdout_fraction=eval_cfg.fast_holdout_fraction,
                              max_iter=eval_cfg.fast_max_iter)
+    if label:
+        ticker.done(_percent(fast))
+    ticker = progress.Ticker(f"{label}: kNN (k={eval_cfg.knn_k})", n, "training features")
     knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=eval_cfg.knn_k,
                        temperature=eval_cfg.knn_temperature, bank_chunk=eval_cfg.knn_bank_chunk)
+    if label:
+        ticker.done(_percent(knn))
     return {"linear_fast_top1": fast["top1"], "linear_fast_top5": fast["top5"],
             "linear_fast_l2": fast["l2"], "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
 
@@ -322,7 +340,8 @@ def _head_config(e, seed: int, *, finetune: bool = False) -> "classifier.HeadCon
 
 
 def probe_representation(config, encode, variables: dict, train_split, test_split,
-                         train_x: np.ndarray, test_x: np.ndarray, stats) -> dict:
+                         train_x: np.ndarray, test_x: np.ndarray, stats,
+                         label: str = "representation") -> dict:
     """Every probe of one representation.
 
     Args:
@@ -330,6 +349,7 @@ def probe_representation(config, encode, variables: dict, train_split, test_spli
       train_split, test_split: the labelled uint8 splits (for the SGD probe's views).
       train_x, test_x: [N, F], [Q, F] cached features of the un-augmented images.
       stats: (mean [3], std [3]) of the pretraining's normalisation.
+      label: the representation's name in the progress lines.
 
     Returns:
       {"linear_top1", "linear_top5" (the eval.linear_protocol probe's), "linear_fast_*",
@@ -338,12 +358,16 @@ def probe_representation(config, encode, variables: dict, train_split, test_spli
     from bt_jax import classifier  # pylint: disable=import-outside-toplevel
     e = config.eval
     k = train_split.num_classes
-    r = evaluate_features(train_x, train_split.labels, test_x, test_split.labels, k, e)
+    r = evaluate_features(train_x, train_split.labels, test_x, test_split.labels, k, e, label)
     if e.linear_epochs > 0:
+        ticker = progress.Ticker(f"{label}: linear probe (SGD on augmented views)",
+                                 e.linear_epochs, "epochs", every_s=10)
         sgd = classifier.train_and_test(
             encode, variables, (train_split.images, train_split.labels),
             (test_split.images, test_split.labels), k, _head_config(e, config.seed),
-            image_size=config.data.image_size, mean=stats[0], std=stats[1])
+            image_size=config.data.image_size, mean=stats[0], std=stats[1],
+            on_epoch=ticker.update)
+        ticker.done(_percent(sgd))
         r["linear_sgd_top1"], r["linear_sgd_top5"] = sgd["top1"], sgd["top5"]
     r["linear_top1"] = r[f"linear_{e.linear_protocol}_top1"]
     r["linear_top5"] = r[f"linear_{e.linear_protocol}_top5"]
@@ -357,11 +381,16 @@ def semi_supervised(config, encode, variables: dict, train_split, test_split, st
     out = {}
     for fraction in config.eval.semi_fractions:
         subset = classifier.label_subset(train_split.labels, fraction, config.seed)
+        ticker = progress.Ticker(f"fine-tuning on {100 * fraction:g}% of the labels "
+                                 f"({len(subset):,} images)", config.eval.semi_epochs,
+                                 "epochs", every_s=10)
         r = classifier.train_and_test(
             encode, variables, (train_split.images, train_split.labels),
             (test_split.images, test_split.labels), train_split.num_classes,
             _head_config(config.eval, config.seed, finetune=True),
-            image_size=config.data.image_size, mean=stats[0], std=stats[1], subset=subset)
+            image_size=config.data.image_size, mean=stats[0], std=stats[1], subset=subset,
+            on_epoch=ticker.update)
+        ticker.done(_percent(r))
         name = f"semi_{100 * fraction:g}pct"
         out[f"{name}_top1"], out[f"{name}_top5"] = r["top1"], r["top5"]
         out[f"{name}_examples"] = int(len(subset))
@@ -425,14 +454,29 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     test_img = pipeline.eval_arrays(test_split, *stats)
     encode = classifier.backbone_encoder(backbone)
 
-    def features(variables):
-        return (extract_features(backbone, variables, train_img, e.batch_size),
-                extract_features(backbone, variables, test_img, e.batch_size))
+    def features(variables, label):
+        n, q = len(train_img), len(test_img)
+        ticker = progress.Ticker(f"{label}: features of {n:,} training and {q:,} "
+                                 f"{config_lib.eval_split_name(config)} images", n + q,
+                                 "images")
+        out = (extract_features(backbone, variables, train_img, e.batch_size, ticker=ticker),
+               extract_features(backbone, variables, test_img, e.batch_size, ticker=ticker,
+                                offset=n))
+        ticker.done()
+        return out
 
+    reps = ["trained encoder"] + (["random init", "raw pixels"] if e.baselines else [])
+    probes = [f"linear probe ({e.linear_protocol})", f"kNN (k={e.knn_k})"] + (
+        [f"fine-tuning on {len(e.semi_fractions)} label fraction(s)"] if e.semi_fractions
+        else [])
+    progress.say(f"{', '.join(reps)} | {', '.join(probes)} | probes fit on "
+                 f"{len(train_split):,} labelled training images")
     seconds, start = {}, time.perf_counter()
-    train_x, test_x = trained_features or features(trained)
+    if trained_features:
+        progress.say("trained encoder: features from the kNN monitor's last call")
+    train_x, test_x = trained_features or features(trained, "trained encoder")
     results = probe_representation(config, encode, trained, train_split, test_split, train_x,
-                                   test_x, stats)
+                                   test_x, stats, "trained encoder")
     if online_probe is not None:
         scores = test_x @ np.asarray(online_probe["w"]) + np.asarray(online_probe["b"])
         results["online_linear_top1"] = topk_accuracy(scores, test_split.labels, 1)
@@ -452,12 +496,13 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     if e.baselines:
         start = time.perf_counter()
         random_r = probe_representation(config, encode, random_init, train_split, test_split,
-                                        *features(random_init), stats)
+                                        *features(random_init, "random init"), stats,
+                                        "random init")
         seconds["random_init"], start = time.perf_counter() - start, time.perf_counter()
         channels = train_split.images.shape[-1]
         pixels_r = probe_representation(config, classifier.pixel_encoder, {}, train_split,
                                         test_split, pixel_features(train_img, channels),
-                                        pixel_features(test_img, channels), stats)
+                                        pixel_features(test_img, channels), stats, "raw pixels")
         seconds["pixels"] = time.perf_counter() - start
         results["baselines"] = {"random_init": random_r, "pixels": pixels_r}
     results["eval_seconds"] = seconds

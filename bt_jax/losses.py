@@ -11,6 +11,7 @@ gradients equal those of the global batch on one device.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import jax
@@ -187,6 +188,22 @@ def _check_pair(z_a: Array, z_b: Array) -> None:
             f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
 
 
+def _check_batch(z: Array, axis_name: AxisName) -> None:
+    """A correlation over the batch needs at least 2 rows in the global batch."""
+    if _global_rows(z, axis_name) < 2:
+        raise ValueError(
+            f"The Barlow Twins loss needs a global batch of at least 2 embeddings; got "
+            f"{_global_rows(z, axis_name)} (shape {tuple(z.shape)}). With one row every "
+            "feature's batch variance is 0, C is 0, the loss is D and its gradient 0: "
+            "use a larger batch (the paper's is 2048).")
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """sqrt for monitoring: no gradient, and no division anywhere (checkify-clean at 0)."""
+    x = jax.lax.stop_gradient(jnp.maximum(x, 0.0))
+    return jnp.where(x > 0, jnp.sqrt(jnp.where(x > 0, x, 1.0)), 0.0)
+
+
 def on_diagonal_term(c: Array) -> Array:
     """Invariance term sum_i (1 - C_ii)^2 of a [D, D] correlation matrix: scalar."""
     return jnp.sum(jnp.square(1.0 - jnp.diagonal(c)))
@@ -224,6 +241,7 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
     if redundancy not in REDUNDANCY_MODES:
         raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
     _check_pair(z_a, z_b)
+    _check_batch(z_a, axis_name)
     a = normalize(z_a, normalization, axis_name=axis_name, eps=eps)
     b = normalize(z_b, normalization, axis_name=axis_name, eps=eps)
     d = a.shape[1]
@@ -245,7 +263,7 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
                 jnp.square(auto_diag))
     return {"on_diag": jnp.sum(jnp.square(1.0 - c_diag)), "off_diag": redundant_off,
             "c_diag_mean": jnp.mean(c_diag),
-            "c_offdiag_rms": jnp.sqrt(jnp.maximum(c_off, 0.0) / max(d * (d - 1), 1))}
+            "c_offdiag_rms": _safe_sqrt(c_off / max(d * (d - 1), 1))}
 
 
 def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
@@ -267,7 +285,24 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
 
     Returns:
       float32 scalar, the same on every device.
+
+    Raises:
+      ValueError: lambd < 0, shapes that are not two equal [N, D], or a global N < 2.
+
+    Scale: each feature is standardised as (z - mean) / sqrt(var + eps), so the loss does
+    not depend on the embeddings' scale as long as every feature's batch variance is well
+    above eps (std >> sqrt(eps) = 3.2e-3 at the default eps = 1e-5). Features with a
+    smaller spread are shrunk towards 0 (at std = sqrt(eps), C_ii reaches only 1/2 for
+    identical views) and a feature that is constant over the batch contributes
+    (1 - 0)^2 = 1 to the invariance term, with finite gradients. At the other end,
+    float32 squares overflow for |z| above about 1e19. The value and the gradients are
+    finite for constant features and pass `jax.experimental.checkify` with all checks
+    (division, NaN, index): the only square root, of the monitoring-only off-diagonal
+    RMS, carries no gradient.
     """
+    if isinstance(lambd, numbers.Real) and not lambd >= 0:
+        raise ValueError(f"lambd, the weight of the off-diagonal term, must be >= 0 (the "
+                         f"paper's is 0.0051; 0 keeps only the invariance term); got {lambd}.")
     terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps,
                                path=path)
     return terms["on_diag"] + lambd * terms["off_diag"]

@@ -7,7 +7,7 @@ and bias) use their own learning rate with neither weight decay nor the trust ra
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +39,27 @@ def _trust_ratio(p: jax.Array, d: jax.Array, eta: float) -> jax.Array:
     return jnp.where(ok, eta * p_norm / jnp.where(ok, d_norm, 1.0), 1.0)
 
 
+Mask = Union[None, Any, Callable[[Any], Any]]
+
+
+def _resolve_mask(mask: Mask, params: Any, name: str) -> Any:
+    """A pytree of bools shaped like params: `mask`, `mask(params)`, or is_weight's rule."""
+    if mask is None:
+        return jax.tree.map(is_weight, params)
+    tree = mask(params) if callable(mask) else mask
+    if jax.tree.structure(tree) != jax.tree.structure(params):
+        raise ValueError(
+            f"lars: {name} must be a pytree of bools with the params' structure (or a function "
+            f"of the params returning one); its structure {jax.tree.structure(tree)} differs "
+            f"from the params' {jax.tree.structure(params)}.")
+    return jax.tree.map(bool, tree)
+
+
 def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
          weight_decay: float = 1.5e-6, momentum: float = 0.9,
-         eta: float = 0.001, clip_trust_ratio: bool = False) -> optax.GradientTransformation:
+         eta: float = 0.001, clip_trust_ratio: bool = False,
+         weight_decay_mask: Mask = None,
+         trust_ratio_mask: Mask = None) -> optax.GradientTransformation:
     """LARS as in the Barlow Twins paper.
 
     For leaves with ndim > 1, each step:
@@ -52,9 +70,21 @@ def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
     replaced by min(r / weight_lr(step), 1) (1 where weight_lr(step) is 0): a layer's
     effective rate weight_lr * r becomes min(eta * |p| / |d|, weight_lr).
 
+    The masks (as optax.lars's) say which leaves are weights when ndim does not: a pytree
+    of bools with the params' structure, or a function params -> such a pytree. True in
+    weight_decay_mask: the leaf gets weight decay. True in trust_ratio_mask: the leaf gets
+    the trust ratio and weight_lr; False: neither, and bias_lr (FAIR's code puts exactly
+    the leaves without trust ratio in its lr_biases group). None: ndim > 1, the rule above.
+
+        # A 2-D positional embedding treated like a bias:
+        is_weight = lambda params: flax.traverse_util.path_aware_map(
+            lambda path, p: p.ndim > 1 and "pos_embedding" not in path, params)
+        tx = lars(0.2, 0.0048, weight_decay_mask=is_weight, trust_ratio_mask=is_weight)
+
     Args:
       weight_lr, bias_lr: float or optax schedule (a function of the step count).
       weight_decay, momentum, eta, clip_trust_ratio: as above.
+      weight_decay_mask, trust_ratio_mask: as above.
 
     Returns:
       An optax.GradientTransformation; its `update` needs `params`.
@@ -71,21 +101,22 @@ def lars(weight_lr: ScalarOrSchedule, bias_lr: ScalarOrSchedule, *,
             raise ValueError("lars needs the parameters: call tx.update(grads, state, params).")
         w_lr = weight_sched(state.count)
         b_lr = bias_sched(state.count)
+        decay = _resolve_mask(weight_decay_mask, params, "weight_decay_mask")
+        trust = _resolve_mask(trust_ratio_mask, params, "trust_ratio_mask")
 
-        def direction(g, p):
-            if not is_weight(p):
-                return g
-            d = g + weight_decay * p
+        def direction(g, p, decayed, trusted):
+            d = g + weight_decay * p if decayed else g
+            if not trusted:
+                return d
             ratio = _trust_ratio(p, d, eta)
             if clip_trust_ratio:
                 ratio = jnp.where(w_lr > 0, jnp.minimum(ratio / jnp.where(w_lr > 0, w_lr, 1.0),
                                                         1.0), 1.0)
             return d * ratio
 
-        new_mu = jax.tree.map(lambda g, p, mu: momentum * mu + direction(g, p),
-                              grads, params, state.momentum)
-        updates = jax.tree.map(lambda mu, p: -(w_lr if is_weight(p) else b_lr) * mu,
-                               new_mu, params)
+        new_mu = jax.tree.map(lambda g, p, mu, wd, tr: momentum * mu + direction(g, p, wd, tr),
+                              grads, params, state.momentum, decay, trust)
+        updates = jax.tree.map(lambda mu, tr: -(w_lr if tr else b_lr) * mu, new_mu, trust)
         return updates, LarsState(count=optax.safe_int32_increment(state.count),
                                   momentum=new_mu)
 

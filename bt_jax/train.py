@@ -18,7 +18,7 @@ import optax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import diagnostics, event_writer, losses, optim, parallel, plots
+from bt_jax import diagnostics, event_writer, export, losses, optim, parallel, plots
 from bt_jax.models import BarlowTwins, make_backbone
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -446,6 +446,75 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
             "--workdir.")
 
 
+def check_workdir(workdir: str) -> None:
+    """Raises ConfigError if workdir cannot be a run's directory (it is a file, or a path
+    through a file); writes nothing."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise config_lib.ConfigError(
+            f"--workdir {workdir!r} is a file, not a directory: a run writes checkpoints, "
+            "metrics and results into its workdir. Choose another --workdir.")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise config_lib.ConfigError(
+            f"--workdir {workdir!r} cannot be created: {parent!r} is a file. Choose another "
+            "--workdir.")
+
+
+def _saved_steps(workdir: str) -> list[int]:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optional[dict]:
+    """The results of a run in workdir that is already finished (a checkpoint at
+    total_steps, backbone.msgpack, and results.json when `evaluated`), else None."""
+    steps = _saved_steps(workdir)
+    if not steps or steps[-1] != total_steps:
+        return None
+    if not os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
+        return None
+    if not evaluated:
+        return {}
+    try:
+        with open(os.path.join(workdir, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return results if "linear_top1" in results else None
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Creates workdir and writes config.json (atomically), printing what a resumed run
+    changes against the config.json it had. An unwritable workdir is one ConfigError."""
+    path = os.path.join(workdir, "config.json")
+    if _saved_steps(workdir) and os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = ml_collections.ConfigDict(json.load(f))
+            changes = config_lib.diff(saved, ml_collections.ConfigDict(
+                json.loads(config.to_json_best_effort())))
+        except (OSError, ValueError):
+            changes = []
+        if changes:
+            print("Resuming with a changed config (config.json is updated):\n  "
+                  + "\n  ".join(changes), flush=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise config_lib.ConfigError(
+            f"Cannot write into --workdir {workdir!r} ({e.strerror or e}): choose a "
+            "directory you can write to.") from None
+
+
 def _check_finite(loss, step: int) -> None:
     if not np.isfinite(loss):
         raise FloatingPointError(
@@ -512,14 +581,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from bt_jax import monitor as monitor_lib  # pylint: disable=import-outside-toplevel
     from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
 
+    # Everything is checked before anything is written: a relaunch that fails leaves the
+    # workdir as it was, and a first run that fails leaves nothing.
     config_lib.validate(config)
     chief = jax.process_index() == 0   # the one process that writes files on a cluster
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir)
     _check_resumable(workdir, config)
-    if chief:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
     source = datasets.pretrain_split(config.data, config.seed)
@@ -529,6 +596,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stats = pipeline.normalization_stats(source)
     if config.eval.enabled:   # loaded first: a missing test split fails before training
         train_split, test_split = datasets.labelled_splits(config.data, config.seed)
+    finished = finished_results(workdir, total_steps, config.eval.enabled)
+    if finished is not None:
+        print(f"{workdir!r} holds a finished run (step {total_steps} of {total_steps}"
+              + (", results.json" if config.eval.enabled else "") + "); nothing to do, "
+              "nothing changed. Evaluate it again with `python -m bt_jax.evaluate --workdir "
+              f"{workdir}`, or train for longer with a larger num_epochs / num_steps.",
+              flush=True)
+        return finished
+    resuming = bool(_saved_steps(workdir))
+    if chief and not resuming:   # a new run: its workdir and config.json first
+        write_run_config(workdir, config)
 
     model = create_model(config, axis_name=parallel.BATCH_AXIS)
     tx = create_optimizer(config, spe, total_steps)
@@ -543,7 +621,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                          every_steps=config.checkpoint.every_steps,
                                          keep=config.checkpoint.keep)
-    state = manager.restore_or(state)
+    state = manager.restore_or(state)   # a checkpoint that does not fit changes nothing
+    if chief and resuming:
+        write_run_config(workdir, config)
     start = int(state.step)
     if start:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
@@ -596,6 +676,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     _check_finite(metrics["loss"], step)  # before a save: never save NaNs
                 if logging_step:
                     log.write(step, metrics)
+                    manager.check_for_errors()   # a failed save stops the run early
                 if (diag_every and step % diag_every == 0) or last:
                     last_diagnosis = jax.device_get(diagnose(state.params, state.batch_stats,
                                                              batch))
@@ -608,8 +689,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if preempted:
                     raise Preempted(step, manager.directory)
     finally:   # every way out (end, SIGTERM, NaN, error) waits for pending saves
-        manager.close()
-        log.close()
+        try:
+            manager.close()   # SaveError if the last asynchronous save failed
+        finally:
+            log.close()
     train_seconds = time.perf_counter() - loop_start   # this process's share, if resumed
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
@@ -620,8 +703,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "embeddings": last_diagnosis["embedding"]["singular_values"],
                 "backbone features": last_diagnosis["features"]["singular_values"]},
                 c=last_diagnosis["c_block"])
-        with open(os.path.join(workdir, "backbone.msgpack"), "wb") as f:
-            f.write(flax.serialization.to_bytes(trained_backbone))
+        export.write_backbone(workdir, trained_backbone, config, stats)
 
     if not config.eval.enabled:
         print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)

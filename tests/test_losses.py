@@ -154,6 +154,41 @@ def test_bad_shapes_and_modes_raise_clear_errors():
         barlow_twins_loss(jnp.zeros((8, 4, 2)), jnp.zeros((8, 4, 2)))
     with pytest.raises(ValueError, match="redundancy"):
         barlow_twins_loss(z, z, redundancy="diag")
+    with pytest.raises(ValueError, match=r"lambd.*must be >= 0.*got -0.1"):
+        barlow_twins_loss(z, z, lambd=-0.1)
+    with pytest.raises(ValueError, match=r"at least 2 embeddings; got 1.*the loss is D"):
+        barlow_twins_loss(jnp.ones((1, 4)), jnp.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"at least 2 embeddings"):
+        barlow_twins_terms(jnp.ones((1, 4)), jnp.ones((1, 4)))
+
+
+@pytest.mark.parametrize("path", ["direct", "gram"])
+@pytest.mark.parametrize("kind", ["normal", "constant", "one_constant_feature", "tiny_scale"])
+def test_loss_and_gradients_pass_checkify_with_every_check(kind, path):
+    from jax.experimental import checkify
+    rng = np.random.default_rng(0)
+    z_a = rng.normal(size=(6, 16)).astype(np.float32)
+    z_b = rng.normal(size=(6, 16)).astype(np.float32)
+    if kind == "constant":
+        z_a, z_b = np.ones_like(z_a), np.full_like(z_b, 3.0)
+    elif kind == "one_constant_feature":
+        z_a[:, 0] = 2.0
+    elif kind == "tiny_scale":
+        z_a, z_b = 1e-30 * z_a, 1e-30 * z_b
+
+    def value_terms_and_grads(a, b):
+        terms = barlow_twins_terms(a, b, path=path)
+        value, grads = jax.value_and_grad(
+            lambda a, b: barlow_twins_loss(a, b, path=path), argnums=(0, 1))(a, b)
+        return value, terms, grads
+
+    err, (value, terms, grads) = checkify.checkify(
+        jax.jit(value_terms_and_grads), errors=checkify.all_checks)(z_a, z_b)
+    assert err.get() is None, err.get()
+    assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
+    assert np.isfinite(float(terms["c_offdiag_rms"]))
+    if kind in ("constant", "tiny_scale"):   # every feature below sqrt(eps): C = 0, loss = D
+        np.testing.assert_allclose(float(value), 16.0, rtol=1e-5)
 
 
 def test_auto_path_takes_the_gram_matrices_only_when_they_cost_no_more():

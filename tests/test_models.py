@@ -99,6 +99,28 @@ def test_bad_backbone_stem_and_input_raise():
         ResNet18().init(jax.random.key(0), jnp.zeros((16, 16, 3)))
 
 
+@pytest.mark.parametrize("build, shape, message", [
+    (lambda: ResNet18(), (2, 3, 224, 224), r"channels-first \(NCHW\).*transpose\(0, 2, 3, 1\)"),
+    (lambda: ResNet18(stem="cifar"), (2, 1, 32, 32), r"channels-first"),
+    (lambda: ResNet18(), (2, 1, 1, 3), r"1x1 px are too small for the 'imagenet' stem.*32x32"),
+    (lambda: ResNet18(stem="cifar_pool"), (2, 8, 8, 3), r"too small for the 'cifar_pool' stem"),
+    (lambda: ResNet18(width=0.0), (2, 32, 32, 3), r"width must be positive"),
+    (lambda: ResNet18(width=-0.5), (2, 32, 32, 3), r"width must be positive"),
+])
+def test_inputs_the_network_cannot_use_raise_before_any_layer(build, shape, message):
+    with pytest.raises(ValueError, match=message):
+        build().init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_smallest_images_of_each_stem_are_accepted_and_width_checked_early():
+    for stem, size in (("imagenet", 32), ("cifar", 8), ("cifar_pool", 16)):
+        out = jax.eval_shape(lambda x, s=stem: ResNet18(stem=s, width=0.125).init_with_output(
+            jax.random.key(0), x)[0], jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+        assert out.shape == (1, 64)
+    with pytest.raises(ValueError, match="width must be positive"):
+        make_backbone("resnet18", width=0)
+
+
 def test_cifar_pool_stem_has_the_cifar_weights_at_a_quarter_of_the_flops():
     """stem="cifar_pool": the CIFAR stem's parameters exactly, every stage at half the
     resolution (so about a quarter of the FLOPs), the same [N, F] output."""

@@ -8,16 +8,20 @@ import pytest
 from bt_jax.optim import lars, scale_lr_by_batch, warmup_cosine_schedule
 
 
-def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta, clip=False):
+def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta, clip=False, decayed=None,
+               trusted=None):
     """The contract's rule in float64; w_lr/b_lr are functions of the step; clip: solo-learn's
-    clip_lr (trust ratio r -> min(r / lr, 1))."""
+    clip_lr (trust ratio r -> min(r / lr, 1)); decayed / trusted: the names of the leaves
+    with weight decay / with the trust ratio and w_lr (None: those with ndim > 1)."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     mu = {k: np.zeros_like(v) for k, v in p.items()}
+    decayed = {k for k in p if p[k].ndim > 1} if decayed is None else set(decayed)
+    trusted = {k for k in p if p[k].ndim > 1} if trusted is None else set(trusted)
     for step, grads in enumerate(grads_seq):
         for k in p:
             g = np.asarray(grads[k], np.float64)
-            if p[k].ndim > 1:
-                d = g + wd * p[k]
+            d = g + wd * p[k] if k in decayed else g
+            if k in trusted:
                 pn, dn = np.linalg.norm(p[k]), np.linalg.norm(d)
                 r = eta * pn / dn if pn > 0 and dn > 0 else 1.0
                 lr = w_lr(step)
@@ -25,7 +29,7 @@ def numpy_lars(params, grads_seq, w_lr, b_lr, wd, momentum, eta, clip=False):
                     r = min(r / lr, 1.0) if lr > 0 else 1.0
                 d = d * r
             else:
-                d, lr = g, b_lr(step)
+                lr = b_lr(step)
             mu[k] = momentum * mu[k] + d
             p[k] = p[k] - lr * mu[k]
     return p
@@ -75,6 +79,39 @@ def test_biases_and_batchnorm_skip_decay_and_trust_ratio():
     step = np.asarray(got["dense"]) - params["dense"]
     np.testing.assert_allclose(np.linalg.norm(step), 0.5 * 1e-3 * np.linalg.norm(params["dense"]),
                                rtol=2e-4)  # float32 rounding of (p + step) - p
+
+
+@pytest.mark.parametrize("as_function", [False, True])
+def test_lars_masks_choose_decay_and_trust_ratio_per_leaf(as_function):
+    params, grads = _problem(4)
+    # Decay on the conv and on a bias; the trust ratio (and the weight rate) on the conv
+    # and the BN scale; the dense weight gets neither, as a bias would.
+    decayed, trusted = {"conv", "bias"}, {"conv", "bn_scale"}
+    wd_mask = {k: k in decayed for k in params}
+    tr_mask = {k: k in trusted for k in params}
+    if as_function:
+        wd_mask, tr_mask = (lambda p, m=wd_mask: m), (lambda p, m=tr_mask: m)
+    got = _run(lars(0.5, 0.01, weight_decay=1e-2, eta=0.02, weight_decay_mask=wd_mask,
+                    trust_ratio_mask=tr_mask), params, grads)
+    want = numpy_lars(params, grads, lambda s: 0.5, lambda s: 0.01, 1e-2, 0.9, 0.02,
+                      decayed=decayed, trusted=trusted)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    default = _run(lars(0.5, 0.01, weight_decay=1e-2, eta=0.02), params, grads)
+    assert not np.allclose(np.asarray(default["dense"]), want["dense"])   # the masks matter
+    # Masks of the ndim rule give the default exactly.
+    rule = {k: v.ndim > 1 for k, v in params.items()}
+    same = _run(lars(0.5, 0.01, weight_decay=1e-2, eta=0.02, weight_decay_mask=rule,
+                     trust_ratio_mask=rule), params, grads)
+    for k in params:
+        np.testing.assert_array_equal(np.asarray(same[k]), np.asarray(default[k]))
+
+
+def test_lars_mask_of_another_structure_is_a_clear_error():
+    params, grads = _problem(0)
+    tx = lars(0.1, 0.1, weight_decay_mask={"conv": True})
+    with pytest.raises(ValueError, match="weight_decay_mask must be a pytree of bools"):
+        tx.update(grads[0], tx.init(params), params)
 
 
 def test_lars_with_schedules_and_requires_params():

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import zlib
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -92,13 +93,34 @@ def load_digits(split: str, image_size: int, **unused) -> Split:
 
 
 def _read_idx(path: str) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format), optionally gzipped, as a numpy array."""
+    """An IDX file (LeCun's MNIST format: magic 0 0 0x08 ndim, ndim big-endian int32 sizes,
+    then the uint8 values), optionally gzipped, as a numpy array. A truncated, corrupt or
+    non-uint8 file is one ConfigError naming it."""
+    def corrupt(why: str) -> ConfigError:
+        return ConfigError(f"The IDX file {path!r} is truncated or corrupt ({why}). Replace it: "
+                           "`apt-get install --reinstall -y dataset-fashion-mnist`, or copy the "
+                           "original file again.")
+
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
+        raise corrupt(f"{type(e).__name__}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise corrupt("its first bytes are not an IDX magic number")
+    if data[2] != 0x08:
+        raise corrupt(f"value type 0x{data[2]:02x}; only unsigned bytes (0x08) are images")
     ndim = data[3]
+    header = 4 + 4 * ndim
+    if not 1 <= ndim <= 4 or len(data) < header:
+        raise corrupt(f"a header of {ndim} dimensions in {len(data)} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    want = header + int(np.prod(shape, dtype=np.int64))
+    if len(data) != want:
+        raise corrupt(f"its header says shape {shape}, {want:,} bytes, but it holds "
+                      f"{len(data):,}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(directory: str, stem: str) -> Optional[str]:
@@ -125,6 +147,11 @@ def load_fashion_mnist(split: str, image_size: int, path: str = "", *, download:
     if None not in files:
         images = _read_idx(files[0])[..., None]
         labels = _read_idx(files[1]).astype(np.int32)
+        if images.ndim != 4 or labels.shape != images.shape[:1] or labels.max(initial=0) > 9:
+            raise ConfigError(
+                f"The Fashion-MNIST IDX files {files[0]!r} and {files[1]!r} do not match: "
+                f"{images.shape[0]} images of shape {images.shape[1:3]} and labels of shape "
+                f"{labels.shape} (classes 0-9). Replace them with the original files.")
         return Split(_resize_uint8(images, image_size), labels, 10)
     try:
         return load_tfds_in_memory(TFDSSpec("fashion_mnist", streamed=False), split, image_size,
@@ -527,6 +554,77 @@ def list_image_files(root: str, classes: Optional[list[str]] = None
     return [p for p, _ in pairs], [label for _, label in pairs]
 
 
+# Images above this many pixels are skipped unread: a small file (a "decompression bomb":
+# a 20,000 x 20,000 PNG of one colour is under 1 MB) could otherwise decode to gigabytes.
+# PIL's default limit (Image.MAX_IMAGE_PIXELS), about 9,500 x 9,500.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _png_size(head: bytes) -> Optional[tuple[int, int]]:
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
+
+
+def _jpeg_size(f) -> Optional[tuple[int, int]]:
+    """(width, height) from a JPEG's start-of-frame segment, read marker by marker."""
+    f.seek(2)
+    for _ in range(10_000):
+        marker = f.read(2)
+        while len(marker) == 2 and marker[0] == 0xFF and marker[1] == 0xFF:   # fill bytes
+            marker = marker[1:] + f.read(1)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        kind = marker[1]
+        if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:   # markers without a length
+            continue
+        length = int.from_bytes(f.read(2), "big")
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+            frame = f.read(5)
+            return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
+        if length < 2:
+            return None
+        f.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def image_dimensions(path: str) -> Optional[tuple[int, int]]:
+    """(width, height) of a PNG or JPEG file from its header alone (nothing is decoded), or
+    None if the header cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(f)
+            return _png_size(head)
+    except OSError:
+        return None
+
+
+def drop_oversized(paths: list[str], labels: list[int], *, strict: bool, where: str,
+                   max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[list[str], list[int]]:
+    """Removes images whose header declares more than max_pixels pixels, before any is
+    decoded, printing how many; with strict, raises naming one."""
+    big = []
+    for p in paths:
+        size = image_dimensions(p)
+        if size is not None and size[0] * size[1] > max_pixels:
+            big.append((p, size))
+    if not big:
+        return paths, labels
+    (first, (w, h)), n = big[0], len(big)
+    if strict:
+        raise ConfigError(f"Image {first!r} declares {w:,} x {h:,} pixels, over the limit of "
+                          f"{max_pixels:,} (decoding it could take gigabytes; {n} such file(s) "
+                          f"in {where!r}). Downscale or remove it, or set "
+                          "data.strict_decode=False to skip such files.")
+    print(f"warning: skipped {n} image file(s) of more than {max_pixels:,} pixels in "
+          f"{where!r}, e.g. {first!r} ({w:,} x {h:,}).", flush=True)
+    skip = {p for p, _ in big}
+    keep = [i for i, p in enumerate(paths) if p not in skip]
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
 def _undecodable(paths: list[str]) -> list[str]:
     """The files among `paths` that TF cannot decode (read and decoded in parallel)."""
     tf = import_tensorflow("Decoding image files (data.name=folder)")
@@ -585,6 +683,11 @@ def folder_files(path: str, split: str, *, strict: bool = False, verify: bool = 
         p, y = list_image_files(os.path.normpath(os.path.join(path, name)), classes)
         paths += p
         labels += y
+    paths, labels = drop_oversized(paths, labels, strict=strict,
+                                   where=os.path.join(path, split))
+    if not paths:
+        raise ConfigError(f"None of the image files in {os.path.join(path, split)!r} is small "
+                          "enough to decode.")
     if verify:
         paths, labels = drop_undecodable(paths, labels, strict=strict,
                                          where=os.path.join(path, split))

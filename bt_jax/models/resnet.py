@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from bt_jax.models.conv import Conv
 
 STEMS = ("imagenet", "cifar", "cifar_pool")
+# Downsampling of each stem before the first stage (conv stride x max-pool stride).
+STEM_STRIDES = {"imagenet": 4, "cifar": 1, "cifar_pool": 2}
 
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -117,13 +119,37 @@ class ResNet(nn.Module):
     def _channels(self, stage: int) -> int:
         return max(1, int(round(64 * self.width))) * 2 ** stage
 
+    @property
+    def total_stride(self) -> int:
+        """How many input pixels one pixel of the last stage spans per side: 32 for the
+        ImageNet stem, 16 for "cifar_pool", 8 for "cifar" (with 4 stages)."""
+        return STEM_STRIDES[self.stem] * 2 ** (len(self.stage_sizes) - 1)
+
+    def check_input(self, shape: Sequence[int]) -> None:
+        """Raises ValueError naming the fix if images of this shape cannot be fed."""
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}; got {self.stem!r}.")
+        if not self.width > 0:
+            raise ValueError(f"width must be positive (1.0: the standard network); got "
+                             f"{self.width}.")
+        if len(shape) != 4:
+            raise ValueError(f"ResNet expects [N, H, W, C] images; got shape {tuple(shape)}.")
+        _, h, w, c = shape
+        if h in (1, 3) and c not in (1, 3):
+            raise ValueError(
+                f"ResNet expects channels-last [N, H, W, C] images; shape {tuple(shape)} looks "
+                "channels-first (NCHW): pass x.transpose(0, 2, 3, 1).")
+        if min(h, w) < self.total_stride:
+            raise ValueError(
+                f"Images of {h}x{w} px are too small for the {self.stem!r} stem: its network "
+                f"reduces {self.total_stride}x{self.total_stride} px to one last-stage pixel. "
+                "Upsample them, or use a stem that downsamples less "
+                f"({', '.join(f'{k!r}: {STEM_STRIDES[k] * 8} px' for k in STEMS)}).")
+
     @nn.compact
     def __call__(self, x, train: bool = True):
         """[N, H, W, C] images -> [N, F] features."""
-        if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}; got {self.stem!r}.")
-        if x.ndim != 4:
-            raise ValueError(f"ResNet expects [N, H, W, C] images; got shape {tuple(x.shape)}.")
+        self.check_input(x.shape)
         x = x.astype(self.dtype)
         stem_channels = self._channels(0)
         k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
@@ -160,4 +186,7 @@ def make_backbone(name: str, **kwargs) -> ResNet:
         raise ValueError(
             f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
             "(config field model.backbone).")
+    if "width" in kwargs and not kwargs["width"] > 0:
+        raise ValueError(f"width must be positive (1.0: the standard network; config field "
+                         f"model.width); got {kwargs['width']}.")
     return BACKBONES[name](**kwargs)

@@ -267,3 +267,44 @@ def test_a_decompression_bomb_in_a_folder_is_skipped_and_counted_unread(tmp_path
         datasets.load_split("folder", "train", image_size=8, path=str(tmp_path), strict=True)
     files = datasets.folder_files(str(tmp_path), "train", verify=False)   # streaming too
     assert len(files) == 5 and not any(p.endswith("bomb.png") for p in files.paths)
+
+
+def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(capsys):
+    from bt_jax import evaluate
+    c = _config()
+    c.eval.linear_protocol = "fast"
+    c.eval.linear_epochs = 1           # the SGD probe too: a count of epochs
+    c.eval.linear_batch_size = 256
+    c.eval.probe_train_examples = 300
+    c.eval.semi_fractions = ()
+    c.eval.tsne_points = 0
+    c.eval.knn_k = 10
+    c.eval.fast_max_iter = 20
+    train_split, test_split = datasets.labelled_splits(c.data, seed=0)
+    model = train.create_model(c)
+    variables = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
+    evaluate.evaluate_all(c, model.backbone, variables, variables, train_split, test_split)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("Evaluation | ")]
+    assert "trained encoder, random init, raw pixels" in lines[0]
+    for rep in ("trained encoder", "random init", "raw pixels"):
+        for probe in ("linear probe (fast, L-BFGS", "kNN (k=10)", "linear probe (SGD"):
+            done = [line for line in lines if f"| {rep}: {probe}" in line and "top-1" in line]
+            assert len(done) == 1, (rep, probe, lines)
+            assert done[0].rstrip().endswith(" s)"), done[0]
+    assert sum("features of 300 training and 359 test images" in line for line in lines) == 2
+
+
+def test_ticker_counts_towards_the_total_and_estimates_the_rest():
+    from bt_jax import progress
+    printed = []
+    ticker = progress.Ticker("features", 1000, "images", every_s=0, printer=printed.append)
+    for done in (250, 500, 1000):
+        ticker.update(done)
+    ticker.done("ok")
+    assert printed[0].startswith("features: 250/1,000 images (") and "left)" in printed[0]
+    assert len(printed) == 3 and printed[-1].startswith("features: ok (1,000 images, ")
+    quiet = []
+    ticker = progress.Ticker("x", 10, "epochs", every_s=3600, printer=quiet.append)
+    ticker.update(5)
+    assert quiet == []     # at most one line per every_s

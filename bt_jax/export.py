@@ -50,7 +50,8 @@ class Preprocessing:
         """uint8 [N, S, S, C] (C = 1 or 3; or float in [0, 1]) -> normalised float32
         [N, S, S, 3]."""
         x = np.asarray(images)
-        if x.ndim != 4 or x.shape[1:3] != (self.image_size, self.image_size) or x.shape[-1] not in (1, 3):
+        size = (self.image_size, self.image_size)
+        if x.ndim != 4 or x.shape[1:3] != size or x.shape[-1] not in (1, 3):
             raise ValueError(
                 f"The backbone was pretrained on [N, {self.image_size}, {self.image_size}, 3] "
                 f"images (channels last; 1 channel is repeated); got shape {x.shape}. Resize "

@@ -49,8 +49,8 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
     assert "Barlow Twins" in out and "random init" in out and "pixels" in out
-    for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack", "backbone.json",
-                 "training_curves.png", "diagnostics.jsonl", "spectrum.png",
+    for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack",
+                 "backbone.json", "training_curves.png", "diagnostics.jsonl", "spectrum.png",
                  "cross_correlation.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
     for key in ("linear_fast_top1", "linear_sgd_top1", "linear_top5", "knn_top5",

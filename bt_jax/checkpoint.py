@@ -6,7 +6,9 @@ asynchronous save is reported as one SaveError naming the step that is still int
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -19,9 +21,36 @@ class SaveError(Exception):
     """A checkpoint could not be written (full disk, file-size limit, lost permissions)."""
 
 
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:limit]
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+    """The cause of a failed save in a few words: the operating system's message where
+    the error carries one (TensorStore's "[os_error_code='28']": "No space left on
+    device"), else the error's first line."""
+    text = str(e)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code:
+        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno})"
+    lines = text.strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"
+
+
+class _QuietFailedSaves(logging.Filter):
+    """Drops the tracebacks Orbax logs from its background threads when an asynchronous
+    save fails: CheckpointManager reports that failure itself, as one SaveError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+                    and ("save" in record.getMessage().lower()
+                         or "raised an exception" in record.getMessage()))
+
+
+_QUIET = _QuietFailedSaves()
 
 
 class CheckpointManager:
@@ -36,6 +65,8 @@ class CheckpointManager:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self._pending = None    # the step of the save in flight, if any
+        if _QUIET not in logging.getLogger("absl").filters:
+            logging.getLogger("absl").addFilter(_QUIET)
 
     def _save_failed(self, e: BaseException) -> SaveError:
         complete = [s for s in self._manager.all_steps() if s != self._pending]
@@ -44,9 +75,8 @@ class CheckpointManager:
                 "no earlier checkpoint exists: fix the cause and rerun the same command")
         where = f"step {self._pending}" if self._pending is not None else "a step"
         self._pending = None
-        return SaveError(f"Saving the checkpoint of {where} into {self.directory!r} failed "
-                         f"({type(e).__name__}: {_first_line(e)}). Free disk space if it is "
-                         f"full; {kept}.")
+        return SaveError(f"Saving the checkpoint of {where} into {self.directory!r} failed: "
+                         f"{_reason(e)}. Free disk space if it is full; {kept}.")
 
     def _guarded(self, fn, *args, **kwargs):
         """fn(...), with any error of an asynchronous save as one SaveError."""
@@ -86,7 +116,7 @@ class CheckpointManager:
             if step != steps[0]:
                 bad, e = first_error
                 print(f"warning: the checkpoint at step {bad} in {self.directory!r} cannot be "
-                      f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); resuming "
+                      f"read ({type(e).__name__}: {_first_line(e)}); resuming "
                       f"from step {step} instead.", flush=True)
             return restored
         step, e = first_error

@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import queue
-import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -26,11 +24,19 @@ TINY = ["--config", "configs/digits.py", "--config.batch_size=32",
 ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
 
-def _launch(workdir, *extra, preexec_fn=None):
-    return subprocess.Popen([sys.executable, "-u", "-m", "bt_jax.main", "--workdir", workdir,
-                             *TINY, *extra], cwd=ROOT, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=preexec_fn)
+# Sets a file-size limit, then becomes the trainer (exec: no fork of this threaded process).
+# Writes past the limit then fail with EFBIG, as on a full disk, instead of raising SIGXFSZ.
+LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+
+
+def _launch(workdir, *extra, file_size_limit=None):
+    command = [sys.executable, "-u", "-m", "bt_jax.main", "--workdir", workdir, *TINY, *extra]
+    if file_size_limit is not None:
+        command = [sys.executable, "-c", LIMITED, str(file_size_limit)] + command
+    return subprocess.Popen(command, cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def _lines(proc) -> "queue.Queue[str]":
@@ -45,12 +51,21 @@ def _lines(proc) -> "queue.Queue[str]":
     return q
 
 
-def _saving(ckpt_dir) -> bool:
-    """True while Orbax is writing a checkpoint: its temporary directory exists."""
+def _temporary_dirs(ckpt_dir) -> set:
+    """(name, inode, ctime) of Orbax's temporary directories: a checkpoint being written
+    (or one a kill interrupted earlier, until Orbax removes it)."""
     try:
-        return any("tmp" in name for name in os.listdir(ckpt_dir))
+        names = [n for n in os.listdir(ckpt_dir) if "tmp" in n]
     except FileNotFoundError:
-        return False
+        return set()
+    out = set()
+    for name in names:
+        try:
+            st = os.stat(os.path.join(ckpt_dir, name))
+        except FileNotFoundError:
+            continue
+        out.add((name, st.st_ino, st.st_ctime_ns))
+    return out
 
 
 def _sha(path) -> str:
@@ -75,6 +90,7 @@ def test_random_sigkills_never_lose_work_and_the_result_is_bit_identical(tmp_pat
     kills, mid_save, launches = 0, 0, 0
     while kills < 12 and launches < 40:
         launches += 1
+        stale = _temporary_dirs(ckpt_dir)      # left by an earlier kill
         proc = _launch(workdir, *steps)
         lines = _lines(proc)
         # Wait for the training loop (the first progress line), then kill at a random
@@ -93,7 +109,8 @@ def test_random_sigkills_never_lose_work_and_the_result_is_bit_identical(tmp_pat
                 time.sleep(0.005)
         else:
             deadline = time.monotonic() + 30
-            while not _saving(ckpt_dir) and proc.poll() is None and time.monotonic() < deadline:
+            while (not _temporary_dirs(ckpt_dir) - stale and proc.poll() is None
+                   and time.monotonic() < deadline):
                 time.sleep(0.0005)
             time.sleep(rng.uniform(0.0, 0.01))
         if proc.poll() is not None:
@@ -101,7 +118,8 @@ def test_random_sigkills_never_lose_work_and_the_result_is_bit_identical(tmp_pat
         proc.kill()         # SIGKILL: no handler, no cleanup
         proc.wait(60)
         kills += 1
-        mid_save += _saving(ckpt_dir)      # the temporary directory was left behind
+        # Mid-save: this process's temporary directory was left behind.
+        mid_save += bool(_temporary_dirs(ckpt_dir) - stale)
     proc.wait(600)
     final = _launch(workdir, *steps)       # whatever state the kills left, finish the run
     out, _ = final.communicate(timeout=600)
@@ -111,13 +129,6 @@ def test_random_sigkills_never_lose_work_and_the_result_is_bit_identical(tmp_pat
     assert mid_save >= 1, (kills, mid_save)
     assert _sha(os.path.join(workdir, "backbone.msgpack")) == want
     assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
-
-
-def _file_size_limit(limit_bytes):
-    def apply():   # in the child: writes past the limit fail with EFBIG instead of SIGXFSZ
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-    return apply
 
 
 def _tree_digests(directory) -> dict:
@@ -140,12 +151,13 @@ def test_a_save_that_runs_out_of_space_stops_in_one_line_and_keeps_the_last_chec
     before = _tree_digests(ckpt4)
     # The checkpoint's data file is larger than 64 KiB; metrics, config and events are not.
     # RLIMIT_FSIZE makes every larger write fail as a full disk would (EFBIG, not ENOSPC).
-    full = _launch(workdir, "--config.num_steps=8", preexec_fn=_file_size_limit(64 * 1024))
+    full = _launch(workdir, "--config.num_steps=8", file_size_limit=64 * 1024)
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 2, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith(("error", "Traceback"))]
     assert len(errors) == 1, out[-3000:]
-    assert "Saving the checkpoint of step 6" in errors[0] and "File too large" in errors[0]
+    assert "Saving the checkpoint of step 6" in errors[0]
+    assert "failed: File too large (errno 27)" in errors[0]
     assert "the checkpoint of step 4 is intact" in errors[0]
     assert "Traceback" not in out
     assert _tree_digests(ckpt4) == before

@@ -11,7 +11,7 @@ baseline is one run), resumable (an interrupted run resumes from its checkpoint)
 skipped once finished (results.json holds its probes). Each run is evaluated with the
 recipe's standard probe (results.json's linear_top1) and kNN. The sweep then writes
 experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside ours) and
-NAME.png.
+NAME.png (at the small scale; experiments/results/SCALE/ for the others).
 
 Every table carries the noise floor and the paper's verdict per row. The noise floor is the
 seed sweep's spread at the same scale (the baseline with seeds 0, 1 and 2): a row's
@@ -590,6 +590,8 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
            "knn": floor["knn_std"] if floor else None, "paper": None}
     series = ((lin, "ours: linear", "lin"), (knn, "ours: kNN", "knn"),
               (paper, "paper: ImageNet linear", "paper"))
+    if sweep == "seed":   # the paper's baseline is not a function of our seed
+        series = series[:2]
     xs = [_num(r["x"]) for r in rows]
     if all(x is not None for x in xs):
         order = sorted(range(len(rows)), key=lambda i: xs[i])
@@ -605,6 +607,10 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
             ax.set_xscale("log", base=2)
         elif sweep == "lambda":
             ax.set_xscale("log", base=10)
+        if all(float(x).is_integer() for x in xs):   # seeds, depths, widths, batch sizes
+            ax.set_xticks(sorted(set(xs)))
+            ax.set_xticklabels([f"{x:g}" for x in sorted(set(xs))])
+            ax.minorticks_off()
         ax.set_xlabel(sweep.replace("_", " "))
     else:
         pos = np.arange(len(rows))
@@ -655,7 +661,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=os.path.join(ROOT, "runs", "ablations"),
                         help="workdirs go to ROOT/SCALE/RUN")
     parser.add_argument("--results", default=os.path.join(ROOT, "experiments", "results"),
-                        help="where NAME.csv, NAME.md and NAME.png go")
+                        help="where NAME.csv, NAME.md and NAME.png go (other scales than "
+                             "small: into its SCALE/ sub-directory)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a config override for every run (repeatable)")
     parser.add_argument("--run", action="append", default=[],
@@ -673,6 +680,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     scale = SCALES[args.scale]
+    results_dir = (args.results if args.scale == "small"
+                   else os.path.join(args.results, args.scale))
     extra = parse_set(args.set)
     sweeps = SWEEPS if args.sweep == "all" else tuple(args.sweep.split(","))
 
@@ -707,7 +716,7 @@ def main(argv=None) -> int:
                                                        extra)) == "done"
                 and not reference_rows(sweep, base_dir)):
             evaluate_references(scale, extra, base_dir)
-        rows, floor = report(sweep, runs, args.scale, args.root, args.results, command(sweep))
+        rows, floor = report(sweep, runs, args.scale, args.root, results_dir, command(sweep))
         print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
                                     floor=floor), flush=True)
     return 0

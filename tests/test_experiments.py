@@ -207,7 +207,7 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
             "--set", "eval.fast_max_iter=10", "--set", "eval.fast_l2_grid=(0.001,)",
             "--set", "eval.online_probe=False"]
     assert ab.main(args) == 0
-    with open(tmp_path / "results" / "redundancy.csv") as f:
+    with open(tmp_path / "results" / "tiny" / "redundancy.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["baseline", "redundancy_auto"]
     for r in rows:
@@ -217,10 +217,10 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
         results = json.load(f)
     assert results["num_train"] == 300        # eval.probe_train_examples reached the probes
     assert abs(float(rows[0]["linear_top1"]) - 100 * results["linear_top1"]) < 0.01
-    table = (tmp_path / "results" / "redundancy.md").read_text()
+    table = (tmp_path / "results" / "tiny" / "redundancy.md").read_text()
     assert "| cross-correlation (baseline) | " in table and "| 71.4 |" in table
     assert "--sweep redundancy --scale tiny" in table
-    png = (tmp_path / "results" / "redundancy.png").read_bytes()
+    png = (tmp_path / "results" / "tiny" / "redundancy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # A rerun trains nothing: both runs are finished. --references adds the random-init
     # encoder and raw pixels, probed the same way, to the table.
@@ -229,12 +229,12 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     out = capsys.readouterr().out
     assert "redundancy/baseline: done, skipped" in out
     assert "redundancy/redundancy_auto: done, skipped" in out
-    with open(tmp_path / "results" / "redundancy.csv") as f:
+    with open(tmp_path / "results" / "tiny" / "redundancy.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["baseline", "redundancy_auto", "ref_random_init",
                                         "ref_pixels"]
     assert all(r["status"] == "reference" and float(r["linear_top1"]) > 10 for r in rows[2:])
-    assert "| reference: raw pixels |" in (tmp_path / "results" / "redundancy.md").read_text()
+    assert "| reference: raw pixels |" in (tmp_path / "results" / "tiny" / "redundancy.md").read_text()
     # Other overrides in the same workdirs are refused, not silently mixed in.
     with pytest.raises(SystemExit, match="other overrides"):
         ab.main(args[:-2] + ["--set", "eval.online_probe=True"])

@@ -45,9 +45,14 @@ class _QuietFailedSaves(logging.Filter):
     save fails: CheckpointManager reports that failure itself, as one SaveError."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-                    and ("save" in record.getMessage().lower()
-                         or "raised an exception" in record.getMessage()))
+        if record.levelno < logging.ERROR:
+            return True
+        message = record.getMessage()
+        if "orbax" in record.pathname:   # absl: the failed thread and its save
+            return not ("save" in message.lower() or "raised an exception" in message)
+        # asyncio, at exit: the failed write's futures that Orbax never awaited
+        return not ("exception was never retrieved" in message
+                    and ("orbax" in message or "OCDBT" in message))
 
 
 _QUIET = _QuietFailedSaves()
@@ -65,8 +70,9 @@ class CheckpointManager:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self._pending = None    # the step of the save in flight, if any
-        if _QUIET not in logging.getLogger("absl").filters:
-            logging.getLogger("absl").addFilter(_QUIET)
+        for name in ("absl", "asyncio"):
+            if _QUIET not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_QUIET)
 
     def _save_failed(self, e: BaseException) -> SaveError:
         complete = [s for s in self._manager.all_steps() if s != self._pending]

@@ -28,7 +28,7 @@ ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 # Writes past the limit then fail with EFBIG, as on a full disk, instead of raising SIGXFSZ.
 LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
            "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-           "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+           "os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def _launch(workdir, *extra, file_size_limit=None):
@@ -98,11 +98,11 @@ def test_random_sigkills_never_lose_work_and_the_result_is_bit_identical(tmp_pat
         started = False
         while not started:
             line = lines.get(timeout=300)
-            if line is None:
+            if line is None or "holds a finished run" in line:
                 break
-            started = line.startswith("step ") or "holds a finished run" in line
+            started = line.startswith("step ")
         if not started or proc.poll() is not None:
-            break
+            break           # the run is finished
         if kills % 2 == 0:   # anywhere in the next 6 steps' time
             deadline = time.monotonic() + rng.uniform(0.0, 6 * step_s)
             while time.monotonic() < deadline and proc.poll() is None:

@@ -150,3 +150,12 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(tmp_path):
     assert jax.tree.structure(want) == jax.tree.structure(got) and len(leaves_want) > 50
     for a, b in zip(leaves_want, leaves_got):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bit for bit
+
+
+def test_a_failed_save_is_reported_with_the_operating_systems_reason():
+    e = ValueError("OUT_OF_RANGE: Error writing \"w/0\" in OCDBT database at local file "
+                   "\"/x/4.orbax-checkpoint-tmp/\": Failed to write 9 bytes to file 5: No space "
+                   "left on device [os_error_code='28']")
+    assert ckpt_lib._reason(e) == "No space left on device (errno 28)"
+    assert ckpt_lib._reason(OSError(122, "Disk quota exceeded")) == "Disk quota exceeded (errno 122)"
+    assert ckpt_lib._reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"

@@ -184,7 +184,8 @@ def test_the_export_carries_its_preprocessing_and_encodes_uint8_images(tmp_path)
     want_x = (np.repeat(images, 3, -1) / 255.0 - mean.astype(np.float64)) / std
     np.testing.assert_allclose(export.load_preprocessing(workdir)(images), want_x, rtol=1e-5,
                                atol=1e-6)
-    want = backbone.apply(variables, want_x.astype(np.float32), train=False)
+    want = jax.jit(lambda v, x: backbone.apply(v, x, train=False))(
+        variables, want_x.astype(np.float32))
     np.testing.assert_allclose(export.load_encoder(workdir)(images), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"pretrained on \[N, 16, 16, 3\].*transpose"):
         export.load_preprocessing(workdir)(np.zeros((2, 3, 16, 16), np.uint8))
@@ -269,6 +270,7 @@ def test_a_decompression_bomb_in_a_folder_is_skipped_and_counted_unread(tmp_path
     assert len(files) == 5 and not any(p.endswith("bomb.png") for p in files.paths)
 
 
+@pytest.mark.slow   # three representations, each with its SGD probe compiled: about a minute
 def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(capsys):
     from bt_jax import evaluate
     c = _config()

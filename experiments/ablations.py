@@ -18,8 +18,10 @@ seed sweep's spread at the same scale (the baseline with seeds 0, 1 and 2): a ro
 difference from the baseline's mean over the seeds is beyond noise when it exceeds
 2 x std x sqrt(1 + 1/n) (n seeds; about a 95% two-sided band for one run against the mean
 of n). The paper column reads agrees (the same direction beyond noise, or both flat),
-disagrees (the other direction, or a change where the paper saw none), within noise (the
-paper saw a change, this scale cannot tell it from seed noise), or no claim.
+disagrees (the other direction, a change where the paper saw none, or none where the
+paper's change is over 3x that threshold), within noise (the paper saw a smaller change,
+or claimed one without a number, and this scale cannot tell it from seed noise), or no
+claim.
 
 Scales:
   small  configs/fashion_mnist_quick.py as it is: one epoch of Fashion-MNIST (234 steps at
@@ -397,15 +399,27 @@ def paper_expectation(paper: Optional[float], base_paper: Optional[float],
     return expect
 
 
-def agreement(ours: Optional[str], paper: Optional[str]) -> str:
+# A change of the paper's at least this many times our beyond-noise threshold should show
+# here; where ours is flat, that row disagrees rather than being "within noise".
+VISIBLE_FACTOR = 3.0
+
+
+def agreement(ours: Optional[str], paper: Optional[str], paper_delta: Optional[float] = None,
+              threshold: Optional[float] = None) -> str:
     """The paper column: ours and the paper's "lower" | "flat" | "higher" (ours "flat" =
-    within noise; None = no noise floor yet / no claim)."""
+    within noise; None = no noise floor yet / no claim). paper_delta: the paper's change in
+    points, threshold: our beyond-noise threshold; a flat result against a paper change of
+    VISIBLE_FACTOR x threshold or more disagrees."""
     if paper is None:
         return "no claim"
     if ours is None:
         return "noise unknown"
     if ours == "flat":
-        return "agrees" if paper == "flat" else "within noise"
+        if paper == "flat":
+            return "agrees"
+        visible = (paper_delta is not None and threshold is not None
+                   and abs(paper_delta) >= VISIBLE_FACTOR * threshold)
+        return "disagrees" if visible else "within noise"
     return "agrees" if ours == paper else "disagrees"
 
 
@@ -439,7 +453,11 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
                         else "higher" if d_lin > 0 else "lower")
                 row["vs_noise"] = "within" if ours == "flat" else "beyond"
             if row["run"] != "baseline":
-                row["paper_agreement"] = agreement(ours, expect)
+                paper, delta = _num(row["paper_top1"]), None
+                if paper is not None and base_paper is not None:
+                    delta = paper - base_paper
+                row["paper_agreement"] = agreement(
+                    ours, expect, delta, floor["linear_threshold"] if floor else None)
         out.append(row)
     return out
 
@@ -527,8 +545,11 @@ def noise_text(floor: Optional[dict]) -> str:
             f"against the seeds' mean; a linear change is beyond noise when larger than "
             f"{floor['linear_threshold']:.2f} points ({NOISE_Z:g} x std x sqrt(1 + 1/n); kNN: "
             f"{floor['knn_threshold']:.2f}). Paper column: agrees (same direction beyond "
-            f"noise, or both flat), disagrees, within noise (the paper saw a change of "
-            f"{PAPER_FLAT:g}+ points, this scale cannot tell it from seed noise), no claim.")
+            f"noise, or both flat), disagrees (the other direction, a change where the paper "
+            f"saw none, or none where the paper's exceeds "
+            f"{VISIBLE_FACTOR * floor['linear_threshold']:.1f} points), within noise (the "
+            f"paper saw a smaller change of {PAPER_FLAT:g}+ points, or stated one without a "
+            "number, and this scale cannot tell it from seed noise), no claim.")
 
 
 def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str,
@@ -617,9 +638,15 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
         width = 0.27
         for k, (values, label, key) in enumerate(series):
             err = ([std[key] if v is not None else 0 for v in values] if std[key] else None)
+            if err and key != "paper":
+                err = [e if r["status"] == "done" else 0 for e, r in zip(err, rows)]
             ax.bar(pos + (k - 1) * width, [v if v is not None else 0 for v in values], width,
                    yerr=err, capsize=2 if err else 0,
                    label=label + (" (± 1 seed std)" if err else ""))
+        for i, r in enumerate(rows):
+            if r["status"] != "done":     # a failed or missing run: say so, not an empty slot
+                ax.text(pos[i] - width / 2, 2, "run " + r["status"], rotation=90, ha="center",
+                        va="bottom", fontsize=8, color="crimson")
         ax.set_xticks(pos)
         ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in rows], fontsize=7,
                            rotation=20, ha="right")

@@ -36,8 +36,7 @@ def _reason(e: BaseException, limit: int = 200) -> str:
         return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror} (errno {e.errno})"
-    lines = text.strip().splitlines()
-    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"
+    return f"{type(e).__name__}: {_first_line(e, limit)}"
 
 
 class _QuietFailedSaves(logging.Filter):

@@ -267,16 +267,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.image_size > 0, f"data.image_size must be positive; got "
          f"{config.data.image_size}.")
     from bt_jax.models.resnet import (  # pylint: disable=import-outside-toplevel
-        STEM_STRIDES, STEMS)
+        STEMS, min_image_size, stem_minimums)
     need(config.model.stem in STEMS, f"model.stem must be one of {STEMS}; got "
          f"{config.model.stem!r}.")
-    smallest = STEM_STRIDES[config.model.stem] * 8    # the 4 stages halve 3 times
+    smallest = min_image_size(config.model.stem)
     need(config.data.image_size >= smallest,
          f"data.image_size={config.data.image_size} is too small for model.stem="
          f"{config.model.stem!r}: its network reduces {smallest}x{smallest} px to one "
          f"last-stage pixel. Raise data.image_size to at least {smallest}, or use a stem that "
-         "downsamples less ("
-         + ", ".join(f"{k!r}: {STEM_STRIDES[k] * 8} px" for k in STEMS) + ").")
+         f"downsamples less ({stem_minimums()}).")
     o = config.optim
     for field in ("lr_weights", "lr_biases", "weight_decay", "warmup_epochs"):
         need(o[field] >= 0, f"optim.{field} must be >= 0; got {o[field]}. Learning rates, "

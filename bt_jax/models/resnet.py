@@ -24,6 +24,17 @@ STEMS = ("imagenet", "cifar", "cifar_pool")
 # Downsampling of each stem before the first stage (conv stride x max-pool stride).
 STEM_STRIDES = {"imagenet": 4, "cifar": 1, "cifar_pool": 2}
 
+
+def min_image_size(stem: str, num_stages: int = 4) -> int:
+    """The input pixels one last-stage pixel spans per side (stages after the first halve
+    the resolution): 32 for the ImageNet stem, 16 for "cifar_pool", 8 for "cifar"."""
+    return STEM_STRIDES[stem] * 2 ** (num_stages - 1)
+
+
+def stem_minimums() -> str:
+    """"'imagenet': 32 px, 'cifar': 8 px, ..." for error messages."""
+    return ", ".join(f"{k!r}: {min_image_size(k)} px" for k in STEMS)
+
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -123,7 +134,7 @@ class ResNet(nn.Module):
     def total_stride(self) -> int:
         """How many input pixels one pixel of the last stage spans per side: 32 for the
         ImageNet stem, 16 for "cifar_pool", 8 for "cifar" (with 4 stages)."""
-        return STEM_STRIDES[self.stem] * 2 ** (len(self.stage_sizes) - 1)
+        return min_image_size(self.stem, len(self.stage_sizes))
 
     def check_input(self, shape: Sequence[int]) -> None:
         """Raises ValueError naming the fix if images of this shape cannot be fed."""
@@ -144,7 +155,7 @@ class ResNet(nn.Module):
                 f"Images of {h}x{w} px are too small for the {self.stem!r} stem: its network "
                 f"reduces {self.total_stride}x{self.total_stride} px to one last-stage pixel. "
                 "Upsample them, or use a stem that downsamples less "
-                f"({', '.join(f'{k!r}: {STEM_STRIDES[k] * 8} px' for k in STEMS)}).")
+                f"({stem_minimums()}).")
 
     @nn.compact
     def __call__(self, x, train: bool = True):

@@ -555,7 +555,8 @@ def list_image_files(root: str, classes: Optional[list[str]] = None
 
 
 # Images above this many pixels are skipped unread: a small file (a "decompression bomb":
-# a 20,000 x 20,000 PNG of one colour is under 1 MB) could otherwise decode to gigabytes.
+# a 12,000 x 12,000 PNG of one colour is under 1 MB: tests/test_reliability.py) could
+# otherwise decode to hundreds of megabytes or more.
 # PIL's default limit (Image.MAX_IMAGE_PIXELS), about 9,500 x 9,500.
 MAX_IMAGE_PIXELS = 89_478_485
 

@@ -43,7 +43,9 @@ def test_recipe_runs_one_train_step_with_tiny_overrides(path):
     import numpy as np
     from bt_jax import parallel
     c = load(path)
-    c.batch_size, c.data.image_size = 16, 16
+    from bt_jax.models.resnet import min_image_size
+    # The smallest images the recipe's stem accepts (16 px, or 32 for the ImageNet stem).
+    c.batch_size, c.data.image_size = 16, max(16, min_image_size(c.model.stem))
     c.model.width, c.model.projector_dims = 0.0625, (32, 32)
     mesh = parallel.make_mesh()
     tx = train.create_optimizer(c, steps_per_epoch=10, total_steps=100)
@@ -51,7 +53,8 @@ def test_recipe_runs_one_train_step_with_tiny_overrides(path):
                                                 c.data.image_size), mesh)
     step = train.make_train_step(train.create_model(c, axis_name=parallel.BATCH_AXIS), tx,
                                  c.loss, mesh)
-    x = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    s = c.data.image_size
+    x = np.random.default_rng(0).normal(size=(16, s, s, 3)).astype(np.float32)
     state, metrics = step(state, parallel.host_to_global({"view_a": x, "view_b": x[::-1]},
                                                          mesh))
     assert int(state.step) == 1 and all(np.isfinite(float(v)) for v in metrics.values())

@@ -159,3 +159,40 @@ def test_a_failed_save_is_reported_with_the_operating_systems_reason():
     assert ckpt_lib._reason(e) == "No space left on device (errno 28)"
     assert ckpt_lib._reason(OSError(122, "Disk quota exceeded")) == "Disk quota exceeded (errno 122)"
     assert ckpt_lib._reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"
+
+
+_NOISE = ["Traceback (most recent call last):\n",
+          '  File "/usr/lib/python3.11/asyncio/base_events.py", line 806, in '
+          "call_soon_threadsafe\n",
+          "    self._check_closed()\n",
+          '  File "/usr/lib/python3.11/asyncio/base_events.py", line 519, in _check_closed\n',
+          "    raise RuntimeError('Event loop is closed')\n",
+          "RuntimeError: Event loop is closed\n"]
+
+
+def test_closed_loop_tracebacks_of_a_failed_save_are_dropped_even_when_threads_interleave():
+    import io
+    import threading
+    out = io.StringIO()
+    stderr = ckpt_lib._WithoutClosedLoopTracebacks(out)
+    barrier = threading.Barrier(4)
+
+    def noise():   # piece by piece, as TensorStore's threads print
+        for line in _NOISE * 5:
+            for piece in (line[:7], line[7:]):
+                barrier.wait(timeout=10)
+                stderr.write(piece)
+    threads = [threading.Thread(target=noise) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out.getvalue() == ""
+    # Everything else passes through whole: text, and tracebacks that are not that noise.
+    real = ["Traceback (most recent call last):\n", '  File "train.py", line 3, in step\n',
+            "    raise ValueError('x')\n", "ValueError: x\n"]
+    stderr.write("warning: partial")
+    assert out.getvalue() == "warning: partial"
+    stderr.write(" line\n" + "".join(real) + "".join(_NOISE[:3]) + "KeyError: 'k'\n")
+    assert out.getvalue() == ("warning: partial line\n" + "".join(real)
+                              + "".join(_NOISE[:3]) + "KeyError: 'k'\n")

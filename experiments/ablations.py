@@ -8,7 +8,9 @@
 Every run is the ordinary trainer (`bt_jax.train.train_and_evaluate`) on a recipe plus
 config overrides, in its own workdir ROOT/SCALE/RUN. Runs are shared between sweeps (the
 baseline is one run), resumable (an interrupted run resumes from its checkpoint) and
-skipped once finished (results.json holds its probes). Each run is evaluated with the
+skipped once finished (results.json holds its probes, or RESULTS/runs.json, the ledger
+committed beside the tables, records the same run: workdirs need not outlive a machine).
+Each run is evaluated with the
 recipe's standard probe (results.json's linear_top1) and kNN. The sweep then writes
 experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside ours) and
 NAME.png (at the small scale; experiments/results/SCALE/ for the others).
@@ -495,13 +497,20 @@ REFERENCES = (("random_init", "reference: same encoder, random init (no training
               ("pixels", "reference: raw pixels"))
 
 
-def reference_rows(sweep: str, workdir: str) -> list[dict]:
+def reference_rows(sweep: str, workdir: str, ledger: Optional[dict] = None) -> list[dict]:
     """Rows for the random-init encoder and raw pixels, probed the same way, from the
-    baseline's results.json (present once `--references` evaluated them)."""
+    baseline's results.json (present once `--references` evaluated them), else from the
+    ledger's baseline entry. Found in results.json, they are recorded in the ledger."""
     results = read_json(os.path.join(workdir, "results.json")) or {}
+    found = results.get("baselines", {})
+    entry = (ledger or {}).get("baseline")
+    if found and entry is not None:
+        entry["references"] = found
+    elif not found and entry is not None:
+        found = entry.get("references", {})
     rows = []
     for key, setting in REFERENCES:
-        r = results.get("baselines", {}).get(key)
+        r = found.get(key)
         if r:
             rows.append({**{f: "" for f in CSV_FIELDS}, "sweep": sweep, "run": f"ref_{key}",
                          "setting": setting, "status": "reference",
@@ -528,6 +537,53 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+# The ledger: every finished (or failed) run's row, kept beside the tables in
+# RESULTS/runs.json, so that a sweep resumes where it stopped on another machine or after
+# the workdirs are gone (they are not part of the repository). A run whose workdir holds no
+# result is taken from the ledger when its overrides there are the same; its workdir wins
+# otherwise.
+LEDGER = "runs.json"
+_RUN_FIELDS = ("sweep", "setting", "x", "paper_top1")   # the sweep's, not the run's
+
+
+def read_ledger(results_dir: str) -> dict:
+    """{run name: {"overrides", "row", ["references"]}} from results_dir/runs.json."""
+    return read_json(os.path.join(results_dir, LEDGER)) or {}
+
+
+def write_ledger(ledger: dict, results_dir: str) -> None:
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, LEDGER)
+    with open(path + ".tmp", "w") as f:
+        json.dump(ledger, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def ledger_entry(ledger: dict, name: str, overrides: dict) -> Optional[dict]:
+    """The ledger's entry for a run with exactly these overrides, else None."""
+    entry = ledger.get(name)
+    if entry and entry.get("overrides") == json.loads(json.dumps(overrides)):
+        return entry
+    return None
+
+
+def run_row(sweep: str, run: Run, workdir: str, overrides: dict, ledger: dict) -> dict:
+    """The run's row: from its workdir when that holds a result (the ledger is updated),
+    else from the ledger when it recorded the same overrides, else "todo"."""
+    row = collect_row(sweep, run, workdir)
+    if row["status"] in ("done", "failed"):
+        kept = {k: v for k, v in row.items() if k not in _RUN_FIELDS}
+        entry = ledger.setdefault(run.name, {})
+        entry.update(overrides=json.loads(json.dumps(overrides)), row=kept)
+        return row
+    entry = ledger_entry(ledger, run.name, overrides)
+    if entry is None:
+        return row
+    return {**row, **{k: v for k, v in entry["row"].items() if k in CSV_FIELDS},
+            "run": run.name}
 
 
 def _num(v) -> Optional[float]:
@@ -660,17 +716,21 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
 
 
 def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir: str,
-           command: str) -> tuple[list[dict], Optional[dict]]:
-    """Writes NAME.csv, NAME.md and NAME.png for one sweep; returns the annotated rows and
-    the scale's noise floor (from its seed sweep's workdirs)."""
+           command: str, extra: Optional[dict] = None) -> tuple[list[dict], Optional[dict]]:
+    """Writes NAME.csv, NAME.md and NAME.png for one sweep, and records its runs in the
+    ledger (runs.json); returns the annotated rows and the scale's noise floor (from its
+    seed sweep's runs). extra: the --set overrides every run was trained with."""
+    scale = SCALES[scale_name]
     scale_root = os.path.join(root, scale_name)
-    seed_rows = [collect_row("seed", r, os.path.join(scale_root, r.name))
-                 for r in sweep_runs("seed", SCALES[scale_name])]
-    floor = noise_floor(seed_rows)
-    rows = [collect_row(sweep, r, os.path.join(scale_root, r.name)) for r in runs]
-    rows = annotate(rows, runs, floor)
-    rows += reference_rows(sweep, os.path.join(scale_root, "baseline"))
-    os.makedirs(results_dir, exist_ok=True)
+    ledger = read_ledger(results_dir)
+
+    def row(sweep_name: str, run: Run) -> dict:
+        return run_row(sweep_name, run, os.path.join(scale_root, run.name),
+                       run_overrides(scale, run, extra or {}), ledger)
+    floor = noise_floor([row("seed", r) for r in sweep_runs("seed", scale)])
+    rows = annotate([row(sweep, r) for r in runs], runs, floor)
+    rows += reference_rows(sweep, os.path.join(scale_root, "baseline"), ledger)
+    write_ledger(ledger, results_dir)
     stem = os.path.join(results_dir, sweep)
     write_csv(rows, stem + ".csv")
     with open(stem + ".md", "w") as f:
@@ -718,6 +778,7 @@ def main(argv=None) -> int:
                         + (["--references"] if args.references else []))
 
     for sweep in sweeps:
+        ledger = read_ledger(results_dir)
         runs = sweep_runs(sweep, scale)
         names = [r.name for r in runs]
         unknown = [n for n in args.run if n not in names]
@@ -729,10 +790,14 @@ def main(argv=None) -> int:
             if args.print_commands:
                 print(train_command(scale, run, extra, os.path.relpath(workdir)))
                 continue
-            status = run_status(workdir, run_overrides(scale, run, extra))
+            overrides = run_overrides(scale, run, extra)
+            status, where = run_status(workdir, overrides), ""
+            recorded = ledger_entry(ledger, run.name, overrides)
+            if status == "todo" and recorded:
+                status, where = recorded["row"]["status"], f" (recorded in {LEDGER})"
             if args.report_only or status == "done" or (status == "failed"
                                                         and not args.retry_failed):
-                print(f"{sweep}/{run.name}: {status}, skipped", flush=True)
+                print(f"{sweep}/{run.name}: {status}{where}, skipped", flush=True)
                 continue
             train_run(scale, run, extra, workdir)
         if args.print_commands:
@@ -741,9 +806,10 @@ def main(argv=None) -> int:
         if (args.references and not args.report_only
                 and run_status(base_dir, run_overrides(scale, Run("baseline", "", {}),
                                                        extra)) == "done"
-                and not reference_rows(sweep, base_dir)):
+                and not reference_rows(sweep, base_dir, read_ledger(results_dir))):
             evaluate_references(scale, extra, base_dir)
-        rows, floor = report(sweep, runs, args.scale, args.root, results_dir, command(sweep))
+        rows, floor = report(sweep, runs, args.scale, args.root, results_dir, command(sweep),
+                             extra)
         print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
                                     floor=floor), flush=True)
     return 0

@@ -197,6 +197,46 @@ def test_ablation_report_reads_seed_workdirs_and_draws_error_bars(tmp_path):
     assert "Noise floor (seed sweep, 3 seeds)" in (tmp_path / "res" / "redundancy.md").read_text()
 
 
+def test_the_ledger_keeps_finished_runs_once_their_workdirs_are_gone(tmp_path, capsys):
+    """report() records every finished run (and the references) in RESULTS/runs.json; with
+    the workdirs deleted, the tables come out the same and main() trains nothing."""
+    import shutil
+    ab = _ablations()
+    root, res = tmp_path / "runs", tmp_path / "res"
+    refs = {"pixels": {"linear_top1": 0.845, "linear_top5": 0.99, "knn_top1": 0.818,
+                       "knn_top5": 0.99}}
+    for name, lin, knn in (("baseline", 0.870, 0.830), ("seed_1", 0.874, 0.836),
+                           ("seed_2", 0.866, 0.824), ("redundancy_auto", 0.850, 0.800)):
+        work = root / "small" / name
+        work.mkdir(parents=True)
+        results = {"linear_top1": lin, "linear_top5": 0.99, "knn_top1": knn, "knn_top5": 0.99}
+        if name == "baseline":
+            results["baselines"] = refs
+        (work / "results.json").write_text(json.dumps(results))
+    runs = ab.sweep_runs("redundancy", ab.SCALES["small"])
+    ab.report("redundancy", runs, "small", str(root), str(res), "CMD")
+    first = (res / "redundancy.csv").read_text()
+    ledger = json.loads((res / "runs.json").read_text())
+    assert sorted(ledger) == ["baseline", "redundancy_auto", "seed_1", "seed_2"]
+    assert ledger["seed_1"]["overrides"] == {"eval.baselines": False, "seed": 1}
+    assert ledger["baseline"]["references"] == refs
+    shutil.rmtree(root)
+    ab.report("redundancy", runs, "small", str(root), str(res), "CMD")
+    assert (res / "redundancy.csv").read_text() == first
+    assert "| reference: raw pixels | 84.5 |" in (res / "redundancy.md").read_text()
+    capsys.readouterr()
+    assert ab.main(["--sweep", "redundancy", "--scale", "small", "--root", str(root),
+                    "--results", str(res), "--references"]) == 0
+    out = capsys.readouterr().out
+    assert "redundancy/redundancy_auto: done (recorded in runs.json), skipped" in out
+    assert not root.exists()                  # nothing trained, nothing evaluated
+    assert (res / "redundancy.csv").read_text() == first
+    # A run recorded with other overrides is not taken from the ledger.
+    assert ab.ledger_entry(ledger, "seed_1", {"eval.baselines": False, "seed": 1})
+    assert ab.ledger_entry(ledger, "seed_1", {"eval.baselines": False, "seed": 2}) is None
+    assert ab.ledger_entry(ledger, "batch_128", {}) is None
+
+
 @pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs(tmp_path,
                                                                                  capsys):

@@ -800,6 +800,8 @@ def main(argv=None) -> int:
                 print(f"{sweep}/{run.name}: {status}{where}, skipped", flush=True)
                 continue
             train_run(scale, run, extra, workdir)
+            run_row(sweep, run, workdir, overrides, ledger)   # recorded at once: a later
+            write_ledger(ledger, results_dir)                  # run may be cut short
         if args.print_commands:
             continue
         base_dir = os.path.join(args.root, args.scale, "baseline")

@@ -138,6 +138,8 @@ class Run:
     x: the swept number, for sweeps plotted against a value (lambda, width, batch, depth).
     expect: the paper's claim against the baseline where it gives no number ("lower",
       "flat" or "higher"; None: no claim); rows with a `paper` number derive it from that.
+    control: the run this row is measured against (a follow-up's own control, e.g. the
+      baseline at the same learning rate); None: the baseline's mean over the seeds.
     """
     name: str
     setting: str
@@ -145,6 +147,7 @@ class Run:
     paper: Optional[float] = None
     x: Optional[float] = None
     expect: Optional[str] = None
+    control: Optional[str] = None
 
 
 def _projector_width(scale: Scale) -> int:
@@ -224,6 +227,23 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
     if sweep == "seed":      # not in the paper: how far runs move by the seed alone
         return [dataclasses.replace(base, setting="seed 0 (baseline)", x=0)] + [
             Run(f"seed_{k}", f"seed {k}", {"seed": k}, x=k) for k in (1, 2)]
+    if sweep == "followup":  # one extra run per disagreement, beside its own control
+        lr10 = {"optim.lr_weights": 2.0, "optim.lr_biases": 0.048}   # 10x the paper's
+        wide = max(sweep_runs("projector_width", scale), key=lambda r: r.x)   # the widest
+        info_nce = {"loss.kind": "info_nce", "loss.temperature": 0.1}
+        return [base,
+                Run("baseline_lr10", "baseline at 10x the paper's learning rates", lr10),
+                Run("no_projector_bn_lr10", "no BN in the projector, 10x LR (vs baseline "
+                    "at 10x LR)", {**lr10, "model.projector_bn": False}, 71.2,
+                    control="baseline_lr10"),
+                Run("no_bn_no_norm_lr10", "no BN and no normalisation, 10x LR (vs baseline "
+                    "at 10x LR)", {**lr10, "model.projector_bn": False,
+                                   "loss.normalization": "none"}, 53.4,
+                    control="baseline_lr10"),
+                dataclasses.replace(wide, expect=None, x=None),
+                Run(f"info_nce_{wide.name}", f"InfoNCE, projector width {wide.x} (vs Barlow "
+                    f"Twins at width {wide.x})", {**wide.overrides, **info_nce}, 63.3,
+                    control=wide.name)]
     if sweep == "redundancy":
         return [dataclasses.replace(base, setting="cross-correlation (baseline)"),
                 Run("redundancy_auto", "auto-correlation of one branch",
@@ -232,7 +252,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
 
 
 SWEEPS = ("loss", "asymmetric", "lambda", "projector_width", "projector_depth", "batch_size",
-          "augmentations", "redundancy", "seed")
+          "augmentations", "redundancy", "seed", "followup")
 
 # What the paper says where it gives no number per row.
 PAPER_NOTES = {
@@ -253,6 +273,10 @@ PAPER_NOTES = {
                      "grayscale, so its colour jitter is brightness and contrast only.",
     "seed": "Not a paper ablation: the baseline with other seeds (initialisation, data order "
             "and augmentations all change), to show how far a single run moves by chance.",
+    "followup": "Extra runs that test an explanation for a disagreement with the paper, "
+                "each measured against its own control (named in the row; the noise "
+                "threshold of one run against another is 2 x std x sqrt(2)). The paper's "
+                "columns are those of the row it follows up.",
     "redundancy": "The paper: the authors saw little difference between the cross- and "
                   "auto-correlation redundancy term.",
 }
@@ -426,15 +450,18 @@ def agreement(ours: Optional[str], paper: Optional[str], paper_delta: Optional[f
 
 
 def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[dict]:
-    """Adds each trained row's change against the baseline (the mean over the seeds when
-    the noise floor exists, else the seed-0 baseline run), whether it is beyond noise, the
-    paper's expectation and the verdict. Reference rows pass through unchanged."""
+    """Adds each trained row's change against its reference, whether it is beyond noise,
+    the paper's expectation and the verdict. The reference is the run's `control` row when
+    it names one (one run against another: the threshold is NOISE_Z x std x sqrt(2)), else
+    the mean over the seeds when the noise floor exists, else the seed-0 baseline run.
+    Reference rows pass through unchanged."""
     by_name = {r.name: r for r in runs}
-    base = next((r for r in rows if r["run"] == "baseline"), None)
-    base_paper = _num(base["paper_top1"]) if base else None
-    ref = {k: (floor[f"{k}_mean"] if floor else
-               (_num(base[f"{k}_top1"]) if base and base["status"] == "done" else None))
-           for k in ("linear", "knn")}
+    by_row = {r["run"]: r for r in rows}
+    base = by_row.get("baseline")
+    base_paper = _num(base["paper_top1"]) if base else PAPER_BASELINE
+    seeds_mean = {k: (floor[f"{k}_mean"] if floor else
+                      (_num(base[f"{k}_top1"]) if base and base["status"] == "done" else None))
+                  for k in ("linear", "knn")}
     out = []
     for row in rows:
         row = dict(row)
@@ -445,21 +472,26 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
         expect = (None if row["run"] == "baseline" else
                   paper_expectation(_num(row["paper_top1"]), base_paper, run.expect))
         row["paper_expect"] = expect or ""
+        ref, threshold = seeds_mean, floor["linear_threshold"] if floor else None
+        if run.control:
+            control = by_row.get(run.control, {})
+            ref = {k: (_num(control[f"{k}_top1"]) if control.get("status") == "done"
+                       else None) for k in ("linear", "knn")}
+            threshold = NOISE_Z * floor["linear_std"] * math.sqrt(2) if floor else None
         if row["status"] == "done" and ref["linear"] is not None:
             d_lin = float(row["linear_top1"]) - ref["linear"]
             row["delta_linear"] = round(d_lin, 2)
             row["delta_knn"] = round(float(row["knn_top1"]) - ref["knn"], 2)
             ours = None
-            if floor:
-                ours = ("flat" if abs(d_lin) <= floor["linear_threshold"]
+            if threshold is not None:
+                ours = ("flat" if abs(d_lin) <= threshold
                         else "higher" if d_lin > 0 else "lower")
                 row["vs_noise"] = "within" if ours == "flat" else "beyond"
             if row["run"] != "baseline":
                 paper, delta = _num(row["paper_top1"]), None
                 if paper is not None and base_paper is not None:
                     delta = paper - base_paper
-                row["paper_agreement"] = agreement(
-                    ours, expect, delta, floor["linear_threshold"] if floor else None)
+                row["paper_agreement"] = agreement(ours, expect, delta, threshold)
         out.append(row)
     return out
 

@@ -171,6 +171,31 @@ def test_noise_floor_marks_changes_and_states_the_papers_verdict():
     assert "not yet measured" in ab.noise_text(None)
 
 
+def test_a_follow_up_is_measured_against_its_own_control():
+    ab = _ablations()
+    runs = {r.name: r for r in ab.sweep_runs("followup", ab.SCALES["small"])}
+    assert runs["no_projector_bn_lr10"].control == "baseline_lr10"
+    assert runs["info_nce_width_4096"].control == "width_4096"
+    assert (runs["info_nce_width_4096"].overrides["model.projector_dims"]
+            == ab.sweep_runs("projector_width", ab.SCALES["small"])[-1].overrides[
+                "model.projector_dims"])
+    floor = {"n": 3, "linear_mean": 87.0, "linear_std": 0.4, "linear_threshold": 0.92,
+             "knn_mean": 83.0, "knn_std": 0.5, "knn_threshold": 1.15}
+
+    def row(name, lin, knn, paper=""):
+        return {**{f: "" for f in ab.CSV_FIELDS}, "run": name, "setting": name,
+                "status": "done", "linear_top1": lin, "knn_top1": knn, "paper_top1": paper}
+    rows = {r["run"]: r for r in ab.annotate(
+        [row("baseline", 87.0, 83.0, 71.4), row("baseline_lr10", 85.0, 80.0),
+         row("no_projector_bn_lr10", 84.5, 80.0, 71.2)], list(runs.values()), floor)}
+    assert rows["baseline_lr10"]["delta_linear"] == -2.0          # against the seeds' mean
+    assert rows["baseline_lr10"]["paper_agreement"] == "no claim"
+    # -0.5 against its control (not -2.5 against the seeds): within 2 x 0.4 x sqrt(2).
+    assert rows["no_projector_bn_lr10"]["delta_linear"] == -0.5
+    assert rows["no_projector_bn_lr10"]["vs_noise"] == "within"
+    assert rows["no_projector_bn_lr10"]["paper_agreement"] == "agrees"   # both flat
+
+
 def test_ablation_report_reads_seed_workdirs_and_draws_error_bars(tmp_path):
     """report() on finished workdirs (written here, no training): the seed sweep's runs give
     the noise floor of every table at that scale."""

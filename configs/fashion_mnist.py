@@ -9,7 +9,7 @@ the validation split (experiments/fashion_mnist_tuning.py: 6 epochs in run f01, 
 crops of scale 0.5-1 of that time; crops of scale 0.85-1 in the one-epoch runs q17-q18).
 The kNN monitor runs every 3 epochs; the last call's features are the evaluation's: the
 fast L-BFGS probe and kNN (k = 200) on the 60,000 training images, tested on the 10,000
-test images, beside the same encoder at random init and raw pixels. README.md
+test images, beside the same encoder at random init and raw pixels. docs/results.md
 (Fashion-MNIST) has its numbers.
 
 Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.data.path=DIR;

@@ -2,7 +2,7 @@
 
 Chosen on the validation split (experiments/fashion_mnist_tuning.py, runs q01-q20, with
 --config.data.validation_examples=10000: 50,000 training images); q18 is this file as
-committed but for the kNN monitor's mid-run call. README.md (Fashion-MNIST) has its
+committed but for the kNN monitor's mid-run call. docs/results.md (Fashion-MNIST) has its
 validation and test numbers.
 
 ResNet-18 with the "cifar_pool" stem (3x3/1 conv + 2x2 max-pool: stages at 14, 7, 4, 2 px)

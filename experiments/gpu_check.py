@@ -31,7 +31,7 @@ Needs: JAX with CUDA, flax, optax, orbax-checkpoint, chex, absl-py, ml-collectio
 scikit-learn, matplotlib, tensorboard; PyTorch and torchvision for torch_step. No
 TensorFlow. Fashion-MNIST's four IDX files (about 30 MB gzipped) in --fmnist-dir: by
 default /usr/share/datasets/fashion-mnist, else .carry/fashion-mnist in this repository.
-README.md (GPU check) shows how to carry them and missing wheels to a borrowed machine.
+docs/benchmarks.md (GPU check) shows how to carry them and missing wheels to a borrowed machine.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from bt_jax import losses
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -69,8 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
     # with temperature; stop_gradient on view B.
     c.loss.invariance_weight = 1.0
     c.loss.normalization = "batch"     # "batch" | "feature" | "none"
-    c.loss.kind = "barlow_twins"       # "barlow_twins" | "info_nce"
+    c.loss.kind = "barlow_twins"       # an objective of bt_jax.losses.OBJECTIVES:
+    #                                    "barlow_twins" | "info_nce" | "vicreg"
     c.loss.temperature = 0.1           # info_nce only
+    # vicreg only: the weights of its three terms (Bardes et al. 2022: 25, 25, 1)
+    c.loss.vicreg = ml_collections.ConfigDict(
+        {"invariance_weight": 25.0, "variance_weight": 25.0, "covariance_weight": 1.0})
     c.loss.stop_gradient = False       # True: no gradient through view B's embedding
     # How sum C_ij^2 is computed: "direct" forms the [D, D] matrix, "gram" goes through the
     # [N, N] Gram matrices of the views (O(N^2 D)); "auto" takes "gram" when 2N <= D for
@@ -289,16 +295,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.loss.scale > 0, f"loss.scale must be positive; got {config.loss.scale}.")
     need(config.loss.invariance_weight >= 0, "loss.invariance_weight must be >= 0; got "
          f"{config.loss.invariance_weight}.")
-    need(config.loss.redundancy in ("cross", "auto"),
-         f"loss.redundancy must be 'cross' or 'auto'; got {config.loss.redundancy!r}.")
-    need(config.loss.normalization in ("batch", "feature", "none"),
-         "loss.normalization must be 'batch', 'feature' or 'none'; got "
+    need(config.loss.redundancy in losses.REDUNDANCY_MODES,
+         f"loss.redundancy must be one of {losses.REDUNDANCY_MODES}; got "
+         f"{config.loss.redundancy!r}.")
+    need(config.loss.normalization in losses.NORMALIZATIONS,
+         f"loss.normalization must be one of {losses.NORMALIZATIONS}; got "
          f"{config.loss.normalization!r}.")
-    need(config.loss.kind in ("barlow_twins", "info_nce"),
-         f"loss.kind must be 'barlow_twins' or 'info_nce'; got {config.loss.kind!r}.")
+    need(config.loss.kind in losses.OBJECTIVES,
+         f"loss.kind must be one of {sorted(losses.OBJECTIVES)}; got {config.loss.kind!r}.")
+    need(all(w >= 0 for w in config.loss.vicreg.values()),
+         f"loss.vicreg's weights must be >= 0; got {dict(config.loss.vicreg)}.")
     need(config.loss.temperature > 0, "loss.temperature must be positive.")
-    need(config.loss.correlation_path in ("auto", "direct", "gram"),
-         "loss.correlation_path must be 'auto', 'direct' or 'gram'; got "
+    need(config.loss.correlation_path in losses.CORRELATION_PATHS,
+         f"loss.correlation_path must be one of {losses.CORRELATION_PATHS}; got "
          f"{config.loss.correlation_path!r}.")
     need(all(d > 0 for d in config.model.predictor_dims),
          f"model.predictor_dims must be positive widths or (); got "

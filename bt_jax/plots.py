@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
+
+from bt_jax import losses
 
 
-def plot_training_curves(workdir: str) -> str:
-    """Loss and its two terms against the step, and the kNN monitor's accuracy where it ran
+def plot_training_curves(workdir: str, curves: Optional[tuple] = None) -> str:
+    """The loss and the objective's scalars `curves` ((metrics key, title), ...; default:
+    Barlow Twins' two terms) against the step, and the kNN monitor's accuracy where it ran
     -> workdir/training_curves.png; returns the path."""
+    if curves is None:
+        curves = losses.OBJECTIVES["barlow_twins"].curves
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -16,13 +22,13 @@ def plot_training_curves(workdir: str) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     train_rows = [r for r in rows if "loss" in r]
     monitor_rows = [r for r in rows if "monitor_knn_top1" in r]
-    panels = 3 + bool(monitor_rows)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2))
+    curves = (("loss", "loss"),) + tuple(curves)
+    panels = len(curves) + bool(monitor_rows)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+    axes = axes[0]
     steps = [r["step"] for r in train_rows]
-    for ax, key, title in zip(axes, ("loss", "on_diag", "off_diag"),
-                              ("loss", "invariance term  sum (1 - C_ii)^2",
-                               "redundancy term  sum_{i!=j} C_ij^2")):
-        ax.plot(steps, [r[key] for r in train_rows])
+    for ax, (key, title) in zip(axes, curves):
+        ax.plot(steps, [r.get(key, float("nan")) for r in train_rows])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.set_yscale("log")

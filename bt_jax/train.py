@@ -134,16 +134,20 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
       params, batch_stats: the model's variables (replicated).
       batch: {"view_a": [B, S, S, 3], "view_b": [B, S, S, 3]} this device's rows.
       model: BarlowTwins built with the same axis_name.
-      loss_cfg: config.loss (lambd, scale, redundancy and the ablation fields).
+      loss_cfg: config.loss: `kind` names the objective (`losses.OBJECTIVES`), the other
+        fields are its settings and the ablation switches.
       axis_name: the mesh axis, or None on one device without shard_map.
 
     Returns:
       (loss, grads, new batch_stats, terms, features): the loss of the global batch and its
       gradient with respect to params (already summed over devices by shard_map's
       autodiff: the gradient of the global batch on one device), the BatchNorm statistics
-      after both views, the unweighted terms {"on_diag", "off_diag", ...}, and view A's
+      after both views, the objective's named scalars (Barlow Twins: {"on_diag",
+      "off_diag", ...}), and view A's
       backbone features [B, F] (for the online probe).
     """
+    objective = losses.get_objective(loss_cfg.kind)
+
     def loss_fn(p):
         out_a, mut = model.apply({"params": p, "batch_stats": batch_stats}, batch["view_a"],
                                  train=True, mutable=["batch_stats"])
@@ -154,16 +158,7 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
         z_b = out_b["embedding"]
         if loss_cfg.stop_gradient:
             z_b = jax.lax.stop_gradient(z_b)
-        terms = losses.barlow_twins_terms(z_a, z_b, redundancy=loss_cfg.redundancy,
-                                          normalization=loss_cfg.normalization,
-                                          path=loss_cfg.correlation_path,
-                                          axis_name=axis_name)
-        if loss_cfg.kind == "info_nce":
-            loss = loss_cfg.scale * losses.info_nce_loss(
-                z_a, z_b, temperature=loss_cfg.temperature, axis_name=axis_name)
-        else:
-            loss = loss_cfg.scale * (loss_cfg.invariance_weight * terms["on_diag"]
-                                     + loss_cfg.lambd * terms["off_diag"])
+        loss, terms = objective.fn(z_a, z_b, loss_cfg, axis_name)
         return loss, (mut["batch_stats"], terms, out_a["features"])
 
     (loss, (new_stats, terms, features)), grads = jax.value_and_grad(
@@ -223,8 +218,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
     just before the step's (`parallel.sharded_map`), which XLA:CPU runs faster than one
     fused program, and the returned function carries the two as `.views` and `.update`
     (fuse_views=True: one program, views made first thing in the step, as a comparison).
-    Metrics are replicated scalars: loss, on_diag, off_diag, c_diag_mean, c_offdiag_rms
-    (see `losses.barlow_twins_terms`),
+    Metrics are replicated scalars: loss, the objective's named scalars (Barlow Twins:
+    on_diag, off_diag, c_diag_mean, c_offdiag_rms; see `losses.barlow_twins_terms`),
     grad_norm, learning_rate / bias_learning_rate (the rates of the weights and of
     biases and BatchNorm at this step) where the schedules are given, and probe_loss /
     probe_top1 when the state holds an online probe (then the batch needs "label" and
@@ -333,13 +328,17 @@ class MetricsLog:
 
     def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
                  steps_per_epoch: int = 0, write_files: bool = True,
-                 eval_split: str = "test"):
+                 eval_split: str = "test",
+                 progress: Optional[tuple] = None):
         self.path = os.path.join(workdir, "metrics.jsonl") if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.steps_per_epoch = steps_per_epoch
         self.write_files = write_files
         self.eval_split = eval_split
+        # the objective's (key, label, format) on the progress line; default Barlow Twins'
+        self.progress = losses.OBJECTIVES["barlow_twins"].progress if progress is None \
+            else progress
         self.writer = event_writer.create(workdir) if write_files else None
         self._last = (time.perf_counter(), 0)
 
@@ -367,9 +366,11 @@ class MetricsLog:
         lr = f" | lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""
         probe = f" | probe acc {row['probe_top1']:.3f}" if "probe_top1" in row else ""
-        print(f"step {step:>6}/{self.total_steps}{epoch} | loss {row['loss']:.4f} | on-diag "
-              f"{row['on_diag']:.3f} off-diag {row['off_diag']:.2f}{lr}{probe} | "
-              f"{row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
+        terms = " ".join(f"{label} {row[key]:{fmt}}" for key, label, fmt in self.progress
+                         if key in row)
+        terms = f" | {terms}" if terms else ""
+        print(f"step {step:>6}/{self.total_steps}{epoch} | loss {row['loss']:.4f}{terms}{lr}"
+              f"{probe} | {row['pairs_per_s']:,.0f} pairs/s | ETA {eta}", flush=True)
         return row
 
     def write_monitor(self, step: int, knn: dict) -> dict:
@@ -644,8 +645,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
+    objective = losses.get_objective(config.loss.kind)
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
-                     write_files=chief, eval_split=config_lib.eval_split_name(config))
+                     write_files=chief, eval_split=config_lib.eval_split_name(config),
+                     progress=objective.progress)
     monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
                                                           spe, total_steps)
     if monitor_at:
@@ -697,7 +700,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
     if chief:
-        plots.plot_training_curves(workdir)
+        plots.plot_training_curves(workdir, objective.curves)
         if last_diagnosis is not None:
             diagnostics.write_pngs(workdir, spectra={
                 "embeddings": last_diagnosis["embedding"]["singular_values"],

@@ -129,3 +129,35 @@ def conv2d_and_grads(x, w, dy, stride, pad):
             dxp[:, rows, cols] += np.einsum("nhwo,co->nhwc", dy, w[i, j])
     dx = dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]]
     return y, dx, dw
+
+
+def vicreg_and_grads(z_a, z_b, w_inv=25.0, w_var=25.0, w_cov=1.0, eps=1e-4):
+    """float64 VICReg as in the authors' code (unbiased variance and covariance, the two
+    views' variance terms averaged, their covariance terms summed) and its analytic
+    gradients: (loss, {"invariance", "variance", "covariance"}, dL/dz_a, dL/dz_b)."""
+    a, b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    n, d = a.shape
+    diff = a - b
+    inv = np.sum(diff ** 2) / (n * d)
+
+    def var_cov(z):
+        zc = z - z.mean(0)
+        cov = zc.T @ zc / (n - 1)
+        std = np.sqrt(np.diag(cov) + eps)
+        v = np.mean(np.maximum(0.0, 1.0 - std))
+        off = cov - np.diag(np.diag(cov))
+        c = np.sum(off ** 2) / d
+        # d v / d z: through std_j = sqrt(var_j + eps), var_j = sum_i zc_ij^2 / (n - 1)
+        g_v = -(std < 1.0).astype(np.float64) / d * zc / (std * (n - 1))
+        # d c / d z: C = zc^T zc / (n - 1), dc/dC = 2 off / d (symmetric)
+        g_c = 4.0 * zc @ off / (d * (n - 1))
+        return v, c, g_v, g_c     # rows of zc sum to 0: the mean's gradient term vanishes
+
+    v_a, c_a, gv_a, gc_a = var_cov(a)
+    v_b, c_b, gv_b, gc_b = var_cov(b)
+    terms = {"invariance": inv, "variance": (v_a + v_b) / 2, "covariance": c_a + c_b}
+    loss = w_inv * terms["invariance"] + w_var * terms["variance"] + w_cov * terms["covariance"]
+    g_inv = 2.0 * diff / (n * d)
+    g_a = w_inv * g_inv + w_var * gv_a / 2 + w_cov * gc_a
+    g_b = -w_inv * g_inv + w_var * gv_b / 2 + w_cov * gc_b
+    return loss, terms, g_a, g_b

@@ -83,7 +83,7 @@ def test_model_switches_change_the_parameters():
 @pytest.mark.parametrize("ablation", [
     {"loss.invariance_weight": 0.0}, {"loss.lambd": 0.0}, {"loss.normalization": "feature"},
     {"model.projector_bn": False, "loss.normalization": "none"},
-    {"loss.kind": "info_nce"}, {"loss.stop_gradient": True},
+    {"loss.kind": "info_nce"}, {"loss.kind": "vicreg"}, {"loss.stop_gradient": True},
     {"model.predictor_dims": (16, 16)}, {"loss.redundancy": "auto"}])
 def test_every_ablation_trains_one_step_with_the_loss_it_names(ablation):
     c = tiny_config()
@@ -102,6 +102,9 @@ def test_every_ablation_trains_one_step_with_the_loss_it_names(ablation):
     z_a = out_a.get("prediction", out_a["embedding"])
     if c.loss.kind == "info_nce":
         want = c.loss.scale * losses.info_nce_loss(z_a, out_b["embedding"], temperature=0.1)
+    elif c.loss.kind == "vicreg":
+        want = c.loss.scale * losses.vicreg_loss(z_a, out_b["embedding"])
+        assert set(terms) == {"invariance", "variance", "covariance"}
     else:
         want = c.loss.scale * (c.loss.invariance_weight * terms["on_diag"]
                                + c.loss.lambd * terms["off_diag"])

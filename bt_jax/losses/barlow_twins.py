@@ -17,32 +17,13 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
-AxisName = Optional[object]
+from bt_jax.losses.common import (Array, AxisName, Objective, check_embeddings, check_pair,
+                                  global_count, global_rows, global_sum)
 
 REDUNDANCY_MODES = ("cross", "auto")
 # How embeddings are normalised before C = Z_A^T Z_B / N: each feature over the batch (the
 # paper), each embedding over its features (the paper's Table 2 ablation), or not at all.
 NORMALIZATIONS = ("batch", "feature", "none")
-
-
-def _global_sum(x: Array, axis_name: AxisName) -> Array:
-    """Sum of `x` over the leading (batch) axis and, if named, over the device axis."""
-    s = jnp.sum(x, axis=0)
-    return jax.lax.psum(s, axis_name) if axis_name is not None else s
-
-
-def _global_count(z: Array, axis_name: AxisName) -> Array:
-    """Number of rows of `z` summed over the device axis: the global batch size N."""
-    n = jnp.asarray(z.shape[0], jnp.float32)
-    return jax.lax.psum(n, axis_name) if axis_name is not None else n
-
-
-def _check_embeddings(z: Array, name: str) -> None:
-    if z.ndim != 2:
-        raise ValueError(
-            f"{name} must have shape [N, D] (batch, features); got shape {tuple(z.shape)}. "
-            "Flatten or pool the embedding to two dimensions before the loss.")
 
 
 def standardize(z: Array, *, axis_name: AxisName = None, eps: float = 1e-5) -> Array:
@@ -59,12 +40,12 @@ def standardize(z: Array, *, axis_name: AxisName = None, eps: float = 1e-5) -> A
     Returns:
       [N_local, D] float32 standardised embeddings.
     """
-    _check_embeddings(z, "z")
+    check_embeddings(z, "z")
     z = z.astype(jnp.float32)
-    n = _global_count(z, axis_name)
-    mean = _global_sum(z, axis_name) / n
+    n = global_count(z, axis_name)
+    mean = global_sum(z, axis_name) / n
     centred = z - mean
-    var = _global_sum(jnp.square(centred), axis_name) / n
+    var = global_sum(jnp.square(centred), axis_name) / n
     return centred * jax.lax.rsqrt(var + eps)
 
 
@@ -72,7 +53,7 @@ def standardize_features(z: Array, *, eps: float = 1e-5) -> Array:
     """Standardises each embedding over its own D features (mean 0, biased variance 1):
     the paper's "normalization along the feature dimension" ablation. [N, D] -> [N, D]
     float32; needs no collective, rows are independent."""
-    _check_embeddings(z, "z")
+    check_embeddings(z, "z")
     z = z.astype(jnp.float32)
     centred = z - jnp.mean(z, axis=1, keepdims=True)
     return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=1, keepdims=True) + eps)
@@ -86,14 +67,14 @@ def normalize(z: Array, mode: str = "batch", *, axis_name: AxisName = None,
     if mode == "feature":
         return standardize_features(z, eps=eps)
     if mode == "none":
-        _check_embeddings(z, "z")
+        check_embeddings(z, "z")
         return z.astype(jnp.float32)
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {mode!r}.")
 
 
 def correlation_of_standardized(a: Array, b: Array, *, axis_name: AxisName = None) -> Array:
     """a^T b / N for already standardised [N_local, D] arrays: [D, D], summed over devices."""
-    n = _global_count(a, axis_name)
+    n = global_count(a, axis_name)
     c = jnp.einsum("nd,ne->de", a, b, precision=jax.lax.Precision.HIGHEST)
     if axis_name is not None:
         c = jax.lax.psum(c, axis_name)
@@ -117,18 +98,13 @@ def cross_correlation(z_a: Array, z_b: Array, *, axis_name: AxisName = None,
       [D, D] float32 matrix; entry (i, j) is the correlation of feature i of view A with
       feature j of view B over the global batch.
     """
-    _check_pair(z_a, z_b)
+    check_pair(z_a, z_b)
     a = standardize(z_a, axis_name=axis_name, eps=eps)
     b = standardize(z_b, axis_name=axis_name, eps=eps)
     return correlation_of_standardized(a, b, axis_name=axis_name)
 
 
 CORRELATION_PATHS = ("auto", "direct", "gram")
-
-
-def _global_rows(z: Array, axis_name: AxisName) -> int:
-    """The global batch size N as a Python int (static: local rows times devices)."""
-    return z.shape[0] * (jax.lax.psum(1, axis_name) if axis_name is not None else 1)
 
 
 def choose_correlation_path(n_global: int, d: int, path: str = "auto") -> str:
@@ -164,7 +140,7 @@ def sum_squared_correlation_gram(a: Array, b: Array, *, axis_name: AxisName = No
     Returns:
       float32 scalar, the same on every device.
     """
-    n = _global_count(a, axis_name)
+    n = global_count(a, axis_name)
     hi = jax.lax.Precision.HIGHEST
     if axis_name is None:
         all_a, all_b = a, b
@@ -179,21 +155,12 @@ def sum_squared_correlation_gram(a: Array, b: Array, *, axis_name: AxisName = No
     return total / jnp.square(n)
 
 
-def _check_pair(z_a: Array, z_b: Array) -> None:
-    _check_embeddings(z_a, "z_a")
-    _check_embeddings(z_b, "z_b")
-    if z_a.shape != z_b.shape:
-        raise ValueError(
-            f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
-            f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
-
-
 def _check_batch(z: Array, axis_name: AxisName) -> None:
     """A correlation over the batch needs at least 2 rows in the global batch."""
-    if _global_rows(z, axis_name) < 2:
+    if global_rows(z, axis_name) < 2:
         raise ValueError(
             f"The Barlow Twins loss needs a global batch of at least 2 embeddings; got "
-            f"{_global_rows(z, axis_name)} (shape {tuple(z.shape)}). With one row every "
+            f"{global_rows(z, axis_name)} (shape {tuple(z.shape)}). With one row every "
             "feature's batch variance is 0, C is 0, the loss is D and its gradient 0: "
             "use a larger batch (the paper's is 2048).")
 
@@ -240,25 +207,25 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
     """
     if redundancy not in REDUNDANCY_MODES:
         raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
-    _check_pair(z_a, z_b)
+    check_pair(z_a, z_b)
     _check_batch(z_a, axis_name)
     a = normalize(z_a, normalization, axis_name=axis_name, eps=eps)
     b = normalize(z_b, normalization, axis_name=axis_name, eps=eps)
     d = a.shape[1]
-    if choose_correlation_path(_global_rows(a, axis_name), d, path) == "direct":
+    if choose_correlation_path(global_rows(a, axis_name), d, path) == "direct":
         c = correlation_of_standardized(a, b, axis_name=axis_name)
         c_diag, c_off = jnp.diagonal(c), off_diagonal_term(c)
         redundant_off = c_off if redundancy == "cross" else off_diagonal_term(
             correlation_of_standardized(a, a, axis_name=axis_name))
     else:
-        n = _global_count(a, axis_name)
-        c_diag = _global_sum(a * b, axis_name) / n                        # C_ii, [D]
+        n = global_count(a, axis_name)
+        c_diag = global_sum(a * b, axis_name) / n                        # C_ii, [D]
         c_off = sum_squared_correlation_gram(a, b, axis_name=axis_name) - jnp.sum(
             jnp.square(c_diag))
         if redundancy == "cross":
             redundant_off = c_off
         else:
-            auto_diag = _global_sum(jnp.square(a), axis_name) / n
+            auto_diag = global_sum(jnp.square(a), axis_name) / n
             redundant_off = sum_squared_correlation_gram(a, a, axis_name=axis_name) - jnp.sum(
                 jnp.square(auto_diag))
     return {"on_diag": jnp.sum(jnp.square(1.0 - c_diag)), "off_diag": redundant_off,
@@ -308,43 +275,21 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
     return terms["on_diag"] + lambd * terms["off_diag"]
 
 
-def info_nce_loss(z_a: Array, z_b: Array, *, temperature: float = 0.1,
-                  axis_name: AxisName = None) -> Array:
-    """Symmetric cross-entropy with temperature over the batch (InfoNCE / NT-Xent-style):
-    the paper's Table 2 "cross-entropy with temperature" ablation on the same embeddings.
+def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
+              ) -> tuple[Array, dict[str, Array]]:
+    """The trainer's Barlow Twins loss: loss.scale x (loss.invariance_weight x on_diag +
+    loss.lambd x off_diag), with loss.redundancy, loss.normalization and
+    loss.correlation_path; the scalars are `barlow_twins_terms`'."""
+    terms = barlow_twins_terms(z_a, z_b, redundancy=loss_cfg.redundancy,
+                               normalization=loss_cfg.normalization,
+                               path=loss_cfg.correlation_path, axis_name=axis_name)
+    loss = loss_cfg.scale * (loss_cfg.invariance_weight * terms["on_diag"]
+                             + loss_cfg.lambd * terms["off_diag"])
+    return loss, terms
 
-    Embeddings are L2-normalised; row i of view A must pick row i of view B among all N
-    rows of view B (and vice versa), with logits cos / temperature. With axis_name, the
-    other devices' rows are all-gathered (differentiably), so value and gradients equal
-    those of the global batch on one device.
 
-    Args:
-      z_a, z_b: [N_local, D] embeddings of the two views.
-
-    Returns:
-      float32 scalar: (CE(A -> B) + CE(B -> A)) / 2, averaged over the global batch.
-    """
-    _check_pair(z_a, z_b)
-
-    def unit(z):
-        z = z.astype(jnp.float32)
-        return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), 1, keepdims=True), 1e-24))
-
-    a, b = unit(z_a), unit(z_b)
-    n_local = a.shape[0]
-    if axis_name is None:
-        all_a, all_b, offset = a, b, 0
-    else:
-        all_a = jax.lax.all_gather(a, axis_name, tiled=True)
-        all_b = jax.lax.all_gather(b, axis_name, tiled=True)
-        offset = jax.lax.axis_index(axis_name) * n_local
-    targets = offset + jnp.arange(n_local)
-    hi = jax.lax.Precision.HIGHEST
-
-    def ce(q, keys):
-        logits = jnp.matmul(q, keys.T, precision=hi) / temperature      # [n_local, N]
-        log_p = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.sum(jnp.take_along_axis(log_p, targets[:, None], axis=1))
-
-    total = 0.5 * (ce(a, all_b) + ce(b, all_a))
-    return _global_sum(total[None], axis_name) / _global_count(a, axis_name)
+OBJECTIVE = Objective(
+    "barlow_twins", objective,
+    progress=(("on_diag", "on-diag", ".3f"), ("off_diag", "off-diag", ".2f")),
+    curves=(("on_diag", "invariance term  sum (1 - C_ii)^2"),
+            ("off_diag", "redundancy term  sum_{i!=j} C_ij^2")))

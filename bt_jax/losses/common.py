@@ -1,0 +1,64 @@
+"""What the objectives share: the Objective record, global (all-device) sums and counts
+over the batch, and the shape checks of a pair of embeddings."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+AxisName = Optional[object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A self-supervised objective as the trainer uses it.
+
+    name: its `loss.kind`.
+    fn: (z_a, z_b, loss_cfg, axis_name) -> (loss, scalars): the float32 loss of the two
+      views' [N_local, D] embeddings (global over `axis_name` inside shard_map) and a dict
+      of named float32 scalars for logging. loss_cfg is the config's `loss` section.
+      metrics.jsonl and TensorBoard get every scalar.
+    progress: (key, label, format) of the scalars on the progress line, in order.
+    curves: (key, title) of the scalars that training_curves.png plots beside the loss.
+    """
+    name: str
+    fn: Callable[[Array, Array, Any, AxisName], tuple[Array, dict]]
+    progress: tuple[tuple[str, str, str], ...] = ()
+    curves: tuple[tuple[str, str], ...] = ()
+
+
+def global_sum(x: Array, axis_name: AxisName) -> Array:
+    """Sum of `x` over the leading (batch) axis and, if named, over the device axis."""
+    s = jnp.sum(x, axis=0)
+    return jax.lax.psum(s, axis_name) if axis_name is not None else s
+
+
+def global_count(z: Array, axis_name: AxisName) -> Array:
+    """Number of rows of `z` summed over the device axis: the global batch size N."""
+    n = jnp.asarray(z.shape[0], jnp.float32)
+    return jax.lax.psum(n, axis_name) if axis_name is not None else n
+
+
+def check_embeddings(z: Array, name: str) -> None:
+    """ValueError unless z is [N, D]."""
+    if z.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape [N, D] (batch, features); got shape {tuple(z.shape)}. "
+            "Flatten or pool the embedding to two dimensions before the loss.")
+
+
+def global_rows(z: Array, axis_name: AxisName) -> int:
+    """The global batch size N as a Python int (static: local rows times devices)."""
+    return z.shape[0] * (jax.lax.psum(1, axis_name) if axis_name is not None else 1)
+
+
+def check_pair(z_a: Array, z_b: Array) -> None:
+    check_embeddings(z_a, "z_a")
+    check_embeddings(z_b, "z_b")
+    if z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
+            f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")

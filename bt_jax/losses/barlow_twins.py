@@ -12,7 +12,6 @@ gradients equal those of the global batch on one device.
 from __future__ import annotations
 
 import numbers
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

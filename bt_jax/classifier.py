@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from bt_jax import parallel
+from bt_jax.features import topk_accuracy
 from bt_jax.data import device_augment
 
 # (variables, images [B, S, S, 3] normalised, train: bool) -> (features [B, F], new
@@ -213,7 +214,6 @@ def predict_scores(encode: Encoder, variables: dict, head: dict, images: np.ndar
 def head_accuracy(encode: Encoder, variables: dict, head: dict, images, labels, *,
                   image_size: int, mean, std) -> dict:
     """{"top1", "top5"} of a trained head on un-augmented test images."""
-    from bt_jax.evaluate import topk_accuracy  # pylint: disable=import-outside-toplevel
     scores = predict_scores(encode, variables, head, images, image_size=image_size, mean=mean,
                             std=std)
     return {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}

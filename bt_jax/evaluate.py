@@ -26,51 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bt_jax import parallel, progress
-
-
-def feature_fn(backbone: nn.Module):
-    """jit((variables, [B, S, S, 3] images) -> [B, F] features), inference mode: compile it
-    once and pass it to `extract_features` as `apply` where features are taken often."""
-    return jax.jit(lambda v, x: backbone.apply(v, x, train=False),
-                   compiler_options=parallel.compiler_options())
-
-
-def extract_features(backbone: nn.Module, variables: dict, images: np.ndarray,
-                     batch_size: int = 512, *, apply=None,
-                     ticker: Optional[progress.Ticker] = None, offset: int = 0) -> np.ndarray:
-    """Backbone features of images in eval mode (running BatchNorm statistics).
-
-    Args:
-      backbone: module mapping [B, S, S, 3] -> [B, F]; variables: its {"params", "batch_stats"}.
-      images: [N, S, S, 3] float32, normalised.
-      apply: `feature_fn(backbone)`, if one is already compiled.
-      ticker: a progress.Ticker told offset + the images done after each batch.
-
-    Returns:
-      [N, F] float32 numpy features.
-    """
-    apply = apply or feature_fn(backbone)
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        chunk = images[i:i + batch_size]
-        pad = batch_size - chunk.shape[0] if images.shape[0] > batch_size else 0
-        if pad:  # one static shape for every call: no recompilation for the last batch
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        feats = np.asarray(apply(variables, chunk))
-        out.append(feats[: feats.shape[0] - pad])
-        if ticker is not None:
-            ticker.update(offset + i + chunk.shape[0] - pad)
-    return np.concatenate(out).astype(np.float32)
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows of scores [N, C] whose label [N] is among their k highest scores
-    (k is capped at C, so top-5 of a 3-class problem is 1.0)."""
-    scores = np.asarray(scores)
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+from bt_jax import checkpoint as ckpt_lib
+from bt_jax import classifier, diagnostics, export, progress
+from bt_jax import config as config_lib
+from bt_jax.config import ConfigError
+from bt_jax.features import extract_features, topk_accuracy
+from bt_jax.models.factory import backbone_variables, create_model, init_variables
 
 
 def l2_normalize(x) -> np.ndarray:
@@ -326,7 +287,6 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_c
 
 
 def _head_config(e, seed: int, *, finetune: bool = False) -> "classifier.HeadConfig":
-    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
     if finetune:
         return classifier.HeadConfig(epochs=e.semi_epochs, batch_size=e.semi_batch_size,
                                      lr_head=e.semi_lr_head, lr_backbone=e.semi_lr_backbone,
@@ -355,7 +315,6 @@ def probe_representation(config, encode, variables: dict, train_split, test_spli
       {"linear_top1", "linear_top5" (the eval.linear_protocol probe's), "linear_fast_*",
        "linear_sgd_*" (when eval.linear_epochs > 0), "knn_top1", "knn_top5"}.
     """
-    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
     e = config.eval
     k = train_split.num_classes
     r = evaluate_features(train_x, train_split.labels, test_x, test_split.labels, k, e, label)
@@ -377,7 +336,6 @@ def probe_representation(config, encode, variables: dict, train_split, test_spli
 def semi_supervised(config, encode, variables: dict, train_split, test_split, stats) -> dict:
     """{"semi_1pct_top1", "semi_1pct_top5", ...}: fine-tuning on each eval.semi_fractions
     class-balanced label subset (drawn by config.seed), tested on the test split."""
-    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
     out = {}
     for fraction in config.eval.semi_fractions:
         subset = classifier.label_subset(train_split.labels, fraction, config.seed)
@@ -401,7 +359,6 @@ def probe_subset(split, num_examples: int, seed: int):
     """The class-balanced subset of about num_examples images the probes fit on (drawn by
     seed, as `classifier.label_subset`); the split itself when num_examples is 0 or not
     smaller than it."""
-    from bt_jax import classifier  # pylint: disable=import-outside-toplevel
     from bt_jax.data.datasets import Split  # pylint: disable=import-outside-toplevel
     if num_examples <= 0 or num_examples >= len(split):
         return split
@@ -443,8 +400,6 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
        "baselines": {"random_init": {...}, "pixels": {...}},
        "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
     """
-    from bt_jax import classifier, diagnostics  # pylint: disable=import-outside-toplevel
-    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     from bt_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     stats = pipeline.channel_stats(train_split) if stats is None else stats
     e = config.eval
@@ -560,19 +515,16 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
     """(backbone, its variables, the online probe's params or None, what was read) of a
     run: its newest readable checkpoint, else its exported backbone.msgpack. Nothing in
     the workdir is written or deleted."""
-    from bt_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    from bt_jax import export, train  # pylint: disable=import-outside-toplevel
-    from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    model = train.create_model(config)
+    model = create_model(config)
     if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
         manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
         try:
             step, state = manager.read_latest()
         finally:
             manager.close()
-        variables = train.backbone_variables(state)
-        want = train.backbone_variables(train.init_variables(
+        variables = backbone_variables(state)
+        want = backbone_variables(init_variables(
             model, jax.random.key(0), config.data.image_size))
         if jax.tree.structure(want) != jax.tree.structure(variables) or any(
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(want),
@@ -592,8 +544,6 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
 
 def evaluate_workdir(workdir: str, config) -> dict:
     """Evaluates a finished or running run and writes/updates its results.json."""
-    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-    from bt_jax import train  # pylint: disable=import-outside-toplevel
     from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
     config_lib.validate(config)
     backbone, variables, probe, what = load_run(workdir, config)
@@ -601,8 +551,8 @@ def evaluate_workdir(workdir: str, config) -> dict:
     d = config.data
     train_split, test_split = datasets.labelled_splits(d, config.seed)
     stats = pipeline.normalization_stats(datasets.pretrain_split(d, config.seed))
-    random_init = train.backbone_variables(train.init_variables(
-        train.create_model(config), jax.random.key(config.seed), d.image_size))
+    random_init = backbone_variables(init_variables(
+        create_model(config), jax.random.key(config.seed), d.image_size))
     results = evaluate_all(config, backbone, variables, jax.device_get(random_init),
                            train_split, test_split, stats, online_probe=probe, workdir=workdir)
     results["evaluated"] = what
@@ -613,8 +563,6 @@ def evaluate_workdir(workdir: str, config) -> dict:
 
 
 def _config_of_workdir(workdir: str):
-    import ml_collections  # pylint: disable=import-outside-toplevel
-    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise config_lib.ConfigError(f"{path!r} does not exist: pass the --workdir of a "
@@ -641,7 +589,6 @@ def main(argv) -> None:
     import sys  # pylint: disable=import-outside-toplevel
     from absl import flags, logging  # pylint: disable=import-outside-toplevel
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
-    from bt_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")
     workdir = flags.FLAGS.workdir

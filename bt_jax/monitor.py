@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from bt_jax import evaluate
+from bt_jax import evaluate, features
 
 
 def monitor_steps(every_epochs: float, steps_per_epoch: int, total_steps: int) -> frozenset:
@@ -47,7 +47,7 @@ class KnnMonitor:
         self.eval_images, self.eval_labels = eval_images, np.asarray(eval_labels)
         self.num_classes = num_classes
         self.cfg = eval_cfg
-        self.embed = evaluate.feature_fn(backbone)   # compiled once, reused at every call
+        self.embed = features.feature_fn(backbone)   # compiled once, reused at every call
         self.last_features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     def __call__(self, variables: dict) -> dict:
@@ -56,9 +56,9 @@ class KnnMonitor:
         start = time.perf_counter()
         variables = jax.device_get(variables)
         bs = self.cfg.batch_size
-        train_x = evaluate.extract_features(self.backbone, variables, self.train_images, bs,
+        train_x = features.extract_features(self.backbone, variables, self.train_images, bs,
                                             apply=self.embed)
-        eval_x = evaluate.extract_features(self.backbone, variables, self.eval_images, bs,
+        eval_x = features.extract_features(self.backbone, variables, self.eval_images, bs,
                                            apply=self.embed)
         knn = evaluate.knn_accuracy(train_x, self.train_labels, eval_x, self.eval_labels,
                                     self.num_classes, k=self.cfg.knn_k,

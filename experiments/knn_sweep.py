@@ -50,15 +50,15 @@ def weighted_vote_accuracy(sims, idx, train_y, test_y, k: int, temperature: floa
 
 def sweep_run(workdir: str) -> list[dict]:
     from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from bt_jax import evaluate, features  # pylint: disable=import-outside-toplevel
     from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
     config = evaluate._config_of_workdir(workdir)  # pylint: disable=protected-access
     backbone, variables, _, _ = evaluate.load_run(workdir, config)
     train, test = datasets.labelled_splits(config.data, config.seed)
     stats = pipeline.normalization_stats(datasets.pretrain_split(config.data, config.seed))
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train, test))
-    reps = {"barlow_twins": (evaluate.extract_features(backbone, variables, train_img),
-                             evaluate.extract_features(backbone, variables, test_img)),
+    reps = {"barlow_twins": (features.extract_features(backbone, variables, train_img),
+                             features.extract_features(backbone, variables, test_img)),
             "pixels": (evaluate.pixel_features(train_img, train.images.shape[-1]),
                        evaluate.pixel_features(test_img, test.images.shape[-1]))}
     rows = []

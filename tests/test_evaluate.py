@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bt_jax import evaluate
+from bt_jax import evaluate, features
 
 
 def numpy_weighted_knn(train_x, train_y, test_x, k, temperature, num_classes):
@@ -61,10 +61,10 @@ def test_knn_on_a_hand_made_bank_gives_the_known_answer():
 
 def test_topk_accuracy():
     scores = np.array([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06], [0.2, 0.3, 0.5]])
-    assert evaluate.topk_accuracy(scores, [1, 1, 0], 1) == pytest.approx(1 / 3)
-    assert evaluate.topk_accuracy(scores, [1, 1, 0], 2) == pytest.approx(1 / 3)
-    assert evaluate.topk_accuracy(scores, [2, 1, 1], 2) == pytest.approx(2 / 3)
-    assert evaluate.topk_accuracy(scores, [2, 1, 0], 5) == 1.0   # k capped at 3 classes
+    assert features.topk_accuracy(scores, [1, 1, 0], 1) == pytest.approx(1 / 3)
+    assert features.topk_accuracy(scores, [1, 1, 0], 2) == pytest.approx(1 / 3)
+    assert features.topk_accuracy(scores, [2, 1, 1], 2) == pytest.approx(2 / 3)
+    assert features.topk_accuracy(scores, [2, 1, 0], 5) == 1.0   # k capped at 3 classes
 
 
 def test_fast_probe_reaches_scikit_learns_logistic_regression():

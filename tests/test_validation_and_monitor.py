@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import evaluate, monitor, train
+from bt_jax import evaluate, features, monitor, train
 from bt_jax.config import ConfigError
 from bt_jax.data import datasets, pipeline
 from test_main import _tiny
@@ -72,8 +72,8 @@ def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     knn = monitor.KnnMonitor(model.backbone, train_img, train_split.labels, test_img,
                              test_split.labels, 10, c.eval)
     got = knn(variables)
-    x_train = evaluate.extract_features(model.backbone, variables, train_img)
-    x_test = evaluate.extract_features(model.backbone, variables, test_img)
+    x_train = features.extract_features(model.backbone, variables, train_img)
+    x_test = features.extract_features(model.backbone, variables, test_img)
     want = evaluate.evaluate_features(x_train, train_split.labels, x_test, test_split.labels,
                                       10, c.eval)
     assert got["knn_top1"] == want["knn_top1"] and got["knn_top5"] == want["knn_top5"]

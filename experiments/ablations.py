@@ -154,6 +154,33 @@ def _projector_width(scale: Scale) -> int:
     return _load_recipe(scale.recipe).model.projector_dims[-1]
 
 
+LONGER = 3    # the follow-ups' "longer" runs train this many times the scale's length
+
+
+def _longer_runs(scale: Scale, info_nce: dict) -> list[Run]:
+    """The baseline and the variants whose one-epoch results disagree with the paper,
+    trained LONGER times as long (warm-up and the kNN monitor scaled alike): does the
+    paper's result appear with training?"""
+    recipe = _load_recipe(scale.recipe)
+    over = {**scale.overrides}
+    if over.get("num_steps"):
+        over["num_steps"] = LONGER * over["num_steps"]
+    else:
+        over["num_epochs"] = LONGER * recipe.num_epochs
+    for key in ("optim.warmup_epochs", "eval.monitor_every_epochs"):   # the same fraction
+        section, field = key.split(".")
+        over[key] = round(LONGER * over.get(key, recipe[section][field]), 6)
+    d = _projector_width(scale)
+    name = f"baseline_{LONGER}x"
+    return [Run(name, f"baseline, {LONGER}x as long", over),
+            Run(f"stop_gradient_{LONGER}x", f"stop-gradient, {LONGER}x as long (vs baseline "
+                f"{LONGER}x)", {**over, "loss.stop_gradient": True}, 70.5, control=name),
+            Run(f"predictor_{LONGER}x", f"predictor, {LONGER}x as long (vs baseline "
+                f"{LONGER}x)", {**over, "model.predictor_dims": (d, d)}, 70.2, control=name),
+            Run(f"info_nce_{LONGER}x", f"InfoNCE, {LONGER}x as long (vs baseline {LONGER}x)",
+                {**over, **info_nce}, 63.3, control=name)]
+
+
 def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
     """The runs of one sweep at one scale, the baseline (overrides {}) first."""
     base = Run("baseline", "baseline (full loss)", {}, PAPER_BASELINE)
@@ -243,7 +270,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                 dataclasses.replace(wide, expect=None, x=None),
                 Run(f"info_nce_{wide.name}", f"InfoNCE, projector width {wide.x} (vs Barlow "
                     f"Twins at width {wide.x})", {**wide.overrides, **info_nce}, 63.3,
-                    control=wide.name)]
+                    control=wide.name)] + _longer_runs(scale, info_nce)
     if sweep == "redundancy":
         return [dataclasses.replace(base, setting="cross-correlation (baseline)"),
                 Run("redundancy_auto", "auto-correlation of one branch",

@@ -179,6 +179,14 @@ def test_a_follow_up_is_measured_against_its_own_control():
     assert (runs["info_nce_width_4096"].overrides["model.projector_dims"]
             == ab.sweep_runs("projector_width", ab.SCALES["small"])[-1].overrides[
                 "model.projector_dims"])
+    small = ab.SCALES["small"]
+    longer = ab.run_overrides(small, runs["predictor_3x"], {})
+    assert (longer["num_epochs"], longer["optim.warmup_epochs"]) == (3, 0.3)  # a tenth, as 1x
+    assert longer["model.predictor_dims"] == (1024, 1024)
+    assert runs["predictor_3x"].control == runs["info_nce_3x"].control == "baseline_3x"
+    tiny = ab.run_overrides(ab.SCALES["tiny"], ab.sweep_runs("followup", ab.SCALES["tiny"])[-1],
+                            {})
+    assert (tiny["num_steps"], tiny["optim.warmup_epochs"]) == (360, 0.15)
     floor = {"n": 3, "linear_mean": 87.0, "linear_std": 0.4, "linear_threshold": 0.92,
              "knn_mean": 83.0, "knn_std": 0.5, "knn_threshold": 1.15}
 

@@ -1,0 +1,189 @@
+"""train_and_evaluate(config, workdir): the training loop, orchestration only."""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from bt_jax import checkpoint as ckpt_lib
+from bt_jax import config as config_lib
+from bt_jax import diagnostics, export, losses, parallel, plots
+from bt_jax.models.factory import backbone_variables, create_model
+from bt_jax.train.metrics_log import MetricsLog
+from bt_jax.train.preemption import Preempted, PreemptionWatch
+from bt_jax.train.state import (create_optimizer, init_state, learning_rate_schedules,
+                                online_probe_optimizer)
+from bt_jax.train.step import make_diagnose_fn, make_train_step
+from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results, saved_steps,
+                                  write_run_config)
+
+
+def pretrain_num_classes(source) -> int:
+    """Classes of the pretraining split's labels; 0 when it has none (the online probe is
+    then off)."""
+    labels = getattr(source, "labels", None)
+    if labels is not None and not np.any(np.asarray(labels) >= 0):
+        return 0
+    return int(getattr(source, "num_classes", 0) or 0)
+
+
+def _check_finite(loss, step: int) -> None:
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"The loss became {loss} at step {step}. Lower optim.lr_weights or use "
+            "model.dtype='float32', then rerun: training resumes from the last checkpoint, "
+            "which holds finite values.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Pretrains on config.data, checkpoints into workdir, then evaluates.
+
+    Writes config.json, metrics.jsonl, TensorBoard events, Orbax checkpoints,
+    backbone.msgpack and results.json into workdir, and returns the results dict.
+    """
+    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from bt_jax import monitor as monitor_lib  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
+
+    # Everything is checked before anything is written: a relaunch that fails leaves the
+    # workdir as it was, and a first run that fails leaves nothing.
+    config_lib.validate(config)
+    chief = jax.process_index() == 0   # the one process that writes files on a cluster
+    check_workdir(workdir)
+    check_resumable(workdir, config)
+    mesh = parallel.make_mesh()
+    parallel.per_device_batch_size(config.batch_size, mesh)
+    source = datasets.pretrain_split(config.data, config.seed)
+    pipeline.require_packages(config, source)
+    spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
+    total_steps = config.num_steps or config.num_epochs * spe
+    stats = pipeline.normalization_stats(source)
+    if config.eval.enabled:   # loaded first: a missing test split fails before training
+        train_split, test_split = datasets.labelled_splits(config.data, config.seed)
+    finished = finished_results(workdir, total_steps, config.eval.enabled)
+    if finished is not None:
+        print(f"{workdir!r} holds a finished run (step {total_steps} of {total_steps}"
+              + (", results.json" if config.eval.enabled else "") + "); nothing to do, "
+              "nothing changed. Evaluate it again with `python -m bt_jax.evaluate --workdir "
+              f"{workdir}`, or train for longer with a larger num_epochs / num_steps.",
+              flush=True)
+        return finished
+    resuming = bool(saved_steps(workdir))
+    if chief and not resuming:   # a new run: its workdir and config.json first
+        write_run_config(workdir, config)
+
+    model = create_model(config, axis_name=parallel.BATCH_AXIS)
+    tx = create_optimizer(config, spe, total_steps)
+    rng = jax.random.key(config.seed)
+    probe_classes = pretrain_num_classes(source) if config.eval.online_probe else 0
+    probe_tx = online_probe_optimizer(config)
+    state = init_state(create_model(config), tx, rng, config.data.image_size,
+                       num_classes=probe_classes, probe_tx=probe_tx)
+    init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
+        backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
+
+    manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                         every_steps=config.checkpoint.every_steps,
+                                         keep=config.checkpoint.keep)
+    state = manager.restore_or(state)   # a checkpoint that does not fit changes nothing
+    if chief and resuming:
+        write_run_config(workdir, config)
+    start = int(state.step)
+    if start:
+        print(f"Resumed from step {start} of {total_steps}.", flush=True)
+    state = parallel.replicate(state, mesh)
+
+    make_views = None
+    if config.data.augment_on == "device":
+        from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
+        make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
+                                                 *stats)
+    weight_lr, bias_lr = learning_rate_schedules(config, spe, total_steps)
+    train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
+                                 make_views=make_views, bias_learning_rate=bias_lr,
+                                 probe_tx=probe_tx)
+    diagnose = make_diagnose_fn(create_model(config), make_views, mesh=mesh)
+    diag_every = config.eval.diagnostics_every_steps
+    batches = pipeline.train_batches(config, source, start_step=start,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), stats=stats)
+    batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
+    objective = losses.get_objective(config.loss.kind)
+    log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
+                     write_files=chief, eval_split=config_lib.eval_split_name(config),
+                     progress=objective.progress)
+    monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
+                                                          spe, total_steps)
+    if monitor_at:
+        probe_train = evaluate.probe_subset(train_split, config.eval.probe_train_examples,
+                                            config.seed)
+        monitor = monitor_lib.KnnMonitor(
+            create_model(config).backbone, pipeline.eval_arrays(probe_train, *stats),
+            probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
+            test_split.num_classes, config.eval)
+    print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
+          f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
+          f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
+          flush=True)
+    log.start(start)
+    loop_start = time.perf_counter()
+    last_diagnosis = None
+    try:
+        with PreemptionWatch() as preemption:
+            for step in range(start + 1, total_steps + 1):
+                batch = next(batches)
+                state, metrics = train_step(state, batch)
+                last = step == total_steps
+                preempted = preemption.requested()
+                logging_step = step % config.log_every_steps == 0 or last
+                saving_step = step % config.checkpoint.every_steps == 0 or last or preempted
+                if logging_step or saving_step:
+                    metrics = jax.device_get(metrics)
+                    _check_finite(metrics["loss"], step)  # before a save: never save NaNs
+                if logging_step:
+                    log.write(step, metrics)
+                    manager.check_for_errors()   # a failed save stops the run early
+                if (diag_every and step % diag_every == 0) or last:
+                    last_diagnosis = jax.device_get(diagnose(state.params, state.batch_stats,
+                                                             batch))
+                    log.write_diagnostics(step, last_diagnosis)
+                if step in monitor_at:
+                    log.write_monitor(step, monitor(backbone_variables(
+                        {"params": state.params, "batch_stats": state.batch_stats})))
+                if saving_step:
+                    manager.maybe_save(step, state, force=True)
+                if preempted:
+                    raise Preempted(step, manager.directory)
+    finally:   # every way out (end, SIGTERM, NaN, error) waits for pending saves
+        try:
+            manager.close()   # SaveError if the last asynchronous save failed
+        finally:
+            log.close()
+    train_seconds = time.perf_counter() - loop_start   # this process's share, if resumed
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    trained_backbone = jax.device_get(backbone_variables(variables))
+    if chief:
+        plots.plot_training_curves(workdir, objective.curves)
+        if last_diagnosis is not None:
+            diagnostics.write_pngs(workdir, spectra={
+                "embeddings": last_diagnosis["embedding"]["singular_values"],
+                "backbone features": last_diagnosis["features"]["singular_values"]},
+                c=last_diagnosis["c_block"])
+        export.write_backbone(workdir, trained_backbone, config, stats)
+
+    if not config.eval.enabled:
+        print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
+        return {}
+    probe = None if state.probe is None else jax.device_get(state.probe["params"])
+    results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
+                                    init_backbone, train_split, test_split, stats,
+                                    online_probe=probe, workdir=workdir if chief else None,
+                                    trained_features=monitor and monitor.last_features)
+    results["train_seconds"] = train_seconds
+    if chief:
+        evaluate.write_results(results, workdir)
+    print(evaluate.format_table(results), flush=True)
+    return results

@@ -1,0 +1,80 @@
+"""What a run optimises: TrainState, the LARS optimizer and its schedules, the online
+probe's optimizer and the fresh state at step 0."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bt_jax import optim
+from bt_jax.models import BarlowTwins
+from bt_jax.models.factory import init_variables
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: replicated over the mesh.
+
+    probe: the online linear probe, {"params": {"w": [F, C], "b": [C]}, "opt_state"}, or
+    None when it is off (eval.online_probe False, or unlabelled data).
+    """
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    probe: Any = None
+
+
+def learning_rate_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                            total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
+    """(weights, biases) warm-up + cosine schedules; peaks scaled by batch/256 if configured."""
+    o = config.optim
+    warmup = min(int(round(o.warmup_epochs * steps_per_epoch)), total_steps)
+
+    def sched(base):
+        peak = optim.scale_lr_by_batch(base, config.batch_size) if o.scale_lr_by_batch else base
+        return optim.warmup_cosine_schedule(peak, total_steps, warmup, o.end_lr_fraction)
+
+    return sched(o.lr_weights), sched(o.lr_biases)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     total_steps: int) -> optax.GradientTransformation:
+    """LARS with the warm-up + cosine schedules of config.optim."""
+    o = config.optim
+    weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
+    return optim.lars(weight_lr, bias_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                      eta=o.eta, clip_trust_ratio=o.clip_trust_ratio)
+
+
+def online_probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam at eval.online_probe_lr: robust to the scale of unnormalised backbone features,
+    which changes by orders of magnitude as pretraining goes."""
+    return optax.adam(config.eval.online_probe_lr)
+
+
+def init_probe(feature_dim: int, num_classes: int,
+               probe_tx: optax.GradientTransformation) -> dict:
+    """A zero-initialised online linear probe and its optimiser state."""
+    params = {"w": jnp.zeros((feature_dim, num_classes)), "b": jnp.zeros((num_classes,))}
+    return {"params": params, "opt_state": probe_tx.init(params)}
+
+
+def init_state(model: BarlowTwins, tx: optax.GradientTransformation, rng: jax.Array,
+               image_size: int, *, num_classes: int = 0,
+               probe_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
+    """A fresh TrainState at step 0; with probe_tx and num_classes > 0, an online probe."""
+    v = init_variables(model, rng, image_size)
+    probe = None
+    if probe_tx is not None and num_classes > 0:
+        features = jax.eval_shape(lambda: model.apply(
+            v, jnp.zeros((2, image_size, image_size, 3)), train=False))["features"]
+        probe = init_probe(features.shape[-1], num_classes, probe_tx)
+    return TrainState(step=jnp.zeros([], jnp.int32), params=v["params"],
+                      batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]),
+                      probe=probe)

@@ -1,0 +1,103 @@
+"""A run's directory: checked before anything is written, its config.json, and whether it
+holds a finished run or checkpoints of another model."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import ml_collections
+
+from bt_jax import config as config_lib
+from bt_jax import export
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume checkpoints written for another model (shapes would not fit)."""
+    saved_path = os.path.join(workdir, "config.json")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.exists(saved_path) and os.path.isdir(ckpt_dir)
+            and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+        return
+    with open(saved_path) as f:
+        saved = json.load(f)
+    now = json.loads(config.to_json_best_effort())
+    # Fields added to the model since the run was saved held their defaults then.
+    defaults = json.loads(config_lib.base_config().to_json_best_effort())["model"]
+    saved_model = {**defaults, **saved.get("model", {})}
+    changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now["model"]))
+               if saved_model.get(k) != now["model"].get(k)]
+    if changed:
+        raise config_lib.ConfigError(
+            f"{workdir!r} holds checkpoints of another model ({', '.join(changed)} differ from "
+            "its config.json). Resume with the config that wrote them, or start in a new "
+            "--workdir.")
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises ConfigError if workdir cannot be a run's directory (it is a file, or a path
+    through a file); writes nothing."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise config_lib.ConfigError(
+            f"--workdir {workdir!r} is a file, not a directory: a run writes checkpoints, "
+            "metrics and results into its workdir. Choose another --workdir.")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise config_lib.ConfigError(
+            f"--workdir {workdir!r} cannot be created: {parent!r} is a file. Choose another "
+            "--workdir.")
+
+
+def saved_steps(workdir: str) -> list[int]:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optional[dict]:
+    """The results of a run in workdir that is already finished (a checkpoint at
+    total_steps, backbone.msgpack, and results.json when `evaluated`), else None."""
+    steps = saved_steps(workdir)
+    if not steps or steps[-1] != total_steps:
+        return None
+    if not os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
+        return None
+    if not evaluated:
+        return {}
+    try:
+        with open(os.path.join(workdir, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return results if "linear_top1" in results else None
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Creates workdir and writes config.json (atomically), printing what a resumed run
+    changes against the config.json it had. An unwritable workdir is one ConfigError."""
+    path = os.path.join(workdir, "config.json")
+    if saved_steps(workdir) and os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = ml_collections.ConfigDict(json.load(f))
+            changes = config_lib.diff(saved, ml_collections.ConfigDict(
+                json.loads(config.to_json_best_effort())))
+        except (OSError, ValueError):
+            changes = []
+        if changes:
+            print("Resuming with a changed config (config.json is updated):\n  "
+                  + "\n  ".join(changes), flush=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise config_lib.ConfigError(
+            f"Cannot write into --workdir {workdir!r} ({e.strerror or e}): choose a "
+            "directory you can write to.") from None

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from bt_jax.config import ConfigError
+from bt_jax.errors import ConfigError
 
 
 class SaveError(Exception):

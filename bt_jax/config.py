@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from bt_jax import losses
-
-DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-    """A config value or a command-line choice that cannot work; the message names the fix."""
+from bt_jax import evals, losses
+from bt_jax.errors import ConfigError
+from bt_jax.models.conv import CONV_IMPLS
+from bt_jax.models.factory import DTYPES
+from bt_jax.models.resnet import STEMS, min_image_size, stem_minimums
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -103,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.enabled = True        # False: pretrain only (e.g. unlabelled data); no results.json
     c.eval.batch_size = 512      # feature extraction
     c.eval.baselines = True      # also probe a random-init encoder and raw pixels
+    # The evaluation protocols to run, by module of bt_jax/evals/ (`evals.PROTOCOLS`); each
+    # is skipped where its own settings ask for no work (linear_epochs=0, semi_fractions=()).
+    c.eval.protocols = evals.PROTOCOLS
     # The probes (linear, kNN) fit on a class-balanced subset of this many labelled training
     # images, drawn by the seed; 0: all of them (the protocol). Sweeps on a CPU use it.
     c.eval.probe_train_examples = 0
@@ -223,21 +224,23 @@ def fashion_mnist_recipe() -> ml_collections.ConfigDict:
     return c
 
 
-def _flatten(config, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
+    """{"section.field": value} of a ConfigDict or a nested dict (e.g. a run's config.json),
+    lists as tuples: the form `ConfigDict.update_from_flattened_dict` takes."""
     out = {}
-    for key, value in config.items():
+    for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict):
-            out.update(_flatten(value, name + "."))
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(value, name + "."))
         else:
-            out[name] = value
+            out[name] = tuple(value) if isinstance(value, list) else value
     return out
 
 
 def diff(reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
     """["field: old -> new", ...] for every leaf field where config differs from reference
     (sorted by name; fields only one of them has show "(absent)")."""
-    a, b = _flatten(reference), _flatten(config)
+    a, b = flatten(reference), flatten(config)
     lines = []
     for name in sorted(set(a) | set(b)):
         old, new = a.get(name, "(absent)"), b.get(name, "(absent)")
@@ -249,7 +252,6 @@ def diff(reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the field and the fix for values that cannot work."""
-    from bt_jax.models.conv import CONV_IMPLS  # pylint: disable=import-outside-toplevel
 
     def need(ok: bool, msg: str):
         if not ok:
@@ -260,7 +262,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.num_steps}.")
     need(config.num_steps > 0 or config.num_epochs > 0,
          "set num_epochs or num_steps to a positive number.")
-    need(config.model.dtype in DTYPES, f"model.dtype must be one of {DTYPES}; got "
+    need(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}; got "
          f"{config.model.dtype!r}.")
     need(config.model.conv_impl in CONV_IMPLS, f"model.conv_impl must be one of {CONV_IMPLS}; "
          f"got {config.model.conv_impl!r}.")
@@ -272,8 +274,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.projector_dims!r}.")
     need(config.data.image_size > 0, f"data.image_size must be positive; got "
          f"{config.data.image_size}.")
-    from bt_jax.models.resnet import (  # pylint: disable=import-outside-toplevel
-        STEMS, min_image_size, stem_minimums)
     need(config.model.stem in STEMS, f"model.stem must be one of {STEMS}; got "
          f"{config.model.stem!r}.")
     smallest = min_image_size(config.model.stem)
@@ -320,8 +320,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.validation_examples >= 0, "data.validation_examples must be >= 0 (0: "
          f"no validation hold-out); got {config.data.validation_examples}.")
     e = config.eval
+    unknown = [p for p in e.protocols if p not in evals.PROTOCOLS]
+    need(not unknown, f"eval.protocols: unknown protocol(s) {unknown}; choose from "
+         f"{evals.PROTOCOLS}.")
     need(e.linear_protocol in ("fast", "sgd"),
          f"eval.linear_protocol must be 'fast' or 'sgd'; got {e.linear_protocol!r}.")
+    need(f"linear_{e.linear_protocol}" in e.protocols,
+         f"eval.linear_protocol={e.linear_protocol!r} reports the 'linear_{e.linear_protocol}' "
+         f"protocol, which eval.protocols={tuple(e.protocols)} leaves out: add it, or change "
+         "eval.linear_protocol.")
     need(e.linear_protocol == "fast" or e.linear_epochs > 0,
          "eval.linear_protocol='sgd' needs eval.linear_epochs > 0 (or set "
          "eval.linear_protocol='fast').")

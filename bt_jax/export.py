@@ -29,7 +29,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bt_jax.config import ConfigError
+from bt_jax.errors import ConfigError
 from bt_jax.models import make_backbone
 
 BACKBONE_FILE = "backbone.msgpack"

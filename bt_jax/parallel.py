@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bt_jax.config import ConfigError
+from bt_jax.errors import ConfigError
 
 BATCH_AXIS = "batch"
 

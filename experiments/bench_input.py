@@ -190,10 +190,10 @@ def _config(size: int, batch: int, augment_on: str = "host"):
 def time_tf(source, size: int, batch: int, repeats: int, augment_on: str) -> list[float]:
     """augment_on="host": the whole transform; "device": the host's part of the device
     path (decode, crop and resize to uint8 crops; in-memory images pass through)."""
-    from bt_jax.data import datasets, pipeline
+    from bt_jax.data import sources, pipeline
     c = _config(size, batch, augment_on)
-    stats = (np.asarray(datasets.IMAGENET_MEAN, np.float32),
-             np.asarray(datasets.IMAGENET_STD, np.float32))
+    stats = (np.asarray(sources.IMAGENET_MEAN, np.float32),
+             np.asarray(sources.IMAGENET_STD, np.float32))
     steps = pipeline.steps_per_epoch(source, batch)
     stream = pipeline.train_batches(c, source, stats=stats)
     times = []
@@ -210,12 +210,12 @@ def worker(args) -> None:
     cpus = sorted(os.sched_getaffinity(0))[:int(args.cores)]
     os.sched_setaffinity(0, cpus)
     if args.size >= 64:
-        from bt_jax.data import datasets
+        from bt_jax.data import sources
         paths = sorted(os.path.join(args.data, "all", f)
                        for f in os.listdir(os.path.join(args.data, "all")))
         n = len(paths) // args.batch * args.batch
         paths = paths[:n]
-        source = datasets.FileSplit(np.asarray(paths, object), np.zeros(n, np.int32), 0)
+        source = sources.FileSplit(np.asarray(paths, object), np.zeros(n, np.int32), 0)
         items = paths
     else:
         images = np.load(os.path.join(args.data, "cifar_like.npy"))
@@ -225,9 +225,9 @@ def worker(args) -> None:
     if args.worker == "pil":
         times = time_pil(items, args.size, int(args.cores), args.repeats)
     else:
-        from bt_jax.data import datasets
+        from bt_jax.data import sources
         if args.size < 64:
-            source = datasets.Split(images, np.zeros(n, np.int32), 1)
+            source = sources.Split(images, np.zeros(n, np.int32), 1)
         times = time_tf(source, args.size, args.batch, args.repeats,
                         "device" if args.worker == "tfcrop" else "host")
     print(json.dumps({"seconds": times, "views": 2 * n, "cpus": cpus}))

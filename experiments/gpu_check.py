@@ -250,7 +250,7 @@ def quality_epochs(pairs_per_s: float, seconds: float, num_train: int, batch: in
 def quality(sizes: dict, fmnist_dir: str, out_dir: str) -> dict:
     """configs/fashion_mnist.py at sizes["quality_width"], as many epochs as fit."""
     from bt_jax import train  # pylint: disable=import-outside-toplevel
-    from bt_jax.data import datasets  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import sources  # pylint: disable=import-outside-toplevel
     directory = find_fmnist(fmnist_dir)
     if not directory:
         return not_measured("no Fashion-MNIST IDX files in " + (fmnist_dir or
@@ -261,7 +261,7 @@ def quality(sizes: dict, fmnist_dir: str, out_dir: str) -> dict:
     c.data.augment_on = "device"
     c.checkpoint.every_steps = 10 ** 6     # the last step only
     c.eval.diagnostics_every_steps = 0
-    num_train = len(datasets.load_split("fashion_mnist", "train", image_size=28,
+    num_train = len(sources.load_split("fashion_mnist", "train", image_size=28,
                                         path=directory))
     c.batch_size = min(c.batch_size, num_train)
     args = SimpleNamespace(backbone=c.model.backbone, stem=c.model.stem, width=c.model.width,

@@ -30,7 +30,7 @@ TEMPERATURES = (0.02, 0.05, 0.1, 0.2, 1.0)
 def nearest(bank: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1000):
     """(similarities [Q, k], indices [Q, k]) of each query's k most cosine-similar rows of
     bank ([N, F], [Q, F]), most similar first."""
-    from bt_jax.evaluate import l2_normalize  # pylint: disable=import-outside-toplevel
+    from bt_jax.evals.common import l2_normalize  # pylint: disable=import-outside-toplevel
     bank_dev = jnp.asarray(l2_normalize(bank))
     top = jax.jit(lambda q: jax.lax.top_k(q @ bank_dev.T, k))
     queries = l2_normalize(queries)
@@ -50,17 +50,18 @@ def weighted_vote_accuracy(sims, idx, train_y, test_y, k: int, temperature: floa
 
 def sweep_run(workdir: str) -> list[dict]:
     from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-    from bt_jax import evaluate, features  # pylint: disable=import-outside-toplevel
-    from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
-    config = evaluate._config_of_workdir(workdir)  # pylint: disable=protected-access
+    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from bt_jax.evals import common  # pylint: disable=import-outside-toplevel
+    from bt_jax.data import sources, pipeline  # pylint: disable=import-outside-toplevel
+    config = evaluate.config_of_workdir(workdir)
     backbone, variables, _, _ = evaluate.load_run(workdir, config)
-    train, test = datasets.labelled_splits(config.data, config.seed)
-    stats = pipeline.normalization_stats(datasets.pretrain_split(config.data, config.seed))
+    train, test = sources.labelled_splits(config.data, config.seed)
+    stats = pipeline.normalization_stats(sources.pretrain_split(config.data, config.seed))
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train, test))
-    reps = {"barlow_twins": (features.extract_features(backbone, variables, train_img),
-                             features.extract_features(backbone, variables, test_img)),
-            "pixels": (evaluate.pixel_features(train_img, train.images.shape[-1]),
-                       evaluate.pixel_features(test_img, test.images.shape[-1]))}
+    reps = {"barlow_twins": (common.extract_features(backbone, variables, train_img),
+                             common.extract_features(backbone, variables, test_img)),
+            "pixels": (common.pixel_features(train_img, train.images.shape[-1]),
+                       common.pixel_features(test_img, test.images.shape[-1]))}
     rows = []
     for name, (bank, queries) in reps.items():
         sims, idx = nearest(bank, queries, max(KS))

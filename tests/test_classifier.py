@@ -3,16 +3,17 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import classifier, config as config_lib, train
-from bt_jax.data import datasets
+from bt_jax import config as config_lib, train
+from bt_jax.evals import classifier, common
+from bt_jax.data import sources
 
 MEAN, STD = np.full(3, 0.3, np.float32), np.full(3, 0.4, np.float32)
 
 
 @pytest.fixture(scope="module")
 def digits16():
-    return (datasets.load_split("digits", "train", image_size=16),
-            datasets.load_split("digits", "test", image_size=16))
+    return (sources.load_split("digits", "train", image_size=16),
+            sources.load_split("digits", "test", image_size=16))
 
 
 def _tiny_backbone():
@@ -27,18 +28,18 @@ def _tiny_backbone():
 def test_label_subset_is_deterministic_and_class_balanced():
     labels = np.repeat(np.arange(10), [100, 120, 90, 110, 100, 100, 105, 95, 100, 80])  # 1000
     labels = np.concatenate([labels, np.full(50, -1)])   # unlabelled: never chosen
-    a = classifier.label_subset(labels, 0.1, seed=3)
-    np.testing.assert_array_equal(a, classifier.label_subset(labels, 0.1, seed=3))
-    assert not np.array_equal(a, classifier.label_subset(labels, 0.1, seed=4))
+    a = common.label_subset(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(a, common.label_subset(labels, 0.1, seed=3))
+    assert not np.array_equal(a, common.label_subset(labels, 0.1, seed=4))
     np.testing.assert_array_equal(np.bincount(labels[a], minlength=10), np.full(10, 10))
     assert len(np.unique(a)) == len(a) and np.all(labels[a] >= 0)
-    one = classifier.label_subset(labels, 0.01, seed=0)
+    one = common.label_subset(labels, 0.01, seed=0)
     np.testing.assert_array_equal(np.bincount(labels[one], minlength=10), np.full(10, 1))
     # A class smaller than its share gives all it has.
-    small = classifier.label_subset(np.array([0] * 50 + [1] * 3), 0.2, seed=0)
+    small = common.label_subset(np.array([0] * 50 + [1] * 3), 0.2, seed=0)
     np.testing.assert_array_equal(np.bincount(np.array([0] * 50 + [1] * 3)[small]), [5, 3])
     with pytest.raises(ValueError, match="fraction"):
-        classifier.label_subset(labels, 0.0, seed=0)
+        common.label_subset(labels, 0.0, seed=0)
 
 
 def test_sgd_probe_learns_from_augmented_pixels_and_not_from_noise(digits16):

@@ -7,18 +7,18 @@ import pytest
 import tensorflow as tf
 
 from bt_jax import config as config_lib
-from bt_jax.data import augment, datasets, pipeline
+from bt_jax.data import augment, sources, pipeline
 from numpy_reference import gaussian_blur, torchvision_mean_crop_area
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return datasets.load_split("digits", "train", image_size=16)
+    return sources.load_split("digits", "train", image_size=16)
 
 
 def test_digits_splits_are_disjoint_stratified_and_upsampled():
-    train = datasets.load_split("digits", "train", image_size=32)
-    test = datasets.load_split("digits", "test", image_size=32)
+    train = sources.load_split("digits", "train", image_size=32)
+    test = sources.load_split("digits", "test", image_size=32)
     assert len(train) + len(test) == 1797
     assert train.images.shape[1:] == (32, 32, 1) and train.images.dtype == np.uint8
     assert abs(len(test) / 1797 - 0.2) < 0.01
@@ -42,25 +42,25 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
     labels = np.array([0, 1, 2, 3, 4, 9], np.uint8)
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
-    split = datasets.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
+    split = sources.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
     np.testing.assert_array_equal(split.images[..., 0], images)
     np.testing.assert_array_equal(split.labels, labels)
     with pytest.raises(config_lib.ConfigError, match=r"train-images-idx3-ubyte.* not in .*"
                        r"tfds build fashion_mnist.*apt-get install -y dataset-fashion-mnist"):
-        datasets.load_split("fashion_mnist", "train", image_size=28, path=str(tmp_path))
+        sources.load_split("fashion_mnist", "train", image_size=28, path=str(tmp_path))
 
 
 def test_fashion_mnist_falls_back_to_tfds_without_idx_files(tmp_path):
     import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=5):
-        split = datasets.load_split("fashion_mnist", "train", image_size=32, path=str(tmp_path))
+        split = sources.load_split("fashion_mnist", "train", image_size=32, path=str(tmp_path))
     assert split.images.shape == (5, 32, 32, 1) and split.images.dtype == np.uint8
     assert split.num_classes == 10 and split.labels.max() < 10
 
 
 def test_unknown_dataset_is_a_clear_error():
     with pytest.raises(config_lib.ConfigError, match=r"Unknown dataset 'mnist2'.*digits"):
-        datasets.load_split("mnist2", "train", image_size=32)
+        sources.load_split("mnist2", "train", image_size=32)
 
 
 def _image(seed=0, size=24):
@@ -237,8 +237,8 @@ def test_device_mode_batches_resume_and_split_over_processes_without_tensorflow(
 def test_tfds_sources_through_mock_data(name, num_classes, tmp_path):
     import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=12):
-        split = datasets.load_split(name, "train", image_size=32, path=str(tmp_path))
-        small = datasets.load_split(name, "test", image_size=16, path=str(tmp_path))
+        split = sources.load_split(name, "train", image_size=32, path=str(tmp_path))
+        small = sources.load_split(name, "test", image_size=16, path=str(tmp_path))
     assert split.images.shape == (12, 32, 32, 3) and split.images.dtype == np.uint8
     assert split.num_classes == num_classes
     assert split.labels.dtype == np.int32 and split.labels.max() < num_classes
@@ -248,7 +248,7 @@ def test_tfds_sources_through_mock_data(name, num_classes, tmp_path):
 def test_tfds_source_missing_offline_is_a_clear_error(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"'cifar10' \(split 'train'\) was not found "
                        r"in .*none: it has not been prepared.*tfds build cifar10"):
-        datasets.load_split("cifar10", "train", image_size=32, path=str(tmp_path / "none"))
+        sources.load_split("cifar10", "train", image_size=32, path=str(tmp_path / "none"))
 
 
 def _write_folder(root):
@@ -273,11 +273,11 @@ def _write_folder(root):
 
 def test_folder_source_reads_every_format_and_skips_corrupt_files(tmp_path, capsys):
     rgb = _write_folder(tmp_path)
-    train = datasets.load_split("folder", "train", image_size=20, path=str(tmp_path))
+    train = sources.load_split("folder", "train", image_size=20, path=str(tmp_path))
     assert "skipped 1 unreadable" in capsys.readouterr().out
     assert train.images.shape == (6, 20, 20, 3) and train.num_classes == 2
     assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]   # cat: 3 files, dog: 3 + broken
-    test = datasets.load_split("folder", "test", image_size=30, path=str(tmp_path))
+    test = sources.load_split("folder", "test", image_size=30, path=str(tmp_path))
     assert test.images.shape == (4, 30, 30, 3)
     # The RGB PNG at its own size (30 wide) keeps its centre 30x30 square exactly.
     np.testing.assert_array_equal(test.images[test.labels == 0][1], rgb[5:35])
@@ -286,25 +286,25 @@ def test_folder_source_reads_every_format_and_skips_corrupt_files(tmp_path, caps
     deep = train.images[train.labels == 0][0]          # 16-bit PNG scaled to 8 bits
     from PIL import Image
     Image.fromarray(rgb[..., 1]).save(tmp_path / "eight_bit.png")
-    want = datasets.decode_image_file(str(tmp_path / "eight_bit.png"), 20)
+    want = sources.folder.decode_image_file(str(tmp_path / "eight_bit.png"), 20)
     assert np.max(np.abs(deep.astype(int) - want.astype(int))) <= 1
 
 
 def test_folder_bad_input_gives_clear_errors(tmp_path):
     _write_folder(tmp_path)
     with pytest.raises(config_lib.ConfigError, match=r"Cannot decode image .*broken\.png"):
-        datasets.load_split("folder", "train", image_size=16, path=str(tmp_path), strict=True)
+        sources.load_split("folder", "train", image_size=16, path=str(tmp_path), strict=True)
     with pytest.raises(config_lib.ConfigError, match="does not exist"):
-        datasets.load_split("folder", "train", image_size=16, path=str(tmp_path / "nope"))
+        sources.load_split("folder", "train", image_size=16, path=str(tmp_path / "nope"))
     with pytest.raises(config_lib.ConfigError, match="needs data.path"):
-        datasets.load_split("folder", "train", image_size=16)
+        sources.load_split("folder", "train", image_size=16)
     empty = tmp_path / "empty"
     os.makedirs(empty / "train" / "a")
     with pytest.raises(config_lib.ConfigError, match="No images"):
-        datasets.load_split("folder", "train", image_size=16, path=str(empty))
+        sources.load_split("folder", "train", image_size=16, path=str(empty))
     os.makedirs(tmp_path / "test" / "bird")
     with pytest.raises(config_lib.ConfigError, match=r"classes that .* lacks: \['bird'\]"):
-        datasets.load_split("folder", "test", image_size=16, path=str(tmp_path))
+        sources.load_split("folder", "test", image_size=16, path=str(tmp_path))
 
 
 def test_channel_stats_match_numpy_in_chunks(digits):

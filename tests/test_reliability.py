@@ -16,7 +16,7 @@ import pytest
 
 from bt_jax import config as config_lib
 from bt_jax import export, train
-from bt_jax.data import datasets
+from bt_jax.data import sources
 from bt_jax.models import make_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,7 +224,7 @@ def test_truncated_or_corrupt_idx_files_are_one_clear_error(tmp_path, fault, mes
         raw = open(img_path + ".gz", "rb").read()
         open(img_path + ".gz", "wb").write(raw[:len(raw) // 2])
     with pytest.raises(config_lib.ConfigError, match=message):
-        datasets.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
+        sources.load_split("fashion_mnist", "test", image_size=28, path=str(tmp_path))
 
 
 def _png(width, height, rows) -> bytes:
@@ -257,22 +257,22 @@ def test_a_decompression_bomb_in_a_folder_is_skipped_and_counted_unread(tmp_path
     assert len(bomb) < 1_000_000
     (tmp_path / "train" / "a" / "bomb.png").write_bytes(bomb)
     Image.fromarray(np.zeros((9, 7, 3), np.uint8)).save(tmp_path / "train" / "b" / "small.jpg")
-    assert datasets.image_dimensions(str(tmp_path / "train" / "a" / "bomb.png")) == (12_000,
+    assert sources.folder.image_dimensions(str(tmp_path / "train" / "a" / "bomb.png")) == (12_000,
                                                                                      12_000)
-    assert datasets.image_dimensions(str(tmp_path / "train" / "b" / "small.jpg")) == (7, 9)
-    split = datasets.load_split("folder", "train", image_size=8, path=str(tmp_path))
+    assert sources.folder.image_dimensions(str(tmp_path / "train" / "b" / "small.jpg")) == (7, 9)
+    split = sources.load_split("folder", "train", image_size=8, path=str(tmp_path))
     assert len(split) == 5     # 4 PNGs and the small JPEG; the bomb is never decoded
     out = capsys.readouterr().out
     assert "skipped 1 image file(s) of more than 89,478,485 pixels" in out and "bomb.png" in out
     with pytest.raises(config_lib.ConfigError, match=r"bomb.png' declares 12,000 x 12,000"):
-        datasets.load_split("folder", "train", image_size=8, path=str(tmp_path), strict=True)
-    files = datasets.folder_files(str(tmp_path), "train", verify=False)   # streaming too
+        sources.load_split("folder", "train", image_size=8, path=str(tmp_path), strict=True)
+    files = sources.folder.folder_files(str(tmp_path), "train", verify=False)   # streaming too
     assert len(files) == 5 and not any(p.endswith("bomb.png") for p in files.paths)
 
 
 @pytest.mark.slow   # three representations, each with its SGD probe compiled: about a minute
 def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(capsys):
-    from bt_jax import evaluate
+    from bt_jax.evals import runner
     c = _config()
     c.eval.linear_protocol = "fast"
     c.eval.linear_epochs = 1           # the SGD probe too: a count of epochs
@@ -282,10 +282,10 @@ def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(c
     c.eval.tsne_points = 0
     c.eval.knn_k = 10
     c.eval.fast_max_iter = 20
-    train_split, test_split = datasets.labelled_splits(c.data, seed=0)
+    train_split, test_split = sources.labelled_splits(c.data, seed=0)
     model = train.create_model(c)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
-    evaluate.evaluate_all(c, model.backbone, variables, variables, train_split, test_split)
+    runner.evaluate_all(c, model.backbone, variables, variables, train_split, test_split)
     lines = [line for line in capsys.readouterr().out.splitlines()
              if line.startswith("Evaluation | ")]
     assert "trained encoder, random init, raw pixels" in lines[0]

@@ -12,7 +12,7 @@ from PIL import Image
 import tiny_tfds
 from bt_jax import config as config_lib
 from bt_jax import parallel
-from bt_jax.data import augment, datasets, device_augment, pipeline
+from bt_jax.data import augment, sources, device_augment, pipeline, views
 from bt_jax.data.views import ViewConfig
 
 
@@ -52,7 +52,7 @@ def _assert_batches_equal(got, want):
 # ------------------------------------------------------------------------------ TFDS streams
 
 def test_tfds_processes_read_disjoint_shares_whose_union_is_the_split(tiny_dir):
-    split = datasets.TFDSSplit(tiny_tfds.NAME, "train+unlabelled", tiny_dir, 3)
+    split = sources.TFDSSplit(tiny_tfds.NAME, "train+unlabelled", tiny_dir, 3)
     n = tiny_tfds.SIZES["train"] + tiny_tfds.SIZES["unlabelled"]
     assert len(split) == n
     for count in (2, 3):
@@ -71,7 +71,7 @@ def test_tfds_processes_read_disjoint_shares_whose_union_is_the_split(tiny_dir):
 
 
 def test_tfds_stream_order_is_deterministic_and_differs_between_epochs(tiny_dir):
-    split = datasets.TFDSSplit(tiny_tfds.NAME, "train", tiny_dir, 3)
+    split = sources.TFDSSplit(tiny_tfds.NAME, "train", tiny_dir, 3)
 
     def order(seed):
         return [int(ex["index"]) for ex in split.stream(
@@ -83,8 +83,8 @@ def test_tfds_stream_order_is_deterministic_and_differs_between_epochs(tiny_dir)
 
 def test_train_batches_two_processes_split_each_global_batch(tiny_dir):
     c = _config("tfds:" + tiny_tfds.NAME, tiny_dir, split="train+unlabelled")
-    source = datasets.pretrain_split(c.data)
-    assert isinstance(source, datasets.TFDSSplit)
+    source = sources.pretrain_split(c.data)
+    assert isinstance(source, sources.TFDSSplit)
     spe = pipeline.steps_per_epoch(source, c.batch_size, 2)
     assert spe == 32 // 4   # each process's share: 32 examples, local batches of 4
     streams = [pipeline.train_batches(c, source, process_index=p, process_count=2)
@@ -106,7 +106,7 @@ def test_train_batches_two_processes_split_each_global_batch(tiny_dir):
 @pytest.mark.parametrize("augment_on", ["host", "device"])
 def test_tfds_stream_resumes_bit_exactly(tiny_dir, augment_on):
     c = _config("tfds:" + tiny_tfds.NAME, tiny_dir, augment_on=augment_on)
-    source = datasets.pretrain_split(c.data)
+    source = sources.pretrain_split(c.data)
     spe = pipeline.steps_per_epoch(source, c.batch_size)   # 40 // 8 = 5
     full = _take(pipeline.train_batches(c, source), 2 * spe + 2)
     for start in (3, spe, spe + 2):   # mid-epoch, at an epoch boundary, in epoch 2
@@ -126,13 +126,13 @@ def test_tfds_stream_resumes_bit_exactly(tiny_dir, augment_on):
 def test_streamed_tfds_sources_through_mock_data(name, pretrain, num_classes, tmp_path):
     c = _config(name, str(tmp_path), batch=4)
     with tfds.testing.mock_data(num_examples=9):
-        source = datasets.pretrain_split(c.data)
-        assert isinstance(source, datasets.TFDSSplit)
+        source = sources.pretrain_split(c.data)
+        assert isinstance(source, sources.TFDSSplit)
         assert (source.split, source.num_classes, len(source)) == (pretrain, num_classes, 9)
         host = next(pipeline.train_batches(c, source))
         c.data.augment_on = "device"
         dev = next(pipeline.train_batches(c, source))
-        test = datasets.load_split(name, "test", image_size=24, path=str(tmp_path))
+        test = sources.load_split(name, "test", image_size=24, path=str(tmp_path))
     assert host["view_a"].shape == (4, 16, 16, 3) and np.isfinite(host["view_a"]).all()
     assert dev["crop_b"].shape == (4, 16, 16, 3) and dev["crop_b"].dtype == np.uint8
     assert test.images.shape == (9, 24, 24, 3) and test.num_classes == num_classes
@@ -141,17 +141,17 @@ def test_streamed_tfds_sources_through_mock_data(name, pretrain, num_classes, tm
 def test_tfds_bad_input_gives_clear_errors(tiny_dir, tmp_path):
     c = _config("tfds:" + tiny_tfds.NAME, tiny_dir, split="train+extra")
     with pytest.raises(config_lib.ConfigError, match=r"no split 'extra'; its splits are"):
-        datasets.pretrain_split(c.data)
+        sources.pretrain_split(c.data)
     c = _config("tfds:no_such_dataset_xyz", tiny_dir)
     with pytest.raises(config_lib.ConfigError, match="TFDS has no dataset named"):
-        datasets.pretrain_split(c.data)
+        sources.pretrain_split(c.data)
     c = _config("imagenette", str(tmp_path / "empty"))
     with pytest.raises(config_lib.ConfigError,
                        match=r"'imagenette' \(split 'train'\) was not found in .*empty.*"
                        r"tfds build imagenette"):
-        len(datasets.pretrain_split(c.data))
+        len(sources.pretrain_split(c.data))
     with pytest.raises(config_lib.ConfigError, match=r"Unknown dataset 'imagenet'"):
-        datasets.pretrain_split(_config("imagenet").data)
+        sources.pretrain_split(_config("imagenet").data)
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -182,13 +182,13 @@ def _write_image_tree(root, broken=True):
 def test_folder_streams_labelled_and_unlabelled_files(tmp_path, capsys):
     _write_image_tree(tmp_path)
     c = _config("folder", str(tmp_path), split="train+unlabelled")
-    source = datasets.pretrain_split(c.data)
-    assert isinstance(source, datasets.FileSplit)
+    source = sources.pretrain_split(c.data)
+    assert isinstance(source, sources.FileSplit)
     assert "skipped 1 unreadable" in capsys.readouterr().out and "cut.jpg" not in "".join(
         source.paths)
     assert len(source) == 12 + 8 and source.num_classes == 2
     assert sorted(source.labels.tolist()) == [-1] * 8 + [0] * 6 + [1] * 6
-    flat = datasets.pretrain_split(_config("folder", str(tmp_path / "unlabelled"),
+    flat = sources.pretrain_split(_config("folder", str(tmp_path / "unlabelled"),
                                            split=".").data)
     assert len(flat) == 8 and set(flat.labels.tolist()) == {-1}
     batches = _take(pipeline.train_batches(c, source), 3)
@@ -200,7 +200,7 @@ def test_folder_streams_labelled_and_unlabelled_files(tmp_path, capsys):
 def test_folder_two_processes_and_resume(tmp_path):
     _write_image_tree(tmp_path, broken=False)
     c = _config("folder", str(tmp_path), batch=4, split="train+unlabelled")
-    source = datasets.pretrain_split(c.data)
+    source = sources.pretrain_split(c.data)
     spe = pipeline.steps_per_epoch(source, c.batch_size)   # 20 // 4
     full = _take(pipeline.train_batches(c, source), spe + 2)
     _assert_batches_equal(_take(pipeline.train_batches(c, source, start_step=spe - 1), 3),
@@ -220,19 +220,19 @@ def test_folder_bad_files_strict_and_unverified(tmp_path):
     c = _config("folder", str(tmp_path))
     c.data.strict_decode = True
     with pytest.raises(config_lib.ConfigError, match=r"Cannot decode image .*cut\.jpg"):
-        datasets.pretrain_split(c.data)
+        sources.pretrain_split(c.data)
     c.data.strict_decode, c.data.verify_files = False, False
     c.batch_size = 13   # the whole train split: every batch holds the truncated file
-    source = datasets.pretrain_split(c.data)
+    source = sources.pretrain_split(c.data)
     with pytest.raises(config_lib.ConfigError, match=r"Cannot decode .*cut\.jpg.*verify_files"):
         next(pipeline.train_batches(c, source))
     with pytest.raises(config_lib.ConfigError, match=r"does not exist"):
-        datasets.pretrain_split(_config("folder", str(tmp_path), split="val").data)
+        sources.pretrain_split(_config("folder", str(tmp_path), split="val").data)
     os.makedirs(tmp_path / "void")
     with pytest.raises(config_lib.ConfigError, match=r"No images .* found in .*void"):
-        datasets.pretrain_split(_config("folder", str(tmp_path), split="void").data)
+        sources.pretrain_split(_config("folder", str(tmp_path), split="void").data)
     with pytest.raises(config_lib.ConfigError, match="no class sub-directories"):
-        datasets.load_folder("unlabelled", 16, str(tmp_path))
+        sources.folder.load_folder("unlabelled", 16, str(tmp_path))
 
 
 # ------------------------------------------------------------------- crop-first JPEG decoding
@@ -297,3 +297,18 @@ def test_prefetch_to_mesh_yields_every_batch_in_order_as_global_arrays():
     for i, batch in enumerate(out):
         assert isinstance(batch["x"], jax.Array) and batch["x"].sharding.spec[0] == "batch"
         np.testing.assert_array_equal(np.asarray(batch["x"]), host[i]["x"])
+
+
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_every_split_kind_yields_the_batch_layout_views_names(tmp_path, tiny_dir, augment_on):
+    """views.batch_keys is the one statement of the pipeline's batch layout: in memory,
+    files and TFDS, augmented on the host or the device."""
+    _write_image_tree(tmp_path, broken=False)
+    configs = [_config("digits", augment_on=augment_on),
+               _config("folder", str(tmp_path), augment_on=augment_on),
+               _config("tfds:" + tiny_tfds.NAME, tiny_dir, augment_on=augment_on)]
+    for c in configs:
+        source = sources.pretrain_split(c.data)
+        batch = next(pipeline.train_batches(c, source))
+        assert set(batch) == set(views.batch_keys(augment_on, source.gather_on_host)), c.data.name
+        assert all(v.shape[0] == c.batch_size for v in batch.values())

@@ -14,7 +14,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from bt_jax.data import datasets
+from bt_jax.data import sources
+from bt_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_TF = ("import sys; sys.modules['tensorflow'] = None; "
@@ -43,7 +44,7 @@ def _module_without_tf(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_core_modules_import_without_tensorflow():
     r = _without_tf(
         "import bt_jax.losses, bt_jax.models, bt_jax.optim, bt_jax.main, bt_jax.train, "
-        "bt_jax.evaluate, bt_jax.data.pipeline, bt_jax.data.datasets, bt_jax.event_writer\n"
+        "bt_jax.evaluate, bt_jax.data.pipeline, bt_jax.data.sources, bt_jax.event_writer\n"
         "from bt_jax.config import ConfigError\n"
         "try:\n    import bt_jax.data.augment\nexcept ConfigError as e:\n    print(e)\n")
     assert r.returncode == 0, r.stderr
@@ -111,8 +112,8 @@ def _write_cifar_archive(root, num_classes: int, *, per_batch: int = 40, tar: bo
                                                    ("cifar100", 100, False)])
 def test_cifar_python_archive_loads_exactly(name, num_classes, tar, tmp_path):
     images, labels = _write_cifar_archive(str(tmp_path), num_classes, tar=tar)
-    train = datasets.load_split(name, "train", image_size=32, path=str(tmp_path))
-    test = datasets.load_split(name, "test", image_size=32, path=str(tmp_path))
+    train = sources.load_split(name, "train", image_size=32, path=str(tmp_path))
+    test = sources.load_split(name, "test", image_size=32, path=str(tmp_path))
     assert train.num_classes == test.num_classes == num_classes
     np.testing.assert_array_equal(train.images, images)
     np.testing.assert_array_equal(train.labels, labels)
@@ -120,14 +121,14 @@ def test_cifar_python_archive_loads_exactly(name, num_classes, tar, tmp_path):
     assert tuple(train.images[7, 0, 0]) == (10, 20, 30)     # channels in R, G, B order
     if not tar:   # data.path may also be the archive's folder itself
         folder = os.path.join(str(tmp_path), os.listdir(str(tmp_path))[0])
-        again = datasets.load_split(name, "train", image_size=16, path=folder)
+        again = sources.load_split(name, "train", image_size=16, path=folder)
         assert again.images.shape == (200, 16, 16, 3)
 
 
 def test_cifar_archive_missing_names_both_routes(tmp_path):
-    with pytest.raises(datasets.ConfigError, match=r"CIFAR-100: no python archive "
+    with pytest.raises(ConfigError, match=r"CIFAR-100: no python archive "
                        r"\(cifar-100-python/ or cifar-100-python.tar.gz\).*TFDS"):
-        datasets.load_split("cifar100", "test", image_size=32, path=str(tmp_path))
+        sources.load_split("cifar100", "test", image_size=32, path=str(tmp_path))
 
 
 def test_resize_matches_tensorflow_bicubic():
@@ -135,7 +136,7 @@ def test_resize_matches_tensorflow_bicubic():
     from sklearn.datasets import load_digits
     images = np.round(load_digits().images[:300] * (255.0 / 16.0)).astype(np.uint8)[..., None]
     for size in (32, 20, 5):
-        ours = datasets._resize_uint8(images, size).astype(int)   # pylint: disable=protected-access
+        ours = sources.base.resize_uint8(images, size).astype(int)   # pylint: disable=protected-access
         theirs = np.clip(np.round(tf.image.resize(tf.convert_to_tensor(images, tf.float32),
                                                   (size, size), method="bicubic",
                                                   antialias=True).numpy()), 0, 255)

@@ -6,21 +6,22 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import evaluate, features, monitor, train
+from bt_jax import evaluate, train
+from bt_jax.evals import common, monitor, runner
 from bt_jax.config import ConfigError
-from bt_jax.data import datasets, pipeline
+from bt_jax.data import sources, pipeline
 from test_main import _tiny
 
 
 def test_validation_mask_is_class_balanced_disjoint_and_fixed_by_the_seed():
-    labels = datasets.load_split("digits", "train", image_size=8).labels
-    held = datasets.validation_mask(labels, 200, seed=3)
+    labels = sources.load_split("digits", "train", image_size=8).labels
+    held = sources.validation_mask(labels, 200, seed=3)
     assert held.sum() == 200
     assert all(np.sum(held & (labels == c)) == 20 for c in range(10))
-    np.testing.assert_array_equal(held, datasets.validation_mask(labels, 200, seed=3))
-    assert not np.array_equal(held, datasets.validation_mask(labels, 200, seed=4))
+    np.testing.assert_array_equal(held, sources.validation_mask(labels, 200, seed=3))
+    assert not np.array_equal(held, sources.validation_mask(labels, 200, seed=4))
     with pytest.raises(ConfigError, match="leaves no training images"):
-        datasets.validation_mask(labels, len(labels), seed=0)
+        sources.validation_mask(labels, len(labels), seed=0)
 
 
 def _digits_config(validation_examples):
@@ -31,13 +32,13 @@ def _digits_config(validation_examples):
 
 def test_pretraining_and_probes_never_see_the_validation_images_nor_the_test_split(monkeypatch):
     c = _digits_config(200)
-    full = datasets.load_split("digits", "train", image_size=16)
-    source = datasets.pretrain_split(c.data, seed=c.seed)
+    full = sources.load_split("digits", "train", image_size=16)
+    source = sources.pretrain_split(c.data, seed=c.seed)
     loaded = []
-    real_load = datasets.load_split
-    monkeypatch.setattr(datasets, "load_split",
+    real_load = sources.load_split
+    monkeypatch.setattr(sources, "load_split",
                         lambda name, split, **kw: loaded.append(split) or real_load(name, split, **kw))
-    probe_train, probe_eval = datasets.labelled_splits(c.data, seed=c.seed)
+    probe_train, probe_eval = sources.labelled_splits(c.data, seed=c.seed)
     assert loaded == ["train"]                    # tuning never reads the test split
     assert len(source) == len(probe_train) == len(full) - 200 and len(probe_eval) == 200
     key = lambda images: {im.tobytes() for im in images}   # noqa: E731
@@ -45,7 +46,7 @@ def test_pretraining_and_probes_never_see_the_validation_images_nor_the_test_spl
     assert not key(probe_eval.images) & key(probe_train.images)
     assert key(probe_eval.images) | key(probe_train.images) == key(full.images)
     monkeypatch.undo()
-    train_split, test_split = datasets.labelled_splits(_digits_config(0).data, seed=0)
+    train_split, test_split = sources.labelled_splits(_digits_config(0).data, seed=0)
     assert len(train_split) == len(full) and len(test_split) == 359
 
 
@@ -53,7 +54,7 @@ def test_validation_hold_out_on_a_streamed_source_is_a_clear_error():
     c = _digits_config(100)
     c.data.name = "imagenette"
     with pytest.raises(ConfigError, match="validation_examples.*streamed"):
-        datasets.pretrain_split(c.data)
+        sources.pretrain_split(c.data)
 
 
 def test_monitor_steps():
@@ -66,15 +67,15 @@ def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     c = _digits_config(0)
     model = train.create_model(c)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(1), 16))
-    train_split, test_split = datasets.labelled_splits(c.data, seed=0)
+    train_split, test_split = sources.labelled_splits(c.data, seed=0)
     stats = pipeline.channel_stats(train_split)
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train_split, test_split))
     knn = monitor.KnnMonitor(model.backbone, train_img, train_split.labels, test_img,
                              test_split.labels, 10, c.eval)
     got = knn(variables)
-    x_train = features.extract_features(model.backbone, variables, train_img)
-    x_test = features.extract_features(model.backbone, variables, test_img)
-    want = evaluate.evaluate_features(x_train, train_split.labels, x_test, test_split.labels,
+    x_train = common.extract_features(model.backbone, variables, train_img)
+    x_test = common.extract_features(model.backbone, variables, test_img)
+    want = runner.evaluate_features(x_train, train_split.labels, x_test, test_split.labels,
                                       10, c.eval)
     assert got["knn_top1"] == want["knn_top1"] and got["knn_top5"] == want["knn_top5"]
     np.testing.assert_array_equal(knn.last_features[1], x_test)

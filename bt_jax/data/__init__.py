@@ -6,7 +6,7 @@ the device (data.augment_on="device") never import it: training, evaluation and 
 artifact work on a machine with JAX alone. `pip install 'bt_jax[data]'` brings TensorFlow
 and TFDS where they are wanted.
 """
-from bt_jax.config import ConfigError
+from bt_jax.errors import ConfigError
 
 _CONFIGURED = False
 DATA_EXTRA = "pip install 'bt_jax[data]'  (or: pip install tensorflow-cpu tensorflow-datasets)"

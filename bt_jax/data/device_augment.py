@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bt_jax.data.views import ViewConfig, gaussian_kernel_size
+from bt_jax.data.views import CROPS, IMAGE, VIEWS, ViewConfig, gaussian_kernel_size
 
 LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
 
@@ -222,9 +222,9 @@ def augment_cropped_batch(crops_a, crops_b, keys, cfg_a: ViewConfig, cfg_b: View
 def make_view_fn(seed: int, cfg_a: ViewConfig, cfg_b: ViewConfig, mean, std):
     """The per-device batch transform of data.augment_on = "device".
 
-    Returns a function of a batch with "index": int [B] and "epoch": int [B], and either
-    "image": uint8 [B, H, W, C] (fixed-size images: crop and all else on device) or
-    "crop_a", "crop_b": uint8 [B, S, S, 3] (the host decoded and cropped) ->
+    Returns a function of a batch in one of the two on-device layouts of `views.batch_keys`
+    ("image": uint8 [B, H, W, C], crop and all else on device; or "crop_a", "crop_b": uint8
+    [B, S, S, 3], decoded and cropped on the host; both with "index", "epoch": int [B]) ->
     {"view_a": float32 [B, S, S, 3], "view_b": same}, normalised with mean and std ([3]).
     """
     mean = jnp.asarray(mean, jnp.float32)
@@ -232,10 +232,10 @@ def make_view_fn(seed: int, cfg_a: ViewConfig, cfg_b: ViewConfig, mean, std):
 
     def views(batch: dict) -> dict:
         keys = example_keys(seed, batch["epoch"], batch["index"])
-        if "image" in batch:
-            a, b = augment_batch(batch["image"], keys, cfg_a, cfg_b)
+        if IMAGE in batch:
+            a, b = augment_batch(batch[IMAGE], keys, cfg_a, cfg_b)
         else:
-            a, b = augment_cropped_batch(batch["crop_a"], batch["crop_b"], keys, cfg_a, cfg_b)
-        return {"view_a": (a - mean) / std, "view_b": (b - mean) / std}
+            a, b = augment_cropped_batch(*(batch[k] for k in CROPS), keys, cfg_a, cfg_b)
+        return dict(zip(VIEWS, ((a - mean) / std, (b - mean) / std)))
 
     return views

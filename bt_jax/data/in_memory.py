@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from bt_jax.config import ConfigError
+from bt_jax.data.views import IMAGE
+from bt_jax.errors import ConfigError
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int, global_batch: int) -> np.ndarray:
@@ -24,6 +25,15 @@ def epoch_order(seed: int, epoch: int, num_examples: int, global_batch: int) -> 
     steps = num_examples // global_batch
     perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
     return perm[: steps * global_batch].reshape(steps, global_batch)
+
+
+def full_batches(num_examples: int, global_batch: int) -> int:
+    """Full global batches in num_examples (one epoch); raises if there is not even one."""
+    steps = num_examples // global_batch
+    if steps == 0:
+        raise ConfigError(f"batch_size {global_batch} is larger than the {num_examples} "
+                          "training examples: lower config.batch_size.")
+    return steps
 
 
 def local_batch(global_batch: int, process_count: int) -> int:
@@ -49,10 +59,7 @@ def device_batches(images: np.ndarray, labels: np.ndarray, *, seed: int, global_
       B_local = global_batch / process_count: what `device_augment.make_view_fn` takes.
     """
     num = len(images)
-    steps = num // global_batch
-    if steps == 0:
-        raise ConfigError(f"batch_size {global_batch} is larger than the {num} training "
-                          "examples: lower config.batch_size.")
+    steps = full_batches(num, global_batch)
     local = local_batch(global_batch, process_count)
     columns = slice(process_index * local, (process_index + 1) * local)
     labels = np.asarray(labels, np.int32)
@@ -60,6 +67,6 @@ def device_batches(images: np.ndarray, labels: np.ndarray, *, seed: int, global_
     while True:
         order = epoch_order(seed, epoch, num, global_batch)
         for row in order[skip:, columns]:
-            yield {"image": images[row], "index": row.astype(np.int32), "label": labels[row],
+            yield {IMAGE: images[row], "index": row.astype(np.int32), "label": labels[row],
                    "epoch": np.full(local, epoch, np.int32)}
         epoch, skip = epoch + 1, 0

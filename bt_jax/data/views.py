@@ -1,14 +1,35 @@
-"""What the two views' augmentations are: settings shared by the host (tf) and device (JAX)
-implementations. No TensorFlow here.
+"""What the two views are: the augmentation settings shared by the host (tf) and device
+(JAX) implementations, and the layout of the batches that pass from the input pipeline to
+the train step, which data.augment_on decides. No TensorFlow here.
+
+Batch layouts (`batch_keys`), every array with leading dimension B_local:
+- augment_on="host": {"view_a", "view_b": float32 [B, S, S, 3] normalised views,
+  "index", "label": int32 [B]}; the step trains on them as they are.
+- augment_on="device", in-memory split: {"image": uint8 [B, H, W, C], "index", "label",
+  "epoch": int32 [B]}; `device_augment.make_view_fn` crops and augments on the device.
+- augment_on="device", streamed split (files, TFDS): {"crop_a", "crop_b": uint8
+  [B, S, S, 3] (decoded and cropped on the host), "index", "label", "epoch"}; the device
+  does the rest.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
-from bt_jax.config import ConfigError
+from bt_jax.errors import ConfigError
 
 AUGMENT_ON = ("host", "device")
+VIEWS = ("view_a", "view_b")        # what the train step consumes
+IMAGE = "image"                     # uncropped in-memory images, for on-device views
+CROPS = ("crop_a", "crop_b")        # host crops of streamed images, for on-device views
+
+
+def batch_keys(augment_on: str, gather_on_host: bool) -> tuple[str, ...]:
+    """The keys of a pipeline batch (module docstring) for data.augment_on and a split that
+    is (gather_on_host) or is not an in-memory array."""
+    if augment_on == "host":
+        return VIEWS + ("index", "label")
+    return ((IMAGE,) if gather_on_host else CROPS) + ("index", "label", "epoch")
 
 
 def gaussian_kernel_size(max_sigma: float) -> int:

@@ -7,7 +7,7 @@ evaluate.py does:
 - linear probe: frozen backbone in inference mode (running BatchNorm statistics), head
   lr 0.3, weight decay 1e-6, 100 epochs, batch 256;
 - fine-tuning: backbone and head both trained (BatchNorm in training mode), on a 1% or 10%
-  label subset (`label_subset`), 20 epochs, backbone lr 0.005, head lr 0.5, no weight decay.
+  label subset (`common.label_subset`), 20 epochs, backbone lr 0.005, head lr 0.5, no weight decay.
 The crops run on the device (`bt_jax.data.device_augment`, no TensorFlow), every view a
 function of (seed, epoch, example index). Test images are classified un-augmented.
 
@@ -26,8 +26,8 @@ import numpy as np
 import optax
 
 from bt_jax import parallel
-from bt_jax.features import topk_accuracy
 from bt_jax.data import device_augment
+from bt_jax.evals.common import batched_apply, topk_accuracy
 
 # (variables, images [B, S, S, 3] normalised, train: bool) -> (features [B, F], new
 # batch_stats or None)
@@ -63,26 +63,6 @@ def pixel_encoder(variables, x, train):
     """The raw-pixel baseline as an Encoder: [B, S, S, 3] -> [B, S*S*3]."""
     del variables, train
     return x.reshape(x.shape[0], -1), None
-
-
-def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a class-balanced subset holding about `fraction` of the labels.
-
-    Every class gets max(1, round(fraction * N / C)) examples (or all it has, if fewer),
-    drawn at random by `seed`: the same seed gives the same subset. For datasets with an
-    official subset list (ImageNet's 1% / 10% of SimCLR) pass that list instead.
-
-    Args:
-      labels: [N] int class labels (labels < 0, unlabelled, are never chosen).
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
-    labels = np.asarray(labels)
-    classes = np.unique(labels[labels >= 0])
-    per_class = max(1, int(round(fraction * np.sum(labels >= 0) / len(classes))))
-    rng = np.random.default_rng([seed, int(round(fraction * 1e6))])
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
-    return np.sort(np.concatenate(chosen))
 
 
 def _train_view(image, key, size: int, crop_scale, flip_prob: float, mean, std):
@@ -201,14 +181,7 @@ def predict_scores(encode: Encoder, variables: dict, head: dict, images: np.ndar
         x = jax.vmap(lambda im: _eval_view(im, image_size, mean, std))(imgs)
         return encode(variables, x, False)[0] @ head["w"] + head["b"]
 
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        chunk = images[i:i + batch_size]
-        pad = batch_size - chunk.shape[0] if images.shape[0] > batch_size else 0
-        if pad:   # one static shape: no recompilation for the last chunk
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        out.append(np.asarray(scores(variables, head, chunk))[:chunk.shape[0] - pad])
-    return np.concatenate(out)
+    return batched_apply(lambda chunk: scores(variables, head, chunk), images, batch_size)
 
 
 def head_accuracy(encode: Encoder, variables: dict, head: dict, images, labels, *,

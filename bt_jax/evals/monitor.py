@@ -4,7 +4,7 @@ lightly's monitors), every `eval.monitor_every_epochs` epochs.
 The encoder in inference mode (running BatchNorm statistics) embeds the probes' training
 images (the bank) and the evaluation split (the queries; the validation part of the train
 split when data.validation_examples > 0, else the test split), and the weighted kNN of
-`evaluate.knn_accuracy` (k = eval.knn_k, temperature eval.knn_temperature) scores them:
+`evals.knn.knn_accuracy` (k = eval.knn_k, temperature eval.knn_temperature) scores them:
 the same features and classifier as the end-of-run kNN, so on a fixed encoder the two
 agree exactly. The features of the last monitoring step are handed to the end-of-run
 evaluation, which then does not extract them again.
@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from bt_jax import evaluate, features
+from bt_jax.evals import common
+from bt_jax.evals.knn import knn_accuracy
 
 
 def monitor_steps(every_epochs: float, steps_per_epoch: int, total_steps: int) -> frozenset:
@@ -47,7 +48,7 @@ class KnnMonitor:
         self.eval_images, self.eval_labels = eval_images, np.asarray(eval_labels)
         self.num_classes = num_classes
         self.cfg = eval_cfg
-        self.embed = features.feature_fn(backbone)   # compiled once, reused at every call
+        self.embed = common.feature_fn(backbone)   # compiled once, reused at every call
         self.last_features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     def __call__(self, variables: dict) -> dict:
@@ -56,14 +57,14 @@ class KnnMonitor:
         start = time.perf_counter()
         variables = jax.device_get(variables)
         bs = self.cfg.batch_size
-        train_x = features.extract_features(self.backbone, variables, self.train_images, bs,
-                                            apply=self.embed)
-        eval_x = features.extract_features(self.backbone, variables, self.eval_images, bs,
-                                           apply=self.embed)
-        knn = evaluate.knn_accuracy(train_x, self.train_labels, eval_x, self.eval_labels,
-                                    self.num_classes, k=self.cfg.knn_k,
-                                    temperature=self.cfg.knn_temperature,
-                                    bank_chunk=self.cfg.knn_bank_chunk)
+        train_x = common.extract_features(self.backbone, variables, self.train_images, bs,
+                                          apply=self.embed)
+        eval_x = common.extract_features(self.backbone, variables, self.eval_images, bs,
+                                         apply=self.embed)
+        knn = knn_accuracy(train_x, self.train_labels, eval_x, self.eval_labels,
+                           self.num_classes, k=self.cfg.knn_k,
+                           temperature=self.cfg.knn_temperature,
+                           bank_chunk=self.cfg.knn_bank_chunk)
         self.last_features = (train_x, eval_x)
         return {"knn_top1": knn["top1"], "knn_top5": knn["top5"],
                 "seconds": time.perf_counter() - start}

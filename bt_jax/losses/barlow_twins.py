@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bt_jax.losses.common import (Array, AxisName, Objective, check_embeddings, check_pair,
-                                  global_count, global_rows, global_sum)
+                                  global_count, global_rows, global_sum, weighted_sum)
 
 REDUNDANCY_MODES = ("cross", "auto")
 # How embeddings are normalised before C = Z_A^T Z_B / N: each feature over the batch (the
@@ -271,7 +271,7 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
                          f"paper's is 0.0051; 0 keeps only the invariance term); got {lambd}.")
     terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps,
                                path=path)
-    return terms["on_diag"] + lambd * terms["off_diag"]
+    return weighted_sum(terms, {"on_diag": 1.0, "off_diag": lambd})
 
 
 def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
@@ -282,8 +282,8 @@ def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
     terms = barlow_twins_terms(z_a, z_b, redundancy=loss_cfg.redundancy,
                                normalization=loss_cfg.normalization,
                                path=loss_cfg.correlation_path, axis_name=axis_name)
-    loss = loss_cfg.scale * (loss_cfg.invariance_weight * terms["on_diag"]
-                             + loss_cfg.lambd * terms["off_diag"])
+    loss = loss_cfg.scale * weighted_sum(terms, {"on_diag": loss_cfg.invariance_weight,
+                                                 "off_diag": loss_cfg.lambd})
     return loss, terms
 
 

@@ -62,3 +62,8 @@ def check_pair(z_a: Array, z_b: Array) -> None:
         raise ValueError(
             f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
             f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
+
+
+def weighted_sum(terms: dict[str, Array], weights: dict[str, float]) -> Array:
+    """sum over k of weights[k] * terms[k]: an objective's loss from its named terms."""
+    return sum(w * terms[k] for k, w in weights.items())

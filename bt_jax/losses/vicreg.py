@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from bt_jax.losses.common import (Array, AxisName, Objective, check_pair, global_count,
-                                  global_rows, global_sum)
+                                  global_rows, global_sum, weighted_sum)
 
 
 def _variance_and_covariance(z: Array, axis_name: AxisName, eps: float
@@ -73,19 +73,19 @@ def vicreg_loss(z_a: Array, z_b: Array, *, invariance_weight: float = 25.0,
                 variance_weight: float = 25.0, covariance_weight: float = 1.0,
                 axis_name: AxisName = None, eps: float = 1e-4) -> Array:
     """The VICReg loss with the paper's weights by default: float32 scalar."""
-    t = vicreg_terms(z_a, z_b, axis_name=axis_name, eps=eps)
-    return (invariance_weight * t["invariance"] + variance_weight * t["variance"]
-            + covariance_weight * t["covariance"])
+    return weighted_sum(vicreg_terms(z_a, z_b, axis_name=axis_name, eps=eps),
+                        {"invariance": invariance_weight, "variance": variance_weight,
+                         "covariance": covariance_weight})
 
 
 def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
               ) -> tuple[Array, dict[str, Array]]:
     """loss.scale x VICReg with the weights of loss.vicreg; the scalars are the terms."""
-    w = loss_cfg.vicreg
     terms = vicreg_terms(z_a, z_b, axis_name=axis_name)
-    loss = loss_cfg.scale * (w.invariance_weight * terms["invariance"]
-                             + w.variance_weight * terms["variance"]
-                             + w.covariance_weight * terms["covariance"])
+    w = loss_cfg.vicreg
+    loss = loss_cfg.scale * weighted_sum(terms, {"invariance": w.invariance_weight,
+                                                 "variance": w.variance_weight,
+                                                 "covariance": w.covariance_weight})
     return loss, terms
 
 

@@ -11,6 +11,10 @@ import numpy as np
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import diagnostics, export, losses, parallel, plots
+from bt_jax.data import sources, device_augment, pipeline
+from bt_jax.evals import monitor as monitor_lib
+from bt_jax.evals.common import probe_subset
+from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables, create_model
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
@@ -44,9 +48,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Writes config.json, metrics.jsonl, TensorBoard events, Orbax checkpoints,
     backbone.msgpack and results.json into workdir, and returns the results dict.
     """
-    from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
-    from bt_jax import monitor as monitor_lib  # pylint: disable=import-outside-toplevel
-    from bt_jax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
 
     # Everything is checked before anything is written: a relaunch that fails leaves the
     # workdir as it was, and a first run that fails leaves nothing.
@@ -56,13 +57,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_resumable(workdir, config)
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
-    source = datasets.pretrain_split(config.data, config.seed)
+    source = sources.pretrain_split(config.data, config.seed)
     pipeline.require_packages(config, source)
     spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
     stats = pipeline.normalization_stats(source)
     if config.eval.enabled:   # loaded first: a missing test split fails before training
-        train_split, test_split = datasets.labelled_splits(config.data, config.seed)
+        train_split, test_split = sources.labelled_splits(config.data, config.seed)
     finished = finished_results(workdir, total_steps, config.eval.enabled)
     if finished is not None:
         print(f"{workdir!r} holds a finished run (step {total_steps} of {total_steps}"
@@ -98,7 +99,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     make_views = None
     if config.data.augment_on == "device":
-        from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
         make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
                                                  *stats)
     weight_lr, bias_lr = learning_rate_schedules(config, spe, total_steps)
@@ -118,8 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
                                                           spe, total_steps)
     if monitor_at:
-        probe_train = evaluate.probe_subset(train_split, config.eval.probe_train_examples,
-                                            config.seed)
+        probe_train = probe_subset(train_split, config.eval.probe_train_examples,
+                                   config.seed)
         monitor = monitor_lib.KnnMonitor(
             create_model(config).backbone, pipeline.eval_arrays(probe_train, *stats),
             probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
@@ -178,12 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
         return {}
     probe = None if state.probe is None else jax.device_get(state.probe["params"])
-    results = evaluate.evaluate_all(config, create_model(config).backbone, trained_backbone,
-                                    init_backbone, train_split, test_split, stats,
-                                    online_probe=probe, workdir=workdir if chief else None,
-                                    trained_features=monitor and monitor.last_features)
+    results = evaluate_all(config, create_model(config).backbone, trained_backbone,
+                           init_backbone, train_split, test_split, stats, online_probe=probe,
+                           workdir=workdir if chief else None,
+                           trained_features=monitor and monitor.last_features)
     results["train_seconds"] = train_seconds
     if chief:
-        evaluate.write_results(results, workdir)
-    print(evaluate.format_table(results), flush=True)
+        write_results(results, workdir)
+    print(format_table(results), flush=True)
     return results

@@ -1,0 +1,180 @@
+"""Runs the evaluation protocols of config.eval.protocols on the trained encoder and on
+the random-init and raw-pixel baselines, and turns them into results.json and a table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import flax.linen as nn
+import numpy as np
+
+from bt_jax import config as config_lib
+from bt_jax import diagnostics, evals, progress
+from bt_jax.data import pipeline
+from bt_jax.evals import classifier, knn, linear_fast
+from bt_jax.evals.common import (Context, Representation, extract_features, pixel_features,
+                                 probe_subset, topk_accuracy)
+
+
+def selected_protocols(eval_cfg) -> list:
+    """The `common.Protocol`s of eval_cfg.protocols that their own settings want run."""
+    chosen = [evals.get_protocol(name) for name in eval_cfg.protocols]
+    return [p for p in chosen if p.wanted(eval_cfg)]
+
+
+def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg,
+                      label: str = "representation") -> dict:
+    """The cached-feature probes of one representation (the fast linear probe and kNN):
+    {"linear_fast_top1", "linear_fast_top5", "linear_fast_l2", "knn_top1", "knn_top5"},
+    with a progress line per probe."""
+    return {**linear_fast.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg, label),
+            **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg, label)}
+
+
+def probe_representation(ctx: Context, rep: Representation, protocols: list) -> dict:
+    """Every protocol of `protocols` on one representation, and "linear_top1" /
+    "linear_top5": those of the eval.linear_protocol probe ("fast" or "sgd")."""
+    r = {}
+    for protocol in protocols:
+        r.update(protocol.run(ctx, rep))
+    linear = ctx.config.eval.linear_protocol
+    r["linear_top1"] = r[f"linear_{linear}_top1"]
+    r["linear_top5"] = r[f"linear_{linear}_top5"]
+    return r
+
+
+def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
+                 train_split, test_split, stats=None, *, online_probe: Optional[dict] = None,
+                 workdir: Optional[str] = None,
+                 trained_features: Optional[tuple[np.ndarray, np.ndarray]] = None) -> dict:
+    """Trained encoder, randomly initialised encoder and raw pixels, probed the same way.
+
+    Args:
+      backbone: the Flax backbone; trained, random_init: its {"params", "batch_stats"}
+        (never changed: the probes only read them).
+      train_split, test_split: labelled in-memory splits.
+      stats: (mean [3], std [3]) the encoder's inputs were normalised with in pretraining;
+        default: the train split's channel statistics.
+      online_probe: the online probe's {"w": [F, C], "b": [C]}, tested here if given.
+      workdir: where tsne.png goes (eval.tsne_points > 0).
+      trained_features: ([N, F], [Q, F]) the trained encoder's features of the probe's
+        training images and of test_split, if already extracted (the kNN monitor's last).
+
+    Returns:
+      {"linear_top1", "linear_top5", "linear_fast_*", "linear_sgd_*", "knn_top1",
+       "knn_top5", "online_linear_top1"?, "semi_*"?, "num_train", "num_test",
+       "diagnostics": {...} (spectrum of the test features, "collapse": verdict or None),
+       "baselines": {"random_init": {...}, "pixels": {...}},
+       "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
+    """
+    stats = pipeline.channel_stats(train_split) if stats is None else stats
+    e = config.eval
+    ctx = Context(config=config, train=probe_subset(train_split, e.probe_train_examples,
+                                                    config.seed),
+                  test=test_split, labelled=train_split, stats=stats)
+    train_img = pipeline.eval_arrays(ctx.train, *stats)
+    test_img = pipeline.eval_arrays(test_split, *stats)
+    encode = classifier.backbone_encoder(backbone)
+    protocols = selected_protocols(e)
+
+    def features(variables, label):
+        n, q = len(train_img), len(test_img)
+        ticker = progress.Ticker(f"{label}: features of {n:,} training and {q:,} "
+                                 f"{config_lib.eval_split_name(config)} images", n + q,
+                                 "images")
+        out = (extract_features(backbone, variables, train_img, e.batch_size, ticker=ticker),
+               extract_features(backbone, variables, test_img, e.batch_size, ticker=ticker,
+                                offset=n))
+        ticker.done()
+        return out
+
+    reps = ["trained encoder"] + (["random init", "raw pixels"] if e.baselines else [])
+    progress.say(f"{', '.join(reps)} | {', '.join(p.title(e) for p in protocols)} | probes "
+                 f"fit on {len(ctx.train):,} labelled training images")
+    seconds, start = {}, time.perf_counter()
+    if trained_features:
+        progress.say("trained encoder: features from the kNN monitor's last call")
+    train_x, test_x = trained_features or features(trained, "trained encoder")
+    results = probe_representation(ctx, Representation("trained encoder", encode, trained,
+                                                       train_x, test_x), protocols)
+    if online_probe is not None:
+        scores = test_x @ np.asarray(online_probe["w"]) + np.asarray(online_probe["b"])
+        results["online_linear_top1"] = topk_accuracy(scores, test_split.labels, 1)
+        results["online_linear_top5"] = topk_accuracy(scores, test_split.labels, 5)
+    spectrum = diagnostics.spectrum_stats(test_x)
+    results["diagnostics"] = {**{f"test_features_{k}": v
+                                 for k, v in diagnostics.scalars(spectrum).items()},
+                              "collapse": diagnostics.collapse_verdict(spectrum)}
+    if workdir is not None and e.tsne_points > 0:
+        diagnostics.plot_embedding_2d(test_x, test_split.labels,
+                                      os.path.join(workdir, "tsne.png"),
+                                      max_points=e.tsne_points, seed=config.seed)
+    results.update(num_train=len(ctx.train), num_test=len(test_split),
+                   eval_split=config_lib.eval_split_name(config))
+    seconds["trained"] = time.perf_counter() - start
+    if e.baselines:
+        on_baselines = [p for p in protocols if p.baselines]
+        start = time.perf_counter()
+        random_r = probe_representation(ctx, Representation(
+            "random init", encode, random_init, *features(random_init, "random init")),
+            on_baselines)
+        seconds["random_init"], start = time.perf_counter() - start, time.perf_counter()
+        channels = train_split.images.shape[-1]
+        pixels_r = probe_representation(ctx, Representation(
+            "raw pixels", classifier.pixel_encoder, {}, pixel_features(train_img, channels),
+            pixel_features(test_img, channels)), on_baselines)
+        seconds["pixels"] = time.perf_counter() - start
+        results["baselines"] = {"random_init": random_r, "pixels": pixels_r}
+    results["eval_seconds"] = seconds
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The results as a small text table, top-1 accuracies in percent ("-" where a probe
+    did not run), then the online probe, semi-supervised and collapse lines if present."""
+    rows = [("Barlow Twins", results)]
+    rows += [(name.replace("_", " "), r) for name, r in results.get("baselines", {}).items()]
+    columns = [("linear (sgd)", "linear_sgd_top1"), ("linear (fast)", "linear_fast_top1"),
+               ("kNN", "knn_top1")]
+    columns = [c for c in columns if any(c[1] in r for _, r in rows)] or [
+        ("linear top-1", "linear_top1"), ("kNN top-1", "knn_top1")]
+
+    def cell(r, key):
+        return f"{100 * r[key]:.1f}%" if key in r else "-"
+
+    split = results.get("eval_split", "test")
+    lines = [f"{'representation':<16}" + "".join(f" {title:>14}" for title, _ in columns)
+             + f"   ({split} split)"]
+    for name, r in rows:
+        lines.append(f"{name:<16}" + "".join(f" {cell(r, key):>14}" for _, key in columns))
+    extra = [f"{k}: {100 * v:.1f}%" for k, v in results.items()
+             if (k.startswith("semi_") or k.startswith("online_")) and k.endswith("_top1")]
+    if extra:
+        lines.append("; ".join(extra))
+    collapse = results.get("diagnostics", {}).get("collapse")
+    if collapse:
+        lines.append(f"warning: test features show {collapse}")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, workdir: str) -> str:
+    """Writes results into workdir/results.json, keeping the keys of an existing file that
+    `results` does not set (so separate evaluations add up); returns its path."""
+    path = os.path.join(workdir, "results.json")
+    merged = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                merged = json.load(f)
+        except (OSError, ValueError):
+            merged = {}
+    merged.update(results)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2)
+    os.replace(tmp, path)   # never a half-written results.json
+    return path
+

@@ -1,0 +1,89 @@
+"""The README's *Extending bt_jax* examples, run as written: a new data source and a new
+evaluation protocol are each one module plus registration."""
+import os
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from bt_jax import config as config_lib
+from bt_jax import evals
+from bt_jax.data import sources
+from bt_jax.evals import common, runner
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _readme_block(first_line: str) -> str:
+    """The README's python block that starts with `first_line`."""
+    blocks = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)
+    found = [b for b in blocks if b.startswith(first_line)]
+    assert len(found) == 1, f"no README block starts with {first_line!r}"
+    return found[0]
+
+
+def _module(name: str, code: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(code, f"README:{name}", "exec"), module.__dict__)   # noqa: S102
+    return module
+
+
+def test_the_readme_npz_source_registers_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 10)):
+        np.savez(tmp_path / f"{split}.npz", images=rng.integers(0, 256, (n, 6, 6, 3), np.uint8),
+                 labels=np.arange(n) % 3)
+    try:
+        _module("bt_jax.data.sources.npz", _readme_block("# bt_jax/data/sources/npz.py"))
+        test = sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
+        assert test.images.shape == (10, 8, 8, 3) and test.num_classes == 3
+        c = config_lib.base_config()
+        c.data.name, c.data.path, c.data.image_size = "npz", str(tmp_path), 8
+        train = sources.pretrain_split(c.data)
+        assert len(train) == 30 and train.gather_on_host
+    finally:
+        sources.SOURCES.pop("npz", None)
+    with pytest.raises(config_lib.ConfigError, match="Unknown dataset 'npz'"):
+        sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
+
+
+def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
+    module = _module("bt_jax.evals.class_mean", _readme_block("# bt_jax/evals/class_mean.py"))
+    monkeypatch.setitem(sys.modules, "bt_jax.evals.class_mean", module)
+    monkeypatch.setattr(evals, "PROTOCOLS", evals.PROTOCOLS + ("class_mean",))
+    c = config_lib.base_config()
+    c.eval.protocols = ("linear_fast", "knn", "class_mean")
+    c.eval.linear_protocol = "fast"
+    config_lib.validate(c)
+    assert [p.name for p in runner.selected_protocols(c.eval)] == list(c.eval.protocols)
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16)) * 3
+    y_train, y_test = np.arange(90) % 3, np.arange(30) % 3
+    x_train = centres[y_train] + rng.normal(size=(90, 16))
+    x_test = centres[y_test] + rng.normal(size=(30, 16))
+    split = types.SimpleNamespace(labels=y_train, num_classes=3)
+    ctx = common.Context(c, split, types.SimpleNamespace(labels=y_test, num_classes=3),
+                         split, (np.zeros(3), np.ones(3)))
+    rep = common.Representation("features", None, {}, x_train.astype(np.float32),
+                                x_test.astype(np.float32))
+    r = runner.probe_representation(ctx, rep, runner.selected_protocols(c.eval))
+    # float64 NumPy reference: cosine similarity to each class's mean direction
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)   # noqa: E731
+    means = unit(np.stack([unit(x_train)[y_train == k].mean(0) for k in range(3)]))
+    want = np.mean(np.argmax(unit(x_test) @ means.T, 1) == y_test)
+    assert r["class_mean_top1"] == pytest.approx(want)
+    assert {"linear_fast_top1", "knn_top1", "linear_top1"} <= set(r)
+
+
+def test_unknown_protocols_and_an_unlisted_linear_protocol_are_one_clear_error():
+    c = config_lib.base_config()
+    c.eval.protocols = ("knn", "linear_sgd", "nope")
+    with pytest.raises(config_lib.ConfigError, match=r"unknown protocol\(s\) \['nope'\]"):
+        config_lib.validate(c)
+    c.eval.protocols = ("knn", "linear_fast")
+    with pytest.raises(config_lib.ConfigError, match="'linear_sgd' protocol, which "
+                       "eval.protocols"):
+        config_lib.validate(c)

@@ -31,11 +31,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
-        self.shortcut = _shortcut(cin, width, stride)
+        self.downsample = _downsample(cin, width, stride)
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+        return torch.relu(self.bn2(self.conv2(y)) + _shortcut(self.downsample, x))
 
 
 class Bottleneck(nn.Module):
@@ -50,18 +50,23 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.shortcut = _shortcut(cin, out, stride)
+        self.downsample = _downsample(cin, out, stride)
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
         y = torch.relu(self.bn2(self.conv2(y)))
-        return torch.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+        return torch.relu(self.bn3(self.conv3(y)) + _shortcut(self.downsample, x))
 
 
-def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+def _downsample(cin: int, cout: int, stride: int):
+    """torchvision's downsample: 1x1 strided conv + BN where the shape changes, else None."""
     if stride == 1 and cin == cout:
-        return nn.Identity()
+        return None
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+def _shortcut(downsample, x):
+    return x if downsample is None else downsample(x)
 
 
 LAYOUTS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
@@ -69,29 +74,34 @@ LAYOUTS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet without the classifier: [B, 3, S, S] -> [B, F] pooled features."""
+    """torchvision's ResNet without the classifier, with torchvision's module names (conv1,
+    bn1, layer1.0.conv1, layer2.0.downsample.0, ...): [B, 3, S, S] -> [B, F] pooled
+    features. stem "cifar": a 3x3/1 conv1 and no max-pool; "cifar_pool": the same with a
+    2x2/2 max-pool."""
 
     def __init__(self, name: str = "resnet50", stem: str = "imagenet", width: float = 1.0):
         super().__init__()
         block, depths = LAYOUTS[name]
         base = max(1, int(round(64 * width)))
-        if stem == "imagenet":
-            self.stem = nn.Sequential(nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base),
-                                      nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(3, base, 3, 1, 1, bias=False), nn.BatchNorm2d(base),
-                                      nn.ReLU())
-        layers, cin = [], base
+        k, stride = (7, 2) if stem == "imagenet" else (3, 1)
+        self.conv1 = nn.Conv2d(3, base, k, stride, k // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.maxpool = {"imagenet": nn.MaxPool2d(3, 2, 1), "cifar": nn.Identity(),
+                        "cifar_pool": nn.MaxPool2d(2, 2)}[stem]
+        cin = base
         for stage, depth in enumerate(depths):
-            w = base * 2 ** stage
+            w, blocks = base * 2 ** stage, []
             for i in range(depth):
-                layers.append(block(cin, w, 2 if (i == 0 and stage > 0) else 1))
+                blocks.append(block(cin, w, 2 if (i == 0 and stage > 0) else 1))
                 cin = w * block.expansion
-        self.layers = nn.Sequential(*layers)
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
         self.num_features = cin
 
     def forward(self, x):
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, 5):
+            x = getattr(self, f"layer{stage}")(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
 def projector(in_dim: int, dims: tuple) -> nn.Sequential:

@@ -308,7 +308,7 @@ def test_folder_bad_input_gives_clear_errors(tmp_path):
 
 
 def test_channel_stats_match_numpy_in_chunks(digits):
-    mean, std = pipeline.channel_stats(digits, chunk=100)
+    mean, std = sources.channel_stats(digits, chunk=100)
     x = digits.images.astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, np.repeat(x.mean(), 3), rtol=1e-6)
     np.testing.assert_allclose(std, np.repeat(x.std(), 3), rtol=1e-5)

@@ -68,7 +68,7 @@ def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     model = train.create_model(c)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(1), 16))
     train_split, test_split = sources.labelled_splits(c.data, seed=0)
-    stats = pipeline.channel_stats(train_split)
+    stats = sources.channel_stats(train_split)
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train_split, test_split))
     knn = monitor.KnnMonitor(model.backbone, train_img, train_split.labels, test_img,
                              test_split.labels, 10, c.eval)

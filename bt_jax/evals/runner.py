@@ -13,7 +13,7 @@ import numpy as np
 
 from bt_jax import config as config_lib
 from bt_jax import diagnostics, evals, progress
-from bt_jax.data import pipeline
+from bt_jax.data import pipeline, sources
 from bt_jax.evals import classifier, knn, linear_fast
 from bt_jax.evals.common import (Context, Representation, extract_features, pixel_features,
                                  probe_subset, topk_accuracy)
@@ -70,7 +70,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
        "baselines": {"random_init": {...}, "pixels": {...}},
        "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
     """
-    stats = pipeline.channel_stats(train_split) if stats is None else stats
+    stats = sources.channel_stats(train_split) if stats is None else stats
     e = config.eval
     ctx = Context(config=config, train=probe_subset(train_split, e.probe_train_examples,
                                                     config.seed),

@@ -1,0 +1,210 @@
+"""PyTorch interop: torchvision-layout ResNet weights (FAIR, solo-learn, DataParallel) <->
+bt_jax variables, exact round trips, forward equality with a PyTorch ResNet, and the
+convert command."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bt_jax import convert, interop
+from bt_jax.errors import ConfigError
+from bt_jax.models import BarlowTwins, make_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _random_variables(module, x, seed=0):
+    """Variables with every leaf random (BN statistics too, variances positive)."""
+    v = module.init(jax.random.key(seed), x, train=False)
+    leaves, treedef = jax.tree.flatten(v)
+    rng = np.random.default_rng(seed)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(v)[0]]
+    new = [(np.abs(rng.normal(1.0, 0.3, l.shape)) + 0.1 if "var" in p else
+            rng.normal(0, 0.1, l.shape)).astype(np.float32) for p, l in zip(paths, leaves)]
+    return jax.tree.unflatten(treedef, new)
+
+
+def _equal(a, b) -> bool:
+    return (jax.tree.structure(a) == jax.tree.structure(b) and
+            all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+@pytest.fixture(scope="module")
+def r18_cifar():
+    """A width-0.25 CIFAR-stem ResNet-18 with a 3-layer projector: BarlowTwins variables."""
+    model = BarlowTwins(backbone=make_backbone("resnet18", stem="cifar", width=0.25),
+                        projector_dims=(32, 32, 16))
+    return _random_variables(model, jnp.zeros((2, 8, 8, 3)))
+
+
+def test_round_trips_are_exact(r18_cifar):
+    backbone = convert.backbone_of(r18_cifar)
+    state = interop.to_torch(backbone, "resnet18")
+    assert state["conv1.weight"].shape == (16, 3, 3, 3)                 # OIHW
+    assert state["layer2.0.downsample.0.weight"].shape == (32, 16, 1, 1)
+    assert state["layer2.0.downsample.1.running_var"].dtype == np.float32
+    assert not any(k.startswith("projector") for k in state)
+    assert _equal(interop.from_torch(state, "resnet18"), backbone)
+    full = interop.to_torch(r18_cifar, "resnet18", projector=True)
+    assert full["projector.0.weight"].shape == (32, 128) and "projector.6.weight" in full
+    assert "projector.2.weight" not in full and "projector.1.running_mean" in full
+    again = interop.from_torch(full, "resnet18")
+    assert _equal(again, r18_cifar)
+    back = interop.to_torch(again, "resnet18", projector=True)
+    assert back.keys() == full.keys() and all(np.array_equal(back[k], full[k]) for k in full)
+
+
+def test_wrappers_fair_hub_fair_checkpoint_solo_learn_and_data_parallel(r18_cifar):
+    full = interop.to_torch(r18_cifar, "resnet18", projector=True)
+    backbone = {k: v for k, v in full.items() if not k.startswith("projector")}
+    want_backbone = convert.backbone_of(r18_cifar)
+    # FAIR's torch-hub resnet50.pth: a plain torchvision state dict without fc
+    assert _equal(interop.from_torch(backbone, "resnet18"), want_backbone)
+    # with a classifier head and DataParallel's prefix
+    parallel = {"module." + k: v for k, v in backbone.items()}
+    parallel.update({"module.fc.weight": np.zeros((10, 64)), "module.fc.bias": np.zeros(10)})
+    assert _equal(interop.from_torch(parallel, "resnet18"), want_backbone)
+    # FAIR's checkpoint.pth: module.backbone / module.projector / module.bn, optimizer beside
+    fair = {"model": {**{"module.backbone." + k: v for k, v in backbone.items()},
+                      **{"module." + k: v for k, v in full.items() if k.startswith("projector")},
+                      "module.bn.running_mean": np.zeros(16), "module.bn.running_var":
+                      np.ones(16), "module.bn.num_batches_tracked": np.zeros((), np.int64)},
+            "epoch": 3}
+    assert _equal(interop.from_torch(fair, "resnet18"), r18_cifar)
+    assert _equal(interop.from_torch(fair, "resnet18", projector=False), want_backbone)
+    # solo-learn: state_dict, backbone.* / projector.* with biases, an online classifier
+    solo = {"state_dict": {**{"backbone." + k: v for k, v in backbone.items()},
+                           **{k: v for k, v in full.items() if k.startswith("projector")},
+                           "projector.0.bias": np.zeros(32), "projector.3.bias": np.zeros(32),
+                           "projector.6.bias": np.zeros(16),
+                           "classifier.weight": np.zeros((10, 64)),
+                           "classifier.bias": np.zeros(10)}}
+    with pytest.raises(ConfigError, match=r"projector Linears have biases \(projector.0.bias, "
+                       r"projector.3.bias, projector.6.bias\).*projector=False"):
+        interop.from_torch(solo, "resnet18")
+    assert _equal(interop.from_torch(solo, "resnet18", projector=False), want_backbone)
+
+
+def test_the_stem_and_width_are_inferred_from_conv1():
+    for stem, size in (("imagenet", 32), ("cifar", 8)):
+        variables = _random_variables(make_backbone("resnet18", stem=stem, width=0.5),
+                                      jnp.zeros((1, size, size, 3)))
+        state = interop.to_torch(variables, "resnet18")
+        assert interop.infer_backbone(state) == {"stem": stem, "width": 0.5}
+        assert interop.infer_arch(state) == "resnet18"
+        assert _equal(interop.from_torch(state, "resnet18"), variables)
+
+
+def test_mismatches_name_the_keys(r18_cifar):
+    state = interop.to_torch(convert.backbone_of(r18_cifar), "resnet18")
+    with pytest.raises(ConfigError, match=r"missing keys: layer1.0.bn3.bias, .* and \d+ more"):
+        interop.from_torch(state, "resnet50")
+    missing = {k: v for k, v in state.items() if k != "layer4.1.bn2.running_mean"}
+    with pytest.raises(ConfigError, match=r"missing keys: layer4.1.bn2.running_mean\b"):
+        interop.from_torch(missing, "resnet18")
+    extra = {**state, "layer9.0.conv1.weight": np.zeros((3, 3, 1, 1))}
+    with pytest.raises(ConfigError, match=r"unexpected keys: layer9.0.conv1.weight\b"):
+        interop.from_torch(extra, "resnet18")
+    wrong = {**state, "layer1.0.conv2.weight": np.zeros((16, 16, 1, 1), np.float32)}
+    with pytest.raises(ConfigError, match=r"wrong shapes layer1.0.conv2.weight: \(16, 16, 1, "
+                       r"1\) \(want \(16, 16, 3, 3\)\)"):
+        interop.from_torch(wrong, "resnet18")
+    with pytest.raises(ConfigError, match=r"Unknown arch 'resnet101'"):
+        interop.from_torch(state, "resnet101")
+    with pytest.raises(ConfigError, match="not a torchvision-layout ResNet"):
+        interop.from_torch({"encoder.weight": np.zeros(3)}, "resnet18")
+    with pytest.raises(ConfigError, match="is a str, not a tensor"):
+        interop.from_torch({**state, "note": "hello"}, "resnet18")
+    with pytest.raises(ConfigError, match="not bt_jax's resnet34"):
+        interop.to_torch(convert.backbone_of(r18_cifar), "resnet34")
+
+
+def _torch_forward_matches(arch: str, stem: str, width: float, size: int):
+    """A PyTorch ResNet in torchvision's layout (experiments/torch_reference.py) with random
+    weights and BN statistics, loaded into bt_jax: the same features in eval and train
+    mode, to 1e-5 relative."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import torch_reference   # noqa: E402
+    torch.manual_seed(0)
+    net = torch_reference.ResNet(arch, stem=stem, width=width)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    state = net.state_dict()
+    assert interop.infer_arch(state) == arch
+    variables = interop.from_torch(state, arch)
+    missing, unexpected = net.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in interop.to_torch(variables, arch).items()})
+    assert not missing and not unexpected
+    backbone = make_backbone(arch, stem=stem, width=width, zero_init_residual=False)
+    # 16 images: in train mode the last stage's BatchNorm normalises over 16 values per
+    # channel; with 4, PyTorch's own float32 output is 6e-5 from its float64 one.
+    x = np.random.default_rng(1).normal(size=(16, size, size, 3)).astype(np.float32)
+    x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    for train in (False, True):
+        net.train(train)
+        with torch.no_grad():
+            want = net(x_torch).numpy()
+        if train:
+            got, _ = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
+        else:
+            got = backbone.apply(variables, x, train=False)
+        err = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
+        assert err < 1e-5, (arch, train, err)
+
+
+def test_resnet18_forward_equals_pytorch_in_eval_and_train_mode():
+    _torch_forward_matches("resnet18", "imagenet", 1.0, 32)
+
+
+@pytest.mark.slow
+def test_resnet50_forward_equals_pytorch_in_eval_and_train_mode():
+    _torch_forward_matches("resnet50", "imagenet", 1.0, 32)
+
+
+def test_safetensors_is_the_format_of_its_spec(tmp_path):
+    tensors = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "b.num_batches_tracked": np.array(7, np.int64)}
+    path = str(tmp_path / "t.safetensors")
+    convert.write_safetensors(path, tensors)
+    raw = open(path, "rb").read()
+    length = int.from_bytes(raw[:8], "little")
+    assert length % 8 == 0 and raw[8:9] == b"{"
+    assert raw[8 + length:8 + length + 24] == tensors["a.weight"].tobytes()
+    back = convert.read_safetensors(path)
+    assert back.keys() == tensors.keys()
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype
+               for k, v in tensors.items())
+    (tmp_path / "bad.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(ConfigError, match="not a safetensors file"):
+        convert.read_safetensors(str(tmp_path / "bad.safetensors"))
+
+
+def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path):
+    pytest.importorskip("torch")
+    src = str(tmp_path / "src.safetensors")
+    convert.write_safetensors(src, interop.to_torch(r18_cifar, "resnet18", projector=True))
+    chain = [src, str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors"),
+             str(tmp_path / "c.msgpack"), str(tmp_path / "d.pt")]
+    for a, b in zip(chain, chain[1:]):
+        out = subprocess.run([sys.executable, "-m", "bt_jax.convert", a, b], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "Wrote" in out.stdout
+    full, _ = convert.read_variables(chain[2])
+    assert _equal(full, r18_cifar)                               # projector kept until .msgpack
+    final, arch = convert.read_variables(chain[-1])
+    assert arch == "resnet18" and _equal(final, convert.backbone_of(r18_cifar))
+    bad = subprocess.run([sys.executable, "-m", "bt_jax.convert", src, str(tmp_path / "x.h5")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown format '.h5'" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -1,6 +1,8 @@
 """The default configuration every recipe in configs/ starts from, and its validation."""
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from bt_jax import evals, losses
@@ -59,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.zero_init_residual = True
     c.model.projector_bn = True        # False: the paper's "no BN in projector" ablation
     c.model.predictor_dims = ()        # e.g. (8192, 8192): a predictor on view A (ablation)
+    # Start from these weights (PyTorch's or bt_jax's: what `python -m bt_jax.convert` reads):
+    # the backbone, and the projector where the file holds one of this config's shape.
+    c.model.init_from = ""
 
     c.loss = ml_collections.ConfigDict()
     c.loss.lambd = 0.0051
@@ -312,6 +317,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(all(d > 0 for d in config.model.predictor_dims),
          f"model.predictor_dims must be positive widths or (); got "
          f"{config.model.predictor_dims}.")
+    need(not config.model.init_from or os.path.isfile(config.model.init_from),
+         f"model.init_from={config.model.init_from!r} does not exist: give a weights file "
+         "(.pth / .pt / .safetensors / .msgpack), or '' to start from random weights.")
     need(config.log_every_steps > 0, "log_every_steps must be positive.")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be positive.")
     need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "

@@ -3,7 +3,8 @@
   python -m bt_jax.convert SRC DST [--arch resnet50] [--stem cifar] [--no-projector]
 
 The format of each file is chosen by its extension:
-- .pth / .pt: a torch.save'd state dict, or FAIR's / solo-learn's checkpoint (needs torch);
+- .pth / .pt / .ckpt: a torch.save'd state dict, or FAIR's / solo-learn's checkpoint (needs
+  torch; read with weights_only=True, so tensors and plain containers only);
 - .safetensors: a flat {torchvision name: tensor} file (needs no torch);
 - .msgpack: bt_jax's backbone.msgpack format, the backbone's {"params", "batch_stats"}
   (what a run exports; `flax.serialization.msgpack_restore` reads it).
@@ -26,7 +27,7 @@ import numpy as np
 from bt_jax import interop
 from bt_jax.errors import ConfigError
 
-FORMATS = (".pth", ".pt", ".safetensors", ".msgpack")
+FORMATS = (".pth", ".pt", ".ckpt", ".safetensors", ".msgpack")
 # safetensors' dtype names (https://github.com/huggingface/safetensors, the format's spec)
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
               "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -37,7 +38,7 @@ def _format(path: str) -> str:
     if ext not in FORMATS:
         raise ConfigError(f"{path!r}: unknown format {ext or '(no extension)'!r}; use one of "
                           f"{FORMATS}.")
-    return ".pth" if ext == ".pt" else ext
+    return ".pth" if ext in (".pt", ".ckpt") else ext
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -138,6 +139,26 @@ def backbone_of(variables: dict) -> dict:
         return variables
     return {"params": variables["params"]["backbone"],
             "batch_stats": variables.get("batch_stats", {}).get("backbone", {})}
+
+
+def model_fields(variables: dict, arch: str) -> dict:
+    """{"backbone": arch, "stem", "width"}: the config.model fields the weights imply
+    ("cifar" stands for both CIFAR stems, which have the same weights)."""
+    kernel = np.shape(backbone_of(variables)["params"]["conv1"]["kernel"])   # [kh, kw, 3, C]
+    return {"backbone": arch, "stem": "imagenet" if kernel[0] == 7 else "cifar",
+            "width": kernel[-1] / 64}
+
+
+def mismatched_fields(model_config, fields: dict) -> list[str]:
+    """["model.width: 0.5 (weights: 1)", ...]: where config.model cannot hold the weights."""
+    out = []
+    for name, value in fields.items():
+        have = model_config[name]
+        same = (have in ("cifar", "cifar_pool") if name == "stem" and value == "cifar"
+                else have == value)
+        if not same:
+            out.append(f"model.{name}: {have!r} (weights: {value!r})")
+    return out
 
 
 def write_variables(path: str, variables: dict, arch: str, *, projector: bool = True) -> None:

@@ -2,6 +2,10 @@
 
   python -m bt_jax.evaluate --workdir runs/demo [--config configs/digits.py]
 
+or weights from a file (PyTorch's or bt_jax's, see `bt_jax.convert`) on a recipe's data:
+
+  python -m bt_jax.evaluate --backbone resnet50.pth --config configs/imagenet.py [--workdir OUT]
+
 The run's newest checkpoint is read (else its backbone.msgpack), and the protocols of
 config.eval.protocols run on it as at the end of training (`bt_jax.evals`):
 - kNN (Wu et al., CVPR 2018): cosine similarity of L2-normalised features, the k nearest
@@ -22,7 +26,7 @@ import jax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import export
+from bt_jax import convert, export
 from bt_jax.config import ConfigError
 from bt_jax.data import sources, pipeline
 from bt_jax.evals.runner import evaluate_all, format_table, write_results
@@ -60,6 +64,39 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
                       "pass the --workdir of a training run.")
 
 
+def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
+    """Evaluates weights from a file (.pth / .pt / .safetensors / .msgpack: anything
+    `python -m bt_jax.convert` reads) on the recipe's dataset with its protocols. The
+    model's backbone, stem and width come from the weights; results.json goes into workdir
+    if one is given."""
+    variables, arch = convert.read_variables(path, projector=False)
+    variables = convert.backbone_of(variables)
+    fields = convert.model_fields(variables, arch)
+    changes = convert.mismatched_fields(config.model, fields)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for name, value in fields.items():
+            if name != "stem" or config.model.stem not in ("cifar", "cifar_pool") \
+                    or value != "cifar":
+                config.model[name] = value
+    config_lib.validate(config)
+    print(f"Evaluating {arch} weights from {path!r} on {config.data.name}"
+          + (f" (the weights set {', '.join(changes)})" if changes else "") + ".", flush=True)
+    d = config.data
+    train_split, test_split = sources.labelled_splits(d, config.seed)
+    stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
+    random_init = backbone_variables(init_variables(
+        create_model(config), jax.random.key(config.seed), d.image_size))
+    if workdir is not None and jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)   # tsne.png and results.json go there
+    results = evaluate_all(config, create_model(config).backbone, variables,
+                           jax.device_get(random_init), train_split, test_split, stats,
+                           workdir=workdir)
+    results["evaluated"] = os.path.abspath(path)
+    if workdir is not None and jax.process_index() == 0:
+        write_results(results, workdir)
+    print(format_table(results), flush=True)
+    return results
 
 
 def evaluate_workdir(workdir: str, config) -> dict:
@@ -94,14 +131,24 @@ def config_of_workdir(workdir: str):
 
 
 def main(argv) -> None:
-    """python -m bt_jax.evaluate --workdir RUN [--config FILE --config.FIELD=VALUE]"""
+    """python -m bt_jax.evaluate --workdir RUN [--config FILE --config.FIELD=VALUE]
+    python -m bt_jax.evaluate --backbone WEIGHTS --config FILE [--workdir OUT]"""
     import sys  # pylint: disable=import-outside-toplevel
     from absl import flags, logging  # pylint: disable=import-outside-toplevel
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")
-    workdir = flags.FLAGS.workdir
+    workdir, weights = flags.FLAGS.workdir, flags.FLAGS.backbone
     try:
+        if weights:
+            if not flags.FLAGS.config:
+                raise ConfigError("--backbone needs --config: the recipe whose dataset and "
+                                  "protocols evaluate the weights.")
+            evaluate_backbone(weights, flags.FLAGS.config, workdir)
+            return
+        if not workdir:
+            raise ConfigError("Pass --workdir RUN (a training run), or --backbone WEIGHTS "
+                              "--config RECIPE.")
         config = flags.FLAGS.config or config_of_workdir(workdir)
         evaluate_workdir(workdir, config)
     except (ConfigError, FileNotFoundError) as e:
@@ -116,7 +163,9 @@ if __name__ == "__main__":
         "config", None, "A recipe with get_config() (default: the run's config.json); "
         "fields can be overridden, e.g. --config.eval.linear_epochs=10.", lock_config=True)
     absl_flags.DEFINE_string("workdir", None, "The run to evaluate (its checkpoints/ or "
-                             "backbone.msgpack, and config.json).")
-    absl_flags.mark_flag_as_required("workdir")
+                             "backbone.msgpack, and config.json); with --backbone, where "
+                             "results.json goes.")
+    absl_flags.DEFINE_string("backbone", None, "Weights to evaluate instead of a run: "
+                             ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     app.run(main)

@@ -1,6 +1,7 @@
 """PyTorch interop: torchvision-layout ResNet weights (FAIR, solo-learn, DataParallel) <->
 bt_jax variables, exact round trips, forward equality with a PyTorch ResNet, and the
 convert command."""
+import copy
 import os
 import subprocess
 import sys
@@ -150,16 +151,25 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int):
     # channel; with 4, PyTorch's own float32 output is 6e-5 from its float64 one.
     x = np.random.default_rng(1).normal(size=(16, size, size, 3)).astype(np.float32)
     x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    net64 = copy.deepcopy(net).double()
     for train in (False, True):
         net.train(train)
+        net64.train(train)
         with torch.no_grad():
             want = net(x_torch).numpy()
+            exact = net64(x_torch.double()).numpy()   # float64: the reference for both
         if train:
             got, _ = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
         else:
             got = backbone.apply(variables, x, train=False)
-        err = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
-        assert err < 1e-5, (arch, train, err)
+
+        def rel(a):
+            return np.max(np.abs(np.asarray(a, np.float64) - exact)) / np.max(np.abs(exact))
+        # 1e-5 relative, or PyTorch's own float32 error where that is larger (train mode of
+        # a ResNet-50 with random BN: batch statistics over 16 x 1 x 1 values per channel
+        # in the last stage put PyTorch's float32 output 5e-5 to 9e-5 from its float64 one)
+        assert rel(got) < max(1e-5, 2 * rel(want)), (arch, train, rel(got), rel(want))
+        assert rel(want) < 2e-4
 
 
 def test_resnet18_forward_equals_pytorch_in_eval_and_train_mode():
@@ -208,3 +218,110 @@ def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown format '.h5'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _digits_config():
+    from bt_jax import config as config_lib
+    c = config_lib.base_config()
+    c.batch_size = 64
+    c.num_steps = 1
+    c.data.name, c.data.image_size = "digits", 16
+    c.data.augment.blur_sigma = (0.1, 1.0)
+    c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
+    c.model.projector_dims = (32, 32)
+    c.optim.warmup_epochs = 0
+    c.eval.linear_protocol, c.eval.linear_epochs, c.eval.semi_fractions = "fast", 0, ()
+    c.eval.knn_k, c.eval.fast_max_iter, c.eval.tsne_points = 20, 50, 0
+    c.eval.diagnostics_every_steps = 0
+    return c
+
+
+def _weights_file(tmp_path, c, name="w.safetensors", width=None, projector=True):
+    model = BarlowTwins(backbone=make_backbone(c.model.backbone, stem=c.model.stem,
+                                               width=width or c.model.width),
+                        projector_dims=tuple(c.model.projector_dims))
+    variables = _random_variables(model, jnp.zeros((2, 16, 16, 3)), seed=3)
+    path = str(tmp_path / name)
+    convert.write_variables(path, variables, c.model.backbone, projector=projector)
+    return path, variables
+
+
+def test_init_from_loads_the_backbone_and_a_fitting_projector(tmp_path):
+    from bt_jax import train
+    c = _digits_config()
+    path, want = _weights_file(tmp_path, c)
+    model = train.create_model(c)
+    tx = train.create_optimizer(c, 10, 10)
+    state = train.init_state(model, tx, jax.random.key(0), 16)
+    c.model.init_from = path
+    loaded = train.state.init_from_file(state, c)
+    got = {"params": loaded.params, "batch_stats": loaded.batch_stats}
+    assert _equal(jax.device_get(got), want)
+    # a projector of another width stays as initialised; a backbone of another width is refused
+    c.model.projector_dims = (16, 16)
+    state = train.init_state(train.create_model(c), tx, jax.random.key(0), 16)
+    loaded = train.state.init_from_file(state, c)
+    assert _equal(jax.device_get(loaded.params["backbone"]), want["params"]["backbone"])
+    assert _equal(jax.device_get(loaded.params["projector"]), jax.device_get(
+        state.params["projector"]))
+    c.model.width = 0.125
+    with pytest.raises(ConfigError, match=r"holds another network: model.width: 0.125 "
+                       r"\(weights: 0.0625\)"):
+        train.state.init_from_file(train.init_state(train.create_model(c), tx,
+                                                    jax.random.key(0), 16), c)
+
+
+def test_init_from_that_does_not_exist_is_a_config_error():
+    from bt_jax import config as config_lib
+    c = _digits_config()
+    c.model.init_from = "/no/such/weights.pth"
+    with pytest.raises(ConfigError, match="model.init_from='/no/such/weights.pth' does not exist"):
+        config_lib.validate(c)
+
+
+@pytest.mark.slow
+def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
+    """A .pth file: `python -m bt_jax.evaluate --backbone` scores it as the end-of-run
+    evaluation scores the same weights, and `--config.model.init_from` trains from it."""
+    pytest.importorskip("torch")
+    from bt_jax import train
+    from bt_jax.evals import runner
+    c = _digits_config()
+    c.eval.baselines = False
+    path, want = _weights_file(tmp_path, c, "w.pth", projector=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "bt_jax.evaluate", "--backbone", path, "--config",
+         os.path.join(ROOT, "configs", "digits.py"), "--config.model.width=0.25",
+         "--config.data.image_size=16", "--config.eval.baselines=False",
+         "--config.eval.semi_fractions=()", "--config.eval.knn_k=20",
+         "--workdir", str(tmp_path / "eval")], cwd=ROOT, capture_output=True, text=True,
+        timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "model.width: 0.25 (weights: 0.0625)" in out.stdout
+    import json
+    got = json.load(open(tmp_path / "eval" / "results.json"))
+    import importlib.util
+    from bt_jax.data import sources
+    spec = importlib.util.spec_from_file_location("digits", os.path.join(ROOT, "configs",
+                                                                         "digits.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    r = recipe.get_config()
+    r.model.width, r.data.image_size, r.eval.baselines = 0.0625, 16, False
+    r.eval.semi_fractions, r.eval.knn_k = (), 20
+    train_split, test_split = sources.labelled_splits(r.data, r.seed)
+    backbone = train.create_model(r).backbone
+    ref = runner.evaluate_all(r, backbone, convert.backbone_of(want), convert.backbone_of(want),
+                              train_split, test_split,
+                              sources.pretrain_split(r.data, r.seed).normalization_stats())
+    assert got["knn_top1"] == ref["knn_top1"] and got["linear_top1"] == ref["linear_top1"]
+    # training from the same file: with learning rates 0 the weights stay the file's
+    c = _digits_config()
+    c.model.init_from = path
+    c.optim.lr_weights = c.optim.lr_biases = 0.0
+    c.eval.enabled = False
+    c.eval.online_probe = False
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    from bt_jax import export
+    _, exported = export.load_backbone(str(tmp_path / "run"))
+    assert _equal(exported["params"], want["params"]["backbone"])

@@ -150,8 +150,8 @@ def format_table(results: dict) -> str:
              + f"   ({split} split)"]
     for name, r in rows:
         lines.append(f"{name:<16}" + "".join(f" {cell(r, key):>14}" for _, key in columns))
-    extra = [f"{k}: {100 * v:.1f}%" for k, v in results.items()
-             if (k.startswith("semi_") or k.startswith("online_")) and k.endswith("_top1")]
+    extra = [f"{k}: {100 * results[k]:.1f}%" for prefix in ("online_", "semi_")
+             for k in results if k.startswith(prefix) and k.endswith("_top1")]
     if extra:
         lines.append("; ".join(extra))
     collapse = results.get("diagnostics", {}).get("collapse")

@@ -18,8 +18,8 @@ from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables, create_model
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
-from bt_jax.train.state import (create_optimizer, init_state, learning_rate_schedules,
-                                online_probe_optimizer)
+from bt_jax.train.state import (create_optimizer, init_from_file, init_state,
+                                learning_rate_schedules, online_probe_optimizer)
 from bt_jax.train.step import make_diagnose_fn, make_train_step
 from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results, saved_steps,
                                   write_run_config)
@@ -85,6 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        num_classes=probe_classes, probe_tx=probe_tx)
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
+    if config.model.init_from and not resuming:
+        state = init_from_file(state, config)
 
     manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                          every_steps=config.checkpoint.every_steps,

@@ -9,9 +9,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from bt_jax import optim
+from bt_jax import convert, optim
+from bt_jax.errors import ConfigError
 from bt_jax.models import BarlowTwins
 from bt_jax.models.factory import init_variables
 
@@ -78,3 +80,44 @@ def init_state(model: BarlowTwins, tx: optax.GradientTransformation, rng: jax.Ar
     return TrainState(step=jnp.zeros([], jnp.int32), params=v["params"],
                       batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]),
                       probe=probe)
+
+
+def init_from_file(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+    """The state with the weights of config.model.init_from: the backbone's, and the
+    projector's where the file holds one of this model's shapes (else the projector keeps
+    its fresh initialisation, as when fine-tuning a backbone). The optimiser's state is
+    value-free at step 0 (zero momentum), so it is kept.
+
+    Raises:
+      ConfigError where the file's ResNet is not config.model's (naming the fields).
+    """
+    path = config.model.init_from
+    variables, arch = convert.read_variables(path)
+    bad = convert.mismatched_fields(config.model, convert.model_fields(variables, arch))
+    if bad:
+        raise ConfigError(f"model.init_from={path!r} holds another network: "
+                          f"{'; '.join(bad)}. Set those fields to the weights' values.")
+    parts = ["backbone"]
+    if "projector" in variables["params"] and _same_shapes(
+            variables["params"]["projector"], state.params["projector"]):
+        parts.append("projector")
+    backbone = convert.backbone_of(variables)
+    loaded = {"backbone": backbone, "projector": {
+        "params": variables["params"].get("projector"),
+        "batch_stats": variables.get("batch_stats", {}).get("projector", {})}}
+    params, stats = dict(state.params), dict(state.batch_stats)
+    for part in parts:
+        if not _same_shapes(loaded[part]["params"], params[part]):
+            raise ConfigError(f"model.init_from={path!r}: its {part} does not fit this "
+                              "config's model.")
+        params[part] = jax.tree.map(jnp.asarray, loaded[part]["params"])
+        if part in stats:
+            stats[part] = jax.tree.map(jnp.asarray, loaded[part]["batch_stats"])
+    print(f"Initialised the {' and '.join(parts)} from {path!r}.", flush=True)
+    return state.replace(params=params, batch_stats=stats)
+
+
+def _same_shapes(a, b) -> bool:
+    return (jax.tree.structure(a) == jax.tree.structure(b) and
+            all(np.shape(x) == np.shape(y) for x, y in zip(jax.tree.leaves(a),
+                                                           jax.tree.leaves(b))))

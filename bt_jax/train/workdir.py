@@ -12,6 +12,10 @@ from bt_jax import config as config_lib
 from bt_jax import export
 
 
+# config.model fields that do not change the model's variables: a resume may change them.
+NOT_THE_MODEL = ("init_from",)
+
+
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume checkpoints written for another model (shapes would not fit)."""
     saved_path = os.path.join(workdir, "config.json")
@@ -26,7 +30,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     defaults = json.loads(config_lib.base_config().to_json_best_effort())["model"]
     saved_model = {**defaults, **saved.get("model", {})}
     changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now["model"]))
-               if saved_model.get(k) != now["model"].get(k)]
+               if saved_model.get(k) != now["model"].get(k) and k not in NOT_THE_MODEL]
     if changed:
         raise config_lib.ConfigError(
             f"{workdir!r} holds checkpoints of another model ({', '.join(changed)} differ from "

@@ -9,6 +9,7 @@ from bt_jax import evals, losses
 from bt_jax.errors import ConfigError
 from bt_jax.models.conv import CONV_IMPLS
 from bt_jax.models.factory import DTYPES
+from bt_jax.models.projector import LINEAR_INITS
 from bt_jax.models.resnet import STEMS, min_image_size, stem_minimums
 
 
@@ -61,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.zero_init_residual = True
     c.model.projector_bn = True        # False: the paper's "no BN in projector" ablation
     c.model.predictor_dims = ()        # e.g. (8192, 8192): a predictor on view A (ablation)
+    # The projector's Linear init: "lecun" (Flax's default) or "torch" (PyTorch's nn.Linear
+    # default, as FAIR's code has it: 1.73x smaller weights), for exact reproduction.
+    c.model.projector_init = "lecun"
     # Start from these weights (PyTorch's or bt_jax's: what `python -m bt_jax.convert` reads):
     # the backbone, and the projector where the file holds one of this config's shape.
     c.model.init_from = ""
@@ -271,6 +275,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.dtype!r}.")
     need(config.model.conv_impl in CONV_IMPLS, f"model.conv_impl must be one of {CONV_IMPLS}; "
          f"got {config.model.conv_impl!r}.")
+    need(config.model.projector_init in LINEAR_INITS, f"model.projector_init must be one of "
+         f"{tuple(LINEAR_INITS)}; got {config.model.projector_init!r}.")
     need(config.model.width > 0, f"model.width must be positive; got {config.model.width}.")
     need(len(config.model.projector_dims) > 0 and all(d > 0 for d in config.model.projector_dims),
          f"model.projector_dims must be positive widths; got {config.model.projector_dims}.")

@@ -139,3 +139,18 @@ def test_cifar_pool_stem_has_the_cifar_weights_at_a_quarter_of_the_flops():
     assert out_pool.shape == out_cifar.shape == (2, 128)
     assert jax.tree.map(jnp.shape, v_pool) == jax.tree.map(jnp.shape, v_cifar)
     assert 0.2 < flops_pool / flops_cifar < 0.35, (flops_pool, flops_cifar)
+
+
+def test_projector_init_torch_is_pytorch_linear_default_and_lecun_is_1_73x_wider():
+    from bt_jax.models import Projector
+    fan_in = 512
+    x = jnp.zeros((2, fan_in))
+    kernels = {init: np.asarray(Projector(dims=(1024, 1024), linear_init=init).init(
+        jax.random.key(0), x, train=False)["params"]["linear0"]["kernel"])
+        for init in ("lecun", "torch")}
+    bound = 1 / np.sqrt(fan_in)     # PyTorch nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    torch_w = kernels["torch"]
+    assert np.abs(torch_w).max() <= bound and np.abs(torch_w).max() > 0.99 * bound
+    np.testing.assert_allclose(torch_w.std(), bound / np.sqrt(3), rtol=0.01)
+    np.testing.assert_allclose(kernels["lecun"].std(), bound, rtol=0.01)
+    np.testing.assert_allclose(kernels["lecun"].std() / torch_w.std(), np.sqrt(3), rtol=0.02)

@@ -21,6 +21,7 @@ class BarlowTwins(nn.Module):
       axis_name: mesh axis for the projector's cross-replica BatchNorm (give the backbone
         the same axis_name).
       dtype: the projector's computation dtype.
+      projector_init: the projector's (and predictor's) Linear init ("lecun" | "torch").
 
     Call: [N, H, W, C] -> {"features": [N, F], "embedding": [N, projector_dims[-1]]} and,
     with a predictor and predict=True (the default then), "prediction": [N, D].
@@ -32,14 +33,16 @@ class BarlowTwins(nn.Module):
     predictor_dims: Sequence[int] = ()
     axis_name: Any = None
     dtype: Any = jnp.float32
+    projector_init: str = "lecun"
 
     def setup(self):
         self.projector = Projector(dims=tuple(self.projector_dims), use_bn=self.projector_bn,
-                                   axis_name=self.axis_name, dtype=self.dtype)
+                                   axis_name=self.axis_name, dtype=self.dtype,
+                                   linear_init=self.projector_init)
         if self.predictor_dims:
             self.predictor = Projector(dims=tuple(self.predictor_dims),
                                        use_bn=self.projector_bn, axis_name=self.axis_name,
-                                       dtype=self.dtype)
+                                       dtype=self.dtype, linear_init=self.projector_init)
 
     def __call__(self, x, train: bool = True, predict: Optional[bool] = None):
         h = self.backbone(x, train=train)

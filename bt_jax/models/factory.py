@@ -25,7 +25,8 @@ def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = N
     return BarlowTwins(backbone=backbone, projector_dims=tuple(config.model.projector_dims),
                        projector_bn=config.model.projector_bn,
                        predictor_dims=tuple(config.model.predictor_dims),
-                       axis_name=axis_name, dtype=dtype)
+                       axis_name=axis_name, dtype=dtype,
+                       projector_init=config.model.projector_init)
 
 
 # XLA options for one-off programs on the CPU: without LLVM's optimisation passes, the

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import torchvision_models
 from bt_jax import convert, interop
 from bt_jax.errors import ConfigError
 from bt_jax.models import BarlowTwins, make_backbone
@@ -124,15 +125,31 @@ def test_mismatches_name_the_keys(r18_cifar):
         interop.to_torch(convert.backbone_of(r18_cifar), "resnet34")
 
 
-def _torch_forward_matches(arch: str, stem: str, width: float, size: int):
-    """A PyTorch ResNet in torchvision's layout (experiments/torch_reference.py) with random
-    weights and BN statistics, loaded into bt_jax: the same features in eval and train
-    mode, to 1e-5 relative."""
-    torch = pytest.importorskip("torch")
+def _torch_resnet(arch: str, stem: str, width: float):
+    """(a PyTorch ResNet without its head, whose code it is): torchvision's own model code
+    where a torchvision wheel is at hand (tests/torchvision_models.py; .ci/run fetches
+    one), else experiments/torch_reference.py (the same module names, checked against
+    torchvision's in test_torch_reference_has_torchvision_s_names)."""
+    import torch
+    wheel = torchvision_models.find_wheel()
+    if wheel and stem == "imagenet" and width == 1.0:
+        net = getattr(torchvision_models.load_resnet_module(wheel), arch)()
+        net.fc = torch.nn.Identity()
+        return net, "torchvision " + os.path.basename(wheel)
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import torch_reference   # noqa: E402
+    return torch_reference.ResNet(arch, stem=stem, width=width), "experiments/torch_reference.py"
+
+
+def _torch_forward_matches(arch: str, stem: str, width: float, size: int, tmp_path):
+    """A PyTorch ResNet with random weights and BN statistics, saved as .pth, converted to
+    backbone.msgpack by `python -m bt_jax.convert`: the same features in eval and train
+    mode; converted back to .pth it loads into a fresh torchvision-layout model with
+    strict=False (only fc.* missing) and gives the same outputs."""
+    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    net = torch_reference.ResNet(arch, stem=stem, width=width)
+    net, source = _torch_resnet(arch, stem, width)
+    print("PyTorch model:", source)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -140,12 +157,10 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int):
                 m.bias.normal_(0, 0.1)
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    state = net.state_dict()
-    assert interop.infer_arch(state) == arch
-    variables = interop.from_torch(state, arch)
-    missing, unexpected = net.load_state_dict(
-        {k: torch.from_numpy(v) for k, v in interop.to_torch(variables, arch).items()})
-    assert not missing and not unexpected
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    assert convert.main([str(tmp_path / "net.pth"), str(tmp_path / "backbone.msgpack")]) == 0
+    variables, found = convert.read_variables(str(tmp_path / "backbone.msgpack"))
+    assert found == arch
     backbone = make_backbone(arch, stem=stem, width=width, zero_init_residual=False)
     # 16 images: in train mode the last stage's BatchNorm normalises over 16 values per
     # channel; with 4, PyTorch's own float32 output is 6e-5 from its float64 one.
@@ -170,15 +185,45 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int):
         # in the last stage put PyTorch's float32 output 5e-5 to 9e-5 from its float64 one)
         assert rel(got) < max(1e-5, 2 * rel(want)), (arch, train, rel(got), rel(want))
         assert rel(want) < 2e-4
+    # back to PyTorch: a fresh model with its classifier head loads it, missing only fc.*
+    assert convert.main([str(tmp_path / "backbone.msgpack"), str(tmp_path / "back.pth")]) == 0
+    fresh, _ = _torch_resnet(arch, stem, width)
+    if "torchvision" in source:
+        fresh.fc = torch.nn.Linear(fresh.layer4[-1].conv1.in_channels, 1000)
+    result = fresh.load_state_dict(torch.load(tmp_path / "back.pth"), strict=False)
+    assert sorted(result.missing_keys) == (["fc.bias", "fc.weight"] if "torchvision" in source
+                                           else []) and not result.unexpected_keys
+    fresh.fc = torch.nn.Identity()
+    original, _ = _torch_resnet(arch, stem, width)   # net's running statistics moved in train mode
+    original.load_state_dict(torch.load(tmp_path / "net.pth"))
+    original.eval()
+    fresh.eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(fresh(x_torch).numpy(), original(x_torch).numpy())
 
 
-def test_resnet18_forward_equals_pytorch_in_eval_and_train_mode():
-    _torch_forward_matches("resnet18", "imagenet", 1.0, 32)
+def test_torch_reference_has_torchvision_s_names():
+    torch = pytest.importorskip("torch")
+    del torch
+    wheel = torchvision_models.find_wheel()
+    if not wheel:
+        pytest.skip("no torchvision wheel in .venv/wheels (.ci/run fetches one)")
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import torch_reference   # noqa: E402
+    module = torchvision_models.load_resnet_module(wheel)
+    for arch in ("resnet18", "resnet34", "resnet50"):
+        names = set(getattr(module, arch)().state_dict())
+        assert names - set(torch_reference.ResNet(arch).state_dict()) == {"fc.weight", "fc.bias"}
+        assert set(torch_reference.ResNet(arch).state_dict()) <= names
+
+
+def test_resnet18_forward_equals_pytorch_in_eval_and_train_mode(tmp_path):
+    _torch_forward_matches("resnet18", "imagenet", 1.0, 32, tmp_path)
 
 
 @pytest.mark.slow
-def test_resnet50_forward_equals_pytorch_in_eval_and_train_mode():
-    _torch_forward_matches("resnet50", "imagenet", 1.0, 32)
+def test_resnet50_forward_equals_pytorch_in_eval_and_train_mode(tmp_path):
+    _torch_forward_matches("resnet50", "imagenet", 1.0, 32, tmp_path)
 
 
 def test_safetensors_is_the_format_of_its_spec(tmp_path):

@@ -254,8 +254,8 @@ def from_torch(checkpoint: dict, arch: str, *, projector: Optional[bool] = None,
         if name in state:
             value = _from_torch_layout(path[-1], state[name]).astype(spec.dtype)
             if value.shape != spec.shape:
-                shapes.append((name, state[name].shape, _to_torch_layout(
-                    path[-1], np.zeros(spec.shape)).shape))
+                shapes.append((name, state[name].shape,
+                               _to_torch_layout(path[-1], np.broadcast_to(0, spec.shape)).shape))
             flat[path] = value
     names = {_torch_name(p[1:]) for p in template}
     error = _mismatch(f"The checkpoint does not fit bt_jax's {arch} (stem "

@@ -50,7 +50,9 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
                  train_split, test_split, stats=None, *, online_probe: Optional[dict] = None,
                  workdir: Optional[str] = None,
                  trained_features: Optional[tuple[np.ndarray, np.ndarray]] = None) -> dict:
-    """Trained encoder, randomly initialised encoder and raw pixels, probed the same way.
+    """Trained encoder, randomly initialised encoder and raw pixels, probed the same way: by
+    the protocols of config.eval.protocols that their settings want run
+    (`selected_protocols`; fine-tuning on the trained encoder only).
 
     Args:
       backbone: the Flax backbone; trained, random_init: its {"params", "batch_stats"}

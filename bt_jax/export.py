@@ -29,6 +29,7 @@ import flax.serialization
 import jax
 import numpy as np
 
+from bt_jax.data.views import normalize
 from bt_jax.errors import ConfigError
 from bt_jax.models import make_backbone
 
@@ -56,10 +57,7 @@ class Preprocessing:
                 f"The backbone was pretrained on [N, {self.image_size}, {self.image_size}, 3] "
                 f"images (channels last; 1 channel is repeated); got shape {x.shape}. Resize "
                 f"(shorter side to {self.image_size}, centre square) and transpose first.")
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        if x.shape[-1] == 1:
-            x = np.repeat(x, 3, axis=-1)
-        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return normalize(x, self.mean, self.std)
 
 
 def _atomic_write(path: str, data: bytes) -> None:

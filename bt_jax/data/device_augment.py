@@ -185,7 +185,7 @@ def photometric(x, keys, cfg: ViewConfig):
     return maybe(cfg.solarize_prob, keys[7], solarize, x)
 
 
-def _unit_rgb(image):
+def unit_rgb(image):
     """uint8 [H, W, C] (C = 1 or 3) -> float32 [H, W, 3] in [0, 1]."""
     x = image.astype(jnp.float32) / 255.0
     return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
@@ -194,7 +194,7 @@ def _unit_rgb(image):
 def augment_view(image, key, cfg: ViewConfig):
     """One view: uint8 [H, W, C] (C = 1 or 3) and a key -> float32 [S, S, 3] in [0, 1]."""
     keys = jax.random.split(key, 8)
-    x = _unit_rgb(image)
+    x = unit_rgb(image)
     window = crop_window(keys[0], x.shape[0], x.shape[1], cfg.crop_scale, cfg.crop_ratio)
     return photometric(resized_crop(x, *window, cfg.image_size), keys, cfg)
 
@@ -213,8 +213,8 @@ def augment_cropped_batch(crops_a, crops_b, keys, cfg_a: ViewConfig, cfg_b: View
     two float32 [B, S, S, 3]."""
     def pair(crop_a, crop_b, key):
         k_a, k_b = jax.random.split(key)
-        return (photometric(_unit_rgb(crop_a), jax.random.split(k_a, 8), cfg_a),
-                photometric(_unit_rgb(crop_b), jax.random.split(k_b, 8), cfg_b))
+        return (photometric(unit_rgb(crop_a), jax.random.split(k_a, 8), cfg_a),
+                photometric(unit_rgb(crop_b), jax.random.split(k_b, 8), cfg_b))
 
     return jax.vmap(pair)(crops_a, crops_b, keys)
 

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bt_jax.data import import_tensorflow, in_memory, sources
-from bt_jax.data.views import CROPS, IMAGE, VIEWS, view_configs
+from bt_jax.data.views import CROPS, IMAGE, VIEWS, normalize, view_configs
 
 
 def normalization_stats(source) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +125,4 @@ def train_batches(config, source: sources.PretrainSplit, *, start_step: int = 0,
 def eval_arrays(split: sources.Split, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """[N, S, S, 3] float32 images of a split, normalised with mean and std ([3] each; the
     train split's `channel_stats`)."""
-    x = split.images.astype(np.float32) / 255.0
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return (x - mean) / std
+    return normalize(split.images, mean, std)

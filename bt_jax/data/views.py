@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from bt_jax.errors import ConfigError
 
 AUGMENT_ON = ("host", "device")
@@ -92,3 +94,15 @@ def view_configs(config) -> tuple[ViewConfig, ViewConfig]:
         raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}; got "
                           f"{config.data.augment_on!r}.")
     return view(0), view(1)
+
+
+def normalize(images, mean, std) -> np.ndarray:
+    """The evaluation view, on the host: uint8 [N, H, W, C] (C = 1 or 3; or floats in
+    [0, 1]) -> float32 [N, H, W, 3], grayscale repeated to 3 channels, scaled to [0, 1],
+    then (x - mean) / std per channel (mean, std: [3]). What the probes, the kNN monitor
+    and an exported encoder's preprocessing feed the backbone."""
+    x = np.asarray(images)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

@@ -69,7 +69,7 @@ def _train_view(image, key, size: int, crop_scale, flip_prob: float, mean, std):
     """uint8 [H, W, C] -> normalised float32 [size, size, 3]: RandomResizedCrop (bicubic,
     ratio 3/4..4/3) and a horizontal flip with probability flip_prob (0.5 in the paper)."""
     k_crop, k_flip = jax.random.split(key)
-    x = device_augment._unit_rgb(image)   # pylint: disable=protected-access
+    x = device_augment.unit_rgb(image)
     window = device_augment.crop_window(k_crop, x.shape[0], x.shape[1], crop_scale,
                                         (3 / 4, 4 / 3))
     x = device_augment.resized_crop(x, *window, size)
@@ -79,7 +79,7 @@ def _train_view(image, key, size: int, crop_scale, flip_prob: float, mean, std):
 
 def _eval_view(image, size: int, mean, std):
     """uint8 [H, W, C] -> normalised float32 [size, size, 3], the whole image resized."""
-    x = device_augment._unit_rgb(image)   # pylint: disable=protected-access
+    x = device_augment.unit_rgb(image)
     if x.shape[0] != size or x.shape[1] != size:
         x = device_augment.resized_crop(x, 0.0, 0.0, float(x.shape[0]), float(x.shape[1]), size)
     return (x - mean) / std

@@ -145,20 +145,21 @@ def model_fields(variables: dict, arch: str) -> dict:
     """{"backbone": arch, "stem", "width"}: the config.model fields the weights imply
     ("cifar" stands for both CIFAR stems, which have the same weights)."""
     kernel = np.shape(backbone_of(variables)["params"]["conv1"]["kernel"])   # [kh, kw, 3, C]
-    return {"backbone": arch, "stem": "imagenet" if kernel[0] == 7 else "cifar",
-            "width": kernel[-1] / 64}
+    return {"backbone": arch, **interop.stem_and_width(kernel[0], kernel[-1])}
+
+
+def fits(name: str, have, value) -> bool:
+    """Whether config.model.<name> = have holds weights whose field is `value` (a "cifar"
+    stem's weights fit both CIFAR stems)."""
+    if name == "stem" and value == "cifar":
+        return have in ("cifar", "cifar_pool")
+    return have == value
 
 
 def mismatched_fields(model_config, fields: dict) -> list[str]:
     """["model.width: 0.5 (weights: 1)", ...]: where config.model cannot hold the weights."""
-    out = []
-    for name, value in fields.items():
-        have = model_config[name]
-        same = (have in ("cifar", "cifar_pool") if name == "stem" and value == "cifar"
-                else have == value)
-        if not same:
-            out.append(f"model.{name}: {have!r} (weights: {value!r})")
-    return out
+    return [f"model.{name}: {model_config[name]!r} (weights: {value!r})"
+            for name, value in fields.items() if not fits(name, model_config[name], value)]
 
 
 def write_variables(path: str, variables: dict, arch: str, *, projector: bool = True) -> None:

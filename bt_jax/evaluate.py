@@ -76,8 +76,7 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     config = config.copy_and_resolve_references()
     with config.unlocked():
         for name, value in fields.items():
-            if name != "stem" or config.model.stem not in ("cifar", "cifar_pool") \
-                    or value != "cifar":
+            if not convert.fits(name, config.model[name], value):
                 config.model[name] = value
     config_lib.validate(config)
     print(f"Evaluating {arch} weights from {path!r} on {config.data.name}"

@@ -153,11 +153,16 @@ def infer_backbone(state: dict[str, np.ndarray]) -> dict:
         raise ConfigError("The checkpoint has no 'conv1.weight': it is not a torchvision-"
                           f"layout ResNet (its first keys: {sorted(state)[:5]}).")
     kernel = state["conv1.weight"].shape
-    stem = {7: "imagenet", 3: "cifar"}.get(kernel[-1])
-    if stem is None or len(kernel) != 4:
+    if len(kernel) != 4 or kernel[-1] not in (3, 7):
         raise ConfigError(f"conv1.weight has shape {kernel}: bt_jax's stems have a 7x7 "
                           "(ImageNet) or 3x3 (CIFAR) first convolution.")
-    return {"stem": stem, "width": kernel[0] / 64}
+    return stem_and_width(kernel[-1], kernel[0])
+
+
+def stem_and_width(kernel_size: int, channels: int) -> dict:
+    """{"stem", "width"} of a ResNet whose conv1 is kernel_size x kernel_size with `channels`
+    outputs: "imagenet" for 7x7, "cifar" (either CIFAR stem) for 3x3; width channels / 64."""
+    return {"stem": "imagenet" if kernel_size == 7 else "cifar", "width": channels / 64}
 
 
 def _template(arch: str, stem: str, width: float, projector_dims=(), *,
@@ -291,7 +296,8 @@ def to_torch(variables: dict, arch: str, *, projector: bool = False) -> dict[str
     if conv1 is None or conv1.ndim != 4:
         raise ConfigError("The variables hold no backbone 'conv1' kernel: pass a backbone's "
                           "{'params', 'batch_stats'} or BarlowTwins variables.")
-    stem, width = ("imagenet" if conv1.shape[0] == 7 else "cifar"), conv1.shape[-1] / 64
+    fields = stem_and_width(conv1.shape[0], conv1.shape[-1])   # HWIO
+    stem, width = fields["stem"], fields["width"]
     dims = tuple(flat[k].shape[-1] for k in sorted(
         (k for k in flat if k[1] == "projector" and k[-1] == "kernel"),
         key=lambda k: int(k[2][len("linear"):])))

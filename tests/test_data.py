@@ -312,3 +312,31 @@ def test_channel_stats_match_numpy_in_chunks(digits):
     x = digits.images.astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, np.repeat(x.mean(), 3), rtol=1e-6)
     np.testing.assert_allclose(std, np.repeat(x.std(), 3), rtol=1e-5)
+
+
+def test_tensorflow_start_up_notices_are_dropped_and_other_stderr_kept(capfd):
+    from bt_jax import data
+    notices = ("WARNING: All log messages before absl::InitializeLog() is called are written "
+               "to STDERR\nI0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. "
+               "You may see slightly different numerical results.\n")
+    assert data.without_startup_notices(notices + "E real problem\n") == "E real problem\n"
+    with data.startup_notices_dropped():
+        os.write(2, notices.encode() + b"native error\n")
+        os.write(1, b"stdout untouched\n")
+    out, err = capfd.readouterr()
+    assert err == "native error\n" and out == "stdout untouched\n"
+    with pytest.raises(ImportError):    # a failing import still shows what it printed
+        with data.startup_notices_dropped():
+            os.write(2, b"why it failed\n")
+            raise ImportError("x")
+    assert capfd.readouterr().err == "why it failed\n"
+
+
+def test_importing_tensorflow_prints_nothing():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "from bt_jax.data import import_tensorflow as t;"
+                        "t().constant(1.0).numpy()"], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+                       check=True)
+    assert r.stderr == "", r.stderr

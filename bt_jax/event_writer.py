@@ -54,8 +54,12 @@ class EventWriter:
         from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
         from tensorboard.summary.writer.event_file_writer import (  # pylint: disable=import-outside-toplevel
             EventFileWriter)
+        from bt_jax.data import quiet_tensorflow_start  # pylint: disable=import-outside-toplevel
         self._summary_pb2 = summary_pb2
-        self._writer = EventFileWriter(logdir)
+        # tensorboard loads TensorFlow here where it is installed (for tf.io.gfile's
+        # remote file systems), and TF's native libraries announce themselves on stderr.
+        with quiet_tensorflow_start():
+            self._writer = EventFileWriter(logdir)
 
     def _add(self, step: int, values: list) -> None:
         from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel

@@ -320,23 +320,27 @@ def test_tensorflow_start_up_notices_are_dropped_and_other_stderr_kept(capfd):
                "to STDERR\nI0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. "
                "You may see slightly different numerical results.\n")
     assert data.without_startup_notices(notices + "E real problem\n") == "E real problem\n"
-    with data.startup_notices_dropped():
+    with data.quiet_tensorflow_start():
         os.write(2, notices.encode() + b"native error\n")
         os.write(1, b"stdout untouched\n")
     out, err = capfd.readouterr()
     assert err == "native error\n" and out == "stdout untouched\n"
     with pytest.raises(ImportError):    # a failing import still shows what it printed
-        with data.startup_notices_dropped():
+        with data.quiet_tensorflow_start():
             os.write(2, b"why it failed\n")
             raise ImportError("x")
     assert capfd.readouterr().err == "why it failed\n"
 
 
-def test_importing_tensorflow_prints_nothing():
+@pytest.mark.parametrize("code", [
+    "from bt_jax.data import import_tensorflow as t; t().constant(1.0).numpy()",
+    # tensorboard's event writer loads TensorFlow itself where it is installed
+    "import sys; from bt_jax import event_writer as e; w = e.create(sys.argv[1]); "
+    "w.write_scalars(1, {'x': 1.0}); w.close()"], ids=["import_tensorflow", "event_writer"])
+def test_loading_tensorflow_prints_nothing(code, tmp_path):
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", "from bt_jax.data import import_tensorflow as t;"
-                        "t().constant(1.0).numpy()"], capture_output=True, text=True,
-                       env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
-                       check=True)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, check=True,
+                       env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     assert r.stderr == "", r.stderr

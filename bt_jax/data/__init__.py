@@ -37,10 +37,12 @@ def without_startup_notices(text: str) -> str:
 
 
 @contextlib.contextmanager
-def startup_notices_dropped():
-    """Runs the body with the process's stderr (file descriptor 2, where native code writes)
-    captured; afterwards writes the capture back, less TensorFlow's start-up notices. Python
-    warnings and native errors raised meanwhile still reach stderr, only later."""
+def quiet_tensorflow_start():
+    """Runs the body, which may load TensorFlow, quietly: TF_CPP_MIN_LOG_LEVEL defaults to 3
+    (TF's own logs), and the process's stderr (file descriptor 2, where native code writes)
+    is captured and afterwards written back less TF_STARTUP_NOTICES, which ignore that
+    variable. Python warnings and native errors raised meanwhile still reach stderr, later."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -83,8 +85,7 @@ def import_tensorflow(needed_for: str = "This input pipeline"):
         if "tensorflow" in sys.modules:
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
         else:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF's own INFO logs
-            with startup_notices_dropped():
+            with quiet_tensorflow_start():
                 import tensorflow as tf  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise missing_package_error("TensorFlow", needed_for) from None

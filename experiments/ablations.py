@@ -161,15 +161,7 @@ def _longer_runs(scale: Scale, info_nce: dict) -> list[Run]:
     """The baseline and the variants whose one-epoch results disagree with the paper,
     trained LONGER times as long (warm-up and the kNN monitor scaled alike): does the
     paper's result appear with training?"""
-    recipe = _load_recipe(scale.recipe)
-    over = {**scale.overrides}
-    if over.get("num_steps"):
-        over["num_steps"] = LONGER * over["num_steps"]
-    else:
-        over["num_epochs"] = LONGER * recipe.num_epochs
-    for key in ("optim.warmup_epochs", "eval.monitor_every_epochs"):   # the same fraction
-        section, field = key.split(".")
-        over[key] = round(LONGER * over.get(key, recipe[section][field]), 6)
+    over = _scaled_length(scale, LONGER)
     d = _projector_width(scale)
     name = f"baseline_{LONGER}x"
     return [Run(name, f"baseline, {LONGER}x as long", over),
@@ -179,6 +171,36 @@ def _longer_runs(scale: Scale, info_nce: dict) -> list[Run]:
                 f"{LONGER}x)", {**over, "model.predictor_dims": (d, d)}, 70.2, control=name),
             Run(f"info_nce_{LONGER}x", f"InfoNCE, {LONGER}x as long (vs baseline {LONGER}x)",
                 {**over, **info_nce}, 63.3, control=name)]
+
+
+def _scaled_length(scale: Scale, factor: int) -> dict:
+    """The scale's overrides with training `factor` times as long (steps or epochs), warm-up
+    and the kNN monitor scaled alike (the same fraction of the run)."""
+    recipe = _load_recipe(scale.recipe)
+    over = {**scale.overrides}
+    if over.get("num_steps"):
+        over["num_steps"] = factor * over["num_steps"]
+    else:
+        over["num_epochs"] = factor * over.get("num_epochs", recipe.num_epochs)
+    for key in ("optim.warmup_epochs", "eval.monitor_every_epochs"):
+        section, field = key.split(".")
+        over[key] = round(factor * over.get(key, recipe[section][field]), 6)
+    return over
+
+
+def _same_steps_batch_run(scale: Scale) -> Run:
+    """The batch sweep's next batch size above the recipe's, trained for as many steps as
+    the baseline (batch/default times the pairs): do the large batches lose, at a fixed
+    number of pairs, for want of optimiser steps?"""
+    default = _load_recipe(scale.recipe).batch_size
+    batch = min(b for b in scale.batch_sizes if b > default)
+    factor = batch // default
+    paper = next(r.paper for r in sweep_runs("batch_size", scale) if r.x == batch)
+    over = {**_scaled_length(scale, factor), "batch_size": batch}
+    if scale.overrides.get("num_steps"):   # a step-count scale: the baseline's steps
+        over["num_steps"] = scale.overrides["num_steps"]
+    return Run(f"batch_{batch}_same_steps", f"batch {batch} for the baseline's steps "
+               f"({factor}x the pairs; vs the baseline)", over, paper)
 
 
 def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
@@ -270,7 +292,8 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                 dataclasses.replace(wide, expect=None, x=None),
                 Run(f"info_nce_{wide.name}", f"InfoNCE, projector width {wide.x} (vs Barlow "
                     f"Twins at width {wide.x})", {**wide.overrides, **info_nce}, 63.3,
-                    control=wide.name)] + _longer_runs(scale, info_nce)
+                    control=wide.name),
+                _same_steps_batch_run(scale)] + _longer_runs(scale, info_nce)
     if sweep == "projector_init":   # not a paper ablation: FAIR's init against Flax's
         return [dataclasses.replace(base, setting="Flax's lecun_normal (baseline)"),
                 Run("projector_init_torch", "PyTorch's nn.Linear default, as FAIR's code",

@@ -184,6 +184,12 @@ def test_a_follow_up_is_measured_against_its_own_control():
     assert (longer["num_epochs"], longer["optim.warmup_epochs"]) == (3, 0.3)  # a tenth, as 1x
     assert longer["model.predictor_dims"] == (1024, 1024)
     assert runs["predictor_3x"].control == runs["info_nce_3x"].control == "baseline_3x"
+    same_steps = ab.run_overrides(small, runs["batch_512_same_steps"], {})  # 234 steps of 512
+    assert (same_steps["batch_size"], same_steps["num_epochs"],
+            same_steps["optim.warmup_epochs"]) == (512, 2, 0.2)
+    paper = {r.name: r for r in ab.sweep_runs("followup", ab.SCALES["paper"])}
+    for name, epochs in (("baseline_3x", 900), ("batch_4096_same_steps", 600)):  # of 300
+        assert ab.run_overrides(ab.SCALES["paper"], paper[name], {})["num_epochs"] == epochs
     tiny = ab.run_overrides(ab.SCALES["tiny"], ab.sweep_runs("followup", ab.SCALES["tiny"])[-1],
                             {})
     assert (tiny["num_steps"], tiny["optim.warmup_epochs"]) == (360, 0.15)

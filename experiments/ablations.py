@@ -158,11 +158,13 @@ LONGER = 3    # the follow-ups' "longer" runs train this many times the scale's 
 
 
 def _longer_runs(scale: Scale, info_nce: dict) -> list[Run]:
-    """The baseline and the variants whose one-epoch results disagree with the paper,
+    """The baseline and the variants whose one-epoch results disagree with the paper
+    (stop-gradient, predictor, InfoNCE, lambda at the top of the paper's flat range),
     trained LONGER times as long (warm-up and the kNN monitor scaled alike): does the
     paper's result appear with training?"""
     over = _scaled_length(scale, LONGER)
     d = _projector_width(scale)
+    lambd = max(v for v in scale.lambdas if v <= 0.02)   # the paper's flat range's top
     name = f"baseline_{LONGER}x"
     return [Run(name, f"baseline, {LONGER}x as long", over),
             Run(f"stop_gradient_{LONGER}x", f"stop-gradient, {LONGER}x as long (vs baseline "
@@ -170,7 +172,10 @@ def _longer_runs(scale: Scale, info_nce: dict) -> list[Run]:
             Run(f"predictor_{LONGER}x", f"predictor, {LONGER}x as long (vs baseline "
                 f"{LONGER}x)", {**over, "model.predictor_dims": (d, d)}, 70.2, control=name),
             Run(f"info_nce_{LONGER}x", f"InfoNCE, {LONGER}x as long (vs baseline {LONGER}x)",
-                {**over, **info_nce}, 63.3, control=name)]
+                {**over, **info_nce}, 63.3, control=name),
+            Run(f"lambda_{lambd:g}_{LONGER}x", f"lambda {lambd:g}, {LONGER}x as long (vs "
+                f"baseline {LONGER}x)", {**over, "loss.lambd": lambd}, expect="flat",
+                control=name)]
 
 
 def _scaled_length(scale: Scale, factor: int) -> dict:

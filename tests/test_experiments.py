@@ -184,6 +184,8 @@ def test_a_follow_up_is_measured_against_its_own_control():
     assert (longer["num_epochs"], longer["optim.warmup_epochs"]) == (3, 0.3)  # a tenth, as 1x
     assert longer["model.predictor_dims"] == (1024, 1024)
     assert runs["predictor_3x"].control == runs["info_nce_3x"].control == "baseline_3x"
+    assert runs["lambda_0.02_3x"].control == "baseline_3x"
+    assert ab.run_overrides(small, runs["lambda_0.02_3x"], {})["loss.lambd"] == 0.02
     same_steps = ab.run_overrides(small, runs["batch_512_same_steps"], {})  # 234 steps of 512
     assert (same_steps["batch_size"], same_steps["num_epochs"],
             same_steps["optim.warmup_epochs"]) == (512, 2, 0.2)

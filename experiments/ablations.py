@@ -193,6 +193,20 @@ def _scaled_length(scale: Scale, factor: int) -> dict:
     return over
 
 
+def _lambda_scaled_run(scale: Scale, wide: Run) -> Run:
+    """The widest projector with lambda scaled so that lambda (D - 1) / N, the weight of
+    the off-diagonal term's sampling noise (D (D - 1) entries of variance ~1/N each)
+    against the diagonal's D, stays the baseline's (0.020, as the paper's 0.0051 x 8191 /
+    2048): does the wide projector lose because its redundancy term outweighs the
+    invariance term at this batch size?"""
+    recipe = _load_recipe(scale.recipe)
+    d, w = recipe.model.projector_dims[-1], wide.x
+    lambd = float(f"{recipe.loss.lambd * (d - 1) / (w - 1):.3g}")
+    return Run(f"{wide.name}_lambda_scaled", f"projector width {w}, lambda {lambd:g} "
+               f"(lambda (D - 1) / N as the baseline's)",
+               {**wide.overrides, "loss.lambd": lambd}, expect="higher")
+
+
 def _same_steps_batch_run(scale: Scale) -> Run:
     """The batch sweep's next batch size above the recipe's, trained for as many steps as
     the baseline (batch/default times the pairs): do the large batches lose, at a fixed
@@ -295,9 +309,10 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                                    "loss.normalization": "none"}, 53.4,
                     control="baseline_lr10"),
                 dataclasses.replace(wide, expect=None, x=None),
+                _lambda_scaled_run(scale, wide),
                 Run(f"info_nce_{wide.name}", f"InfoNCE, projector width {wide.x} (vs Barlow "
-                    f"Twins at width {wide.x})", {**wide.overrides, **info_nce}, 63.3,
-                    control=wide.name),
+                    f"Twins at width {wide.x}, lambda scaled)", {**wide.overrides, **info_nce},
+                    63.3, control=f"{wide.name}_lambda_scaled"),
                 _same_steps_batch_run(scale)] + _longer_runs(scale, info_nce)
     if sweep == "projector_init":   # not a paper ablation: FAIR's init against Flax's
         return [dataclasses.replace(base, setting="Flax's lecun_normal (baseline)"),

@@ -175,7 +175,8 @@ def test_a_follow_up_is_measured_against_its_own_control():
     ab = _ablations()
     runs = {r.name: r for r in ab.sweep_runs("followup", ab.SCALES["small"])}
     assert runs["no_projector_bn_lr10"].control == "baseline_lr10"
-    assert runs["info_nce_width_4096"].control == "width_4096"
+    assert runs["info_nce_width_4096"].control == "width_4096_lambda_scaled"
+    assert runs["width_4096_lambda_scaled"].overrides["loss.lambd"] == 0.00127  # 0.0051/4
     assert (runs["info_nce_width_4096"].overrides["model.projector_dims"]
             == ab.sweep_runs("projector_width", ab.SCALES["small"])[-1].overrides[
                 "model.projector_dims"])

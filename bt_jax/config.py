@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     # The paper's 0.0051 is for an 8192-wide projector at batch 2048: lambd (D - 1) / N =
     # 0.020 (the off-diagonal term's sampling noise against the diagonal's D). Keep that
     # ratio when D grows or N shrinks: at D 4096, N 256, 0.0051 costs 7.6 points on
-    # Fashion-MNIST and 0.00127 none (docs/ablations.md, projector width).
+    # Fashion-MNIST, 0.00127 nothing beyond seed noise (docs/ablations.md, projector width).
     c.loss.lambd = 0.0051
     c.loss.scale = 1.0
     c.loss.redundancy = "cross"        # "auto": off-diagonal term from view A's auto-correlation

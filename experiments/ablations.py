@@ -48,6 +48,7 @@ import os
 import shlex
 import statistics
 import sys
+import textwrap
 import time
 from typing import Optional
 
@@ -764,9 +765,10 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=(10, 4.4))
     refs = [r for r in rows if r["status"] == "reference"]
     rows = [r for r in rows if r["status"] != "reference"]
+    many = len(rows) > 8     # e.g. the follow-ups: a wider figure, short upright labels
+    fig, ax = plt.subplots(figsize=(4 + 1.2 * len(rows) if many else 10, 4.4))
     for r, colour in zip(refs, ("grey", "black")):
         ax.axhline(_num(r["linear_top1"]), color=colour, lw=0.8, ls="-.",
                    label=r["setting"].replace("reference: ", "") + " (linear)")
@@ -814,8 +816,12 @@ def plot_sweep(sweep: str, rows: list[dict], path: str, floor: Optional[dict] = 
                 ax.text(pos[i] - width / 2, 2, "run " + r["status"], rotation=90, ha="center",
                         va="bottom", fontsize=8, color="crimson")
         ax.set_xticks(pos)
-        ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in rows], fontsize=7,
-                           rotation=20, ha="right")
+        if many:    # the table names each row's control; the plot keeps the setting
+            ax.set_xticklabels([textwrap.fill(r["setting"].split(" (")[0], 16) for r in rows],
+                               fontsize=7)
+        else:
+            ax.set_xticklabels([r["setting"].replace(" (", "\n(") for r in rows], fontsize=7,
+                               rotation=20, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"Barlow Twins ablation: {sweep.replace('_', ' ')}")
     ax.grid(alpha=0.3)

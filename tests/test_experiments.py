@@ -279,6 +279,20 @@ def test_the_ledger_keeps_finished_runs_once_their_workdirs_are_gone(tmp_path, c
     assert ab.ledger_entry(ledger, "batch_128", {}) is None
 
 
+def test_a_sweep_of_many_rows_gets_a_wider_plot(tmp_path):
+    """The follow-ups' 13 runs do not fit the 10-inch figure: it widens with the rows
+    (short upright labels) and the runs not yet trained still get their slots."""
+    import struct
+    ab = _ablations()
+    runs = ab.sweep_runs("followup", ab.SCALES["small"])
+    assert len(runs) > 8
+    ab.report("followup", runs, "small", str(tmp_path / "runs"), str(tmp_path / "res"), "CMD")
+    png = (tmp_path / "res" / "followup.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])     # the IHDR chunk
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and width >= 110 * (4 + 1.2 * len(runs)) - 2
+    assert height < width / 3
+
+
 @pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
 def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs(tmp_path,
                                                                                  capsys):

@@ -141,6 +141,8 @@ class Run:
       "flat" or "higher"; None: no claim); rows with a `paper` number derive it from that.
     control: the run this row is measured against (a follow-up's own control, e.g. the
       baseline at the same learning rate); None: the baseline's mean over the seeds.
+    paper_ref: the paper's number that `paper` is a change from (e.g. its batch-256 row for
+      a follow-up of its batch-512 row); None: the paper's baseline.
     """
     name: str
     setting: str
@@ -149,6 +151,7 @@ class Run:
     x: Optional[float] = None
     expect: Optional[str] = None
     control: Optional[str] = None
+    paper_ref: Optional[float] = None
 
 
 def _projector_width(scale: Scale) -> int:
@@ -215,12 +218,13 @@ def _same_steps_batch_run(scale: Scale) -> Run:
     default = _load_recipe(scale.recipe).batch_size
     batch = min(b for b in scale.batch_sizes if b > default)
     factor = batch // default
-    paper = next(r.paper for r in sweep_runs("batch_size", scale) if r.x == batch)
+    paper = {r.x: r.paper for r in sweep_runs("batch_size", scale)}
     over = {**_scaled_length(scale, factor), "batch_size": batch}
     if scale.overrides.get("num_steps"):   # a step-count scale: the baseline's steps
         over["num_steps"] = scale.overrides["num_steps"]
     return Run(f"batch_{batch}_same_steps", f"batch {batch} for the baseline's steps "
-               f"({factor}x the pairs; vs the baseline)", over, paper)
+               f"({factor}x the pairs; vs the baseline)", over, paper[batch],
+               paper_ref=paper[default])
 
 
 def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
@@ -470,7 +474,7 @@ def train_run(scale: Scale, run: Run, extra: dict, workdir: str) -> dict:
 
 CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_top5",
               "knn_top1", "knn_top5", "online_top1", "effective_rank", "final_loss", "steps",
-              "seconds", "paper_top1", "paper_expect", "delta_linear", "delta_knn",
+              "seconds", "paper_top1", "paper_delta", "paper_expect", "delta_linear", "delta_knn",
               "vs_noise", "paper_agreement")
 NOISE_Z = 2.0       # beyond noise: |delta| > NOISE_Z * std * sqrt(1 + 1/n)
 PAPER_FLAT = 1.0    # the paper's rows within this many points of its baseline count as flat
@@ -548,8 +552,13 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
         if run is None or row["status"] == "reference":
             out.append(row)
             continue
+        ref_paper = run.paper_ref if run.paper_ref is not None else base_paper
+        paper, delta = _num(row["paper_top1"]), None
+        if paper is not None and ref_paper is not None and row["run"] != "baseline":
+            delta = paper - ref_paper
+            row["paper_delta"] = round(delta, 2)
         expect = (None if row["run"] == "baseline" else
-                  paper_expectation(_num(row["paper_top1"]), base_paper, run.expect))
+                  paper_expectation(paper, ref_paper, run.expect))
         row["paper_expect"] = expect or ""
         ref, threshold = seeds_mean, floor["linear_threshold"] if floor else None
         if run.control:
@@ -567,9 +576,6 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
                         else "higher" if d_lin > 0 else "lower")
                 row["vs_noise"] = "within" if ours == "flat" else "beyond"
             if row["run"] != "baseline":
-                paper, delta = _num(row["paper_top1"]), None
-                if paper is not None and base_paper is not None:
-                    delta = paper - base_paper
                 row["paper_agreement"] = agreement(ours, expect, delta, threshold)
         out.append(row)
     return out
@@ -723,8 +729,6 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
                    floor: Optional[dict] = None) -> str:
     """The sweep's table: ours (linear, kNN, their changes, beyond noise or not) beside the
     paper's top-1, its change and the verdict; rows as annotated by `annotate`."""
-    base = next((r for r in rows if r["run"] == "baseline"), None)
-    base_paper = _num(base["paper_top1"]) if base else None
     lines = [f"### Ablation: {sweep} ({scale_name} scale)", "",
              SCALES[scale_name].description, "", PAPER_NOTES[sweep], "",
              noise_text(floor), "",
@@ -742,8 +746,8 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
         d_lin_txt = "" if d_lin is None else f"{d_lin:+.1f}"
         d_knn_txt = "" if d_knn is None else f"{d_knn:+.1f}"
         paper_txt = "—" if paper is None else f"{paper:.1f}"
-        paper_delta = ("—" if paper is None or base_paper is None or r["run"] == "baseline"
-                       else f"{paper - base_paper:+.1f}")
+        d_paper = _num(r.get("paper_delta"))
+        paper_delta = "—" if d_paper is None else f"{d_paper:+.1f}"
         rank = "" if r["effective_rank"] == "" else f"{float(r['effective_rank']):.1f}"
         lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {d_lin_txt} | {d_knn_txt} "
                      f"| {r.get('vs_noise', '')} | {rank} | {paper_txt} | {paper_delta} "

@@ -190,6 +190,9 @@ def test_a_follow_up_is_measured_against_its_own_control():
     same_steps = ab.run_overrides(small, runs["batch_512_same_steps"], {})  # 234 steps of 512
     assert (same_steps["batch_size"], same_steps["num_epochs"],
             same_steps["optim.warmup_epochs"]) == (512, 2, 0.2)
+    # Its paper change is the paper's 256 -> 512 (70.7 -> 71.4), not 71.4 against 71.4.
+    assert (runs["batch_512_same_steps"].paper, runs["batch_512_same_steps"].paper_ref) == (
+        71.4, 70.7)
     paper = {r.name: r for r in ab.sweep_runs("followup", ab.SCALES["paper"])}
     for name, epochs in (("baseline_3x", 900), ("batch_4096_same_steps", 600)):  # of 300
         assert ab.run_overrides(ab.SCALES["paper"], paper[name], {})["num_epochs"] == epochs
@@ -204,7 +207,10 @@ def test_a_follow_up_is_measured_against_its_own_control():
                 "status": "done", "linear_top1": lin, "knn_top1": knn, "paper_top1": paper}
     rows = {r["run"]: r for r in ab.annotate(
         [row("baseline", 87.0, 83.0, 71.4), row("baseline_lr10", 85.0, 80.0),
-         row("no_projector_bn_lr10", 84.5, 80.0, 71.2)], list(runs.values()), floor)}
+         row("no_projector_bn_lr10", 84.5, 80.0, 71.2),
+         row("batch_512_same_steps", 86.8, 82.5, 71.4)], list(runs.values()), floor)}
+    assert rows["batch_512_same_steps"]["paper_delta"] == 0.7         # 71.4 - 70.7
+    assert rows["no_projector_bn_lr10"]["paper_delta"] == -0.2        # 71.2 - 71.4
     assert rows["baseline_lr10"]["delta_linear"] == -2.0          # against the seeds' mean
     assert rows["baseline_lr10"]["paper_agreement"] == "no claim"
     # -0.5 against its control (not -2.5 against the seeds): within 2 x 0.4 x sqrt(2).

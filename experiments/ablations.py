@@ -474,8 +474,8 @@ def train_run(scale: Scale, run: Run, extra: dict, workdir: str) -> dict:
 
 CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_top5",
               "knn_top1", "knn_top5", "online_top1", "effective_rank", "final_loss", "steps",
-              "seconds", "paper_top1", "paper_delta", "paper_expect", "delta_linear", "delta_knn",
-              "vs_noise", "paper_agreement")
+              "seconds", "paper_top1", "paper_delta", "paper_expect", "delta_linear",
+              "delta_knn", "vs_noise", "paper_agreement")
 NOISE_Z = 2.0       # beyond noise: |delta| > NOISE_Z * std * sqrt(1 + 1/n)
 PAPER_FLAT = 1.0    # the paper's rows within this many points of its baseline count as flat
 

@@ -199,11 +199,12 @@ def fashion_mnist_recipe() -> ml_collections.ConfigDict:
     """The Fashion-MNIST recipe chosen on the validation split, shared by
     configs/fashion_mnist_quick.py (1 epoch) and configs/fashion_mnist.py (full width, 3
     epochs), which set the length, logging, checkpoints and kNN monitor: ResNet-18 with the
-    "cifar_pool" stem at width 0.5 (256 features), projector 1024-1024, batch 256, LARS with the paper's
-    eta and weight decay and 50x its learning rates (10.0 / 0.24 x batch/256), a tenth of
-    the run as warm-up, augmentations on the device (crops of scale 0.85-1, flip,
-    brightness / contrast jitter, solarize on view B; no blur, hue, saturation or
-    grayscale for 28x28 grayscale images), the fast probe and kNN at the end."""
+    "cifar_pool" stem at width 0.5 (256 features), projector 1024-1024, batch 256, LARS
+    with the paper's eta and weight decay and 50x its learning rates (10.0 / 0.24 x
+    batch/256), a tenth of the run as warm-up, augmentations on the device (crops of scale
+    0.85-1, flip, brightness / contrast jitter, solarize on view B; no blur, hue,
+    saturation or grayscale for 28x28 grayscale images), the fast probe and kNN at the
+    end."""
     c = base_config()
     c.batch_size = 256
     c.data.name = "fashion_mnist"

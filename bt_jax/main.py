@@ -8,7 +8,6 @@ the step reached and exits with status 143; rerunning the command resumes from i
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -16,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bt_jax import cli  # noqa: E402
 from bt_jax.config import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -37,65 +37,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 PREEMPTED_EXIT_STATUS = 143   # 128 + SIGTERM, as a shell reports a process it terminated
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with unknown config fields reported in one line."""
-    missing = missing_config_file(argv)
-    if missing:
-        _fail(f"--config {missing!r}: no such file. Recipes are Python files with "
-              "get_config(), e.g. configs/digits.py, configs/fashion_mnist.py, "
-              "configs/cifar10.py.")
-    try:
-        rest = FLAGS(argv)
-    except (AttributeError, KeyError) as e:
-        overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
-        hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
-        _fail(f"unknown config field among {overrides} ({hint}). Fields are listed in "
-              "bt_jax/config.py; a recipe may only override fields that exist.")
-    except flags.Error as e:
-        _fail(f"{e}. Run with --helpfull for the flags.")
-    check_tuple_overrides(argv[1:], FLAGS.config)
-    return rest
-
-
-def missing_config_file(argv: list[str]) -> str:
-    """The --config argument's path if that file does not exist, else ""."""
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-config") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith(("--config=", "-config=")):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        return "" if os.path.isfile(path.split(":")[0]) else path
-    return ""
-
-
-def check_tuple_overrides(args: list[str], config) -> None:
-    """Refuses a bare number for a tuple field (--config.model.projector_dims=512), which
-    ml_collections would silently read as the one-element tuple (512,)."""
-    for i, arg in enumerate(args):
-        if not arg.startswith("--config."):
-            continue
-        name, eq, value = arg[2 + len("config."):].partition("=")
-        if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]     # the "--config.field value" form
-        node = config
-        try:
-            for part in name.split("."):
-                node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            continue
-        if isinstance(node, tuple) and value.strip() and not any(c in value for c in "(),[]"):
-            _fail(f"--config.{name}={value}: {name} is a tuple. Write "
-                  f"--config.{name}='({value},)' for one element, or list them, e.g. "
-                  f"--config.{name}='({value},{value},{value})'.")
 
 
 def describe_config() -> str:
@@ -123,7 +64,7 @@ def main(argv):
                                        process_id=FLAGS.process_id,
                                        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
         except (ValueError, TypeError, RuntimeError) as e:
-            _fail(f"jax.distributed.initialize failed: {e}. Outside SLURM / TPU pods / MPI, "
+            cli.fail(f"jax.distributed.initialize failed: {e}. Outside SLURM / TPU pods / MPI, "
                   "pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.")
     from bt_jax import checkpoint, train  # pylint: disable=import-outside-toplevel
     print(describe_config(), flush=True)
@@ -133,8 +74,8 @@ def main(argv):
         print(str(e), file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_STATUS)
     except (ConfigError, FileNotFoundError, FloatingPointError, checkpoint.SaveError) as e:
-        _fail(str(e))
+        cli.fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -34,6 +34,20 @@ def batch_keys(augment_on: str, gather_on_host: bool) -> tuple[str, ...]:
     return ((IMAGE,) if gather_on_host else CROPS) + ("index", "label", "epoch")
 
 
+def batch_shapes(augment_on: str, gather_on_host: bool, batch: int, image_size: int,
+                 channels: int = 3) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype name)} of a pipeline batch of `batch` rows in the layout of
+    `batch_keys` (module docstring): what the train step (or the on-device augmentation
+    ahead of it) receives. channels: C of an in-memory split's stored uint8 images (1 for
+    grayscale sources), which only the "image" layout keeps."""
+    shapes = {"index": ((batch,), "int32"), "label": ((batch,), "int32"),
+              "epoch": ((batch,), "int32")}
+    shapes.update({k: ((batch, image_size, image_size, 3), "float32") for k in VIEWS})
+    shapes.update({k: ((batch, image_size, image_size, 3), "uint8") for k in CROPS})
+    shapes[IMAGE] = ((batch, image_size, image_size, channels), "uint8")
+    return {k: shapes[k] for k in batch_keys(augment_on, gather_on_host)}
+
+
 def gaussian_kernel_size(max_sigma: float) -> int:
     """Odd kernel size covering +-3 sigma: 2 * ceil(3 * max_sigma) + 1."""
     return 2 * math.ceil(3 * max_sigma) + 1

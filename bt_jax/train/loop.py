@@ -11,16 +11,16 @@ import numpy as np
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import diagnostics, export, losses, parallel, plots
-from bt_jax.data import sources, device_augment, pipeline
+from bt_jax.data import sources, pipeline
 from bt_jax.evals import monitor as monitor_lib
 from bt_jax.evals.common import probe_subset
 from bt_jax.evals.runner import evaluate_all, format_table, write_results
-from bt_jax.models.factory import backbone_variables, create_model
+from bt_jax.models.factory import backbone_variables
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
-from bt_jax.train.state import (create_optimizer, init_from_file, init_state,
-                                learning_rate_schedules, online_probe_optimizer)
-from bt_jax.train.step import make_diagnose_fn, make_train_step
+from bt_jax.train.programs import build_programs, initial_state
+from bt_jax.train.state import init_from_file
+from bt_jax.train.step import make_diagnose_fn
 from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results, saved_steps,
                                   write_run_config)
 
@@ -76,13 +76,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if chief and not resuming:   # a new run: its workdir and config.json first
         write_run_config(workdir, config)
 
-    model = create_model(config, axis_name=parallel.BATCH_AXIS)
-    tx = create_optimizer(config, spe, total_steps)
-    rng = jax.random.key(config.seed)
+    programs = build_programs(config, mesh, spe, total_steps, stats)
     probe_classes = pretrain_num_classes(source) if config.eval.online_probe else 0
-    probe_tx = online_probe_optimizer(config)
-    state = init_state(create_model(config), tx, rng, config.data.image_size,
-                       num_classes=probe_classes, probe_tx=probe_tx)
+    state = initial_state(programs, config.seed, config.data.image_size, probe_classes)
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
     if config.model.init_from and not resuming:
@@ -99,15 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
     state = parallel.replicate(state, mesh)
 
-    make_views = None
-    if config.data.augment_on == "device":
-        make_views = device_augment.make_view_fn(config.seed, *pipeline.view_configs(config),
-                                                 *stats)
-    weight_lr, bias_lr = learning_rate_schedules(config, spe, total_steps)
-    train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
-                                 make_views=make_views, bias_learning_rate=bias_lr,
-                                 probe_tx=probe_tx)
-    diagnose = make_diagnose_fn(create_model(config), make_views, mesh=mesh)
+    train_step = programs.train_step
+    diagnose = make_diagnose_fn(programs.plain_model, programs.make_views, mesh=mesh)
     diag_every = config.eval.diagnostics_every_steps
     batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),
@@ -123,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         probe_train = probe_subset(train_split, config.eval.probe_train_examples,
                                    config.seed)
         monitor = monitor_lib.KnnMonitor(
-            create_model(config).backbone, pipeline.eval_arrays(probe_train, *stats),
+            programs.plain_model.backbone, pipeline.eval_arrays(probe_train, *stats),
             probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
             test_split.num_classes, config.eval)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
@@ -180,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
         return {}
     probe = None if state.probe is None else jax.device_get(state.probe["params"])
-    results = evaluate_all(config, create_model(config).backbone, trained_backbone,
+    results = evaluate_all(config, programs.plain_model.backbone, trained_backbone,
                            init_backbone, train_split, test_split, stats, online_probe=probe,
                            workdir=workdir if chief else None,
                            trained_features=monitor and monitor.last_features)

@@ -150,14 +150,18 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
     views = parallel.sharded_map(make_views, mesh, xla_options=xla_options)
 
     def augment_and_update(state: TrainState, batch: dict):
-        inputs = views(batch)
-        if "label" in batch:
-            inputs = {**inputs, "label": batch["label"]}
-        return update(state, inputs)
+        return update(state, update_inputs(views(batch), batch))
 
     augment_and_update.views = views
     augment_and_update.update = update
     return augment_and_update
+
+
+def update_inputs(views: dict, batch: dict) -> dict:
+    """The update program's batch where the views are made on the device: the views
+    {"view_a", "view_b"} and the pipeline batch's "label" (the online probe's), if any."""
+    return {**views, "label": batch["label"]} if "label" in batch else dict(views)
+
 
 def make_diagnose_fn(model: BarlowTwins, make_views: Optional[Callable[[dict], dict]] = None,
                      heatmap_features: int = 128, mesh=None) -> Callable:

@@ -22,7 +22,7 @@ import numpy as np
 # Each module registers its sources on import.
 from bt_jax.data.sources import folder, memory, tfds  # noqa: F401
 from bt_jax.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, SOURCES, SPLITS, Source,
-                                      Split, channel_stats, register)
+                                      SourceShape, Split, channel_stats, register)
 from bt_jax.data.sources.folder import FileSplit
 from bt_jax.data.sources.tfds import TFDS_PREFIX, TFDSSplit, TFDSSpec, source_of
 from bt_jax.data.subsets import as_mask, class_balanced
@@ -31,7 +31,7 @@ from bt_jax.errors import ConfigError
 PretrainSplit = Union[Split, FileSplit, TFDSSplit]
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SPLITS", "FileSplit", "PretrainSplit",
-           "Source", "Split", "TFDSSplit", "channel_stats", "get_source", "labelled_splits",
+           "Source", "SourceShape", "Split", "TFDSSplit", "channel_stats", "get_source", "labelled_splits",
            "load_split", "pretrain_split", "register", "split_off_validation",
            "validation_mask"]
 

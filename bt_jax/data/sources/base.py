@@ -155,6 +155,16 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceShape:
+    """What a source's pretraining split looks like, known without reading it: its number
+    of examples, of classes, and the channels of its stored images (1: grayscale). The pod
+    planner (`bt_jax.plan`) sizes a run from it."""
+    pretrain_examples: int
+    num_classes: int
+    channels: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     """A named data source (config data.name).
 
@@ -165,10 +175,12 @@ class Source:
     stream: (config.data, split) -> the split pretraining streams (`FileSplit`,
       `TFDSSplit`), or None: pretraining reads `load`'s in-memory split.
     pretrain_split: the split pretraining reads unless data.pretrain_split says otherwise.
+    shape: its `SourceShape` where it is fixed (None: a folder, any TFDS dataset).
     """
     load: Callable[..., Split]
     stream: Optional[Callable[[Any, str], Any]] = None
     pretrain_split: str = "train"
+    shape: Optional[SourceShape] = None
 
 
 SOURCES: dict[str, Source] = {}

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from bt_jax.data.sources.base import Source, Split, register, resize_uint8
+from bt_jax.data.sources.base import Source, SourceShape, Split, register, resize_uint8
 from bt_jax.data.sources.tfds import TFDSSpec, load_tfds_in_memory
 from bt_jax.data.subsets import as_mask, class_balanced
 from bt_jax.errors import ConfigError
@@ -203,7 +203,9 @@ def load_cifar(name: str, split: str, image_size: int, path: str = "", *,
 
 
 
-register("digits", Source(load_digits))
-register("fashion_mnist", Source(load_fashion_mnist))
-register("cifar10", Source(functools.partial(load_cifar, "cifar10")))
-register("cifar100", Source(functools.partial(load_cifar, "cifar100")))
+register("digits", Source(load_digits, shape=SourceShape(1438, 10, channels=1)))
+register("fashion_mnist", Source(load_fashion_mnist, shape=SourceShape(60_000, 10, channels=1)))
+register("cifar10", Source(functools.partial(load_cifar, "cifar10"),
+                           shape=SourceShape(50_000, 10)))
+register("cifar100", Source(functools.partial(load_cifar, "cifar100"),
+                            shape=SourceShape(50_000, 100)))

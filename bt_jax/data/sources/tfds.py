@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bt_jax.data import import_tensorflow, import_tfds, in_memory
-from bt_jax.data.sources.base import Source, Split, imagenet_stats, register
+from bt_jax.data.sources.base import Source, SourceShape, Split, imagenet_stats, register
 from bt_jax.errors import ConfigError
 
 
@@ -24,18 +24,22 @@ class TFDSSpec:
     train, test: the labelled splits of evaluation.
     streamed: pretraining streams the records (large or variable-size images) instead of
       decoding the split into memory (small fixed-size images).
+    shape: the pretraining split's `SourceShape`, where TFDS's catalogue fixes it.
     """
     tfds_name: str
     pretrain: str = "train"
     train: str = "train"
     test: str = "test"
     streamed: bool = True
+    shape: Optional[SourceShape] = None
 
 
-TFDS_SOURCES = {
-    "stl10": TFDSSpec("stl10", pretrain="train+unlabelled"),       # 5k + 100k 96x96 images
-    "imagenette": TFDSSpec("imagenette", test="validation"),
-    "imagenet2012": TFDSSpec("imagenet2012", test="validation"),
+TFDS_SOURCES = {   # example counts: TFDS's catalogue
+    "stl10": TFDSSpec("stl10", pretrain="train+unlabelled",        # 5k + 100k 96x96 images
+                      shape=SourceShape(105_000, 10)),
+    "imagenette": TFDSSpec("imagenette", test="validation", shape=SourceShape(9_469, 10)),
+    "imagenet2012": TFDSSpec("imagenet2012", test="validation",
+                             shape=SourceShape(1_281_167, 1000)),
 }
 TFDS_PREFIX = "tfds:"   # data.name="tfds:<name>": any TFDS image classification dataset
 
@@ -315,7 +319,7 @@ def source_of(spec: TFDSSpec) -> Source:
     load = lambda split, image_size, *, path="", download=False, **unused: (  # noqa: E731
         load_tfds_in_memory(spec, split, image_size, path, download=download))
     stream = (lambda d, split: stream_split(spec, d, split)) if spec.streamed else None
-    return Source(load, stream, spec.pretrain)
+    return Source(load, stream, spec.pretrain, shape=spec.shape)
 
 
 for _name, _spec in TFDS_SOURCES.items():

@@ -1,0 +1,161 @@
+"""The chips a plan is for: published peak figures, and the devices to compile for.
+
+A TPU topology ("v5e:4x4", "v4:2x2x4", ...) becomes compile-only devices of the real TPU
+compiler (libtpu), on a machine with no TPU (`jax.experimental.topologies`). "local" is
+this machine's own devices: the CPU, or a GPU where there is one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import time
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from bt_jax.errors import ConfigError
+
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Published peak figures of one chip (per chip, not per core).
+
+    bf16_flops: dense bf16 FLOP/s; hbm_bytes: memory capacity; hbm_bandwidth: bytes/s;
+    ici_bandwidth: bidirectional chip-to-chip bytes/s (all links of the chip); source:
+    where the figures are published.
+    """
+    name: str
+    bf16_flops: float
+    hbm_bytes: float
+    hbm_bandwidth: float
+    ici_bandwidth: float
+    source: str
+    megacore: bool = False      # two TensorCores driven as one device (v4, v5p)
+
+
+TPU_CHIPS = {
+    "v4": Chip("TPU v4", 275e12, 32 * GiB, 1200e9, 6 * 2 * 45e9,
+               "cloud.google.com/tpu/docs/v4 (275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s); "
+               "ICI: 6 links x 45 GB/s each way (jax-ml.github.io/scaling-book/tpus)",
+               megacore=True),
+    "v5e": Chip("TPU v5e", 197e12, 16 * GiB, 819e9, 400e9,
+                "cloud.google.com/tpu/docs/v5e (197 TFLOP/s bf16, 16 GiB HBM at 819 GB/s, "
+                "ICI 400 GB/s bidirectional per chip)"),
+    "v5p": Chip("TPU v5p", 459e12, 95 * GiB, 2765e9, 1200e9,
+                "cloud.google.com/tpu/docs/v5p (459 TFLOP/s bf16, 95 GiB HBM2e at 2765 GB/s, "
+                "ICI 1200 GB/s bidirectional per chip)", megacore=True),
+    "v6e": Chip("TPU v6e", 918e12, 32 * GiB, 1638e9, 800e9,
+                "cloud.google.com/tpu/docs/v6e (918 TFLOP/s bf16, 32 GiB HBM at 1638 GB/s, "
+                "ICI 800 GB/s bidirectional per chip)"),
+}
+# GPUs a local plan may run on: dense (no sparsity) bf16 peaks of the SXM parts.
+GPU_CHIPS = {
+    "H200": Chip("NVIDIA H200", 989e12, 141e9, 4.8e12, 900e9,
+                 "nvidia.com H200 datasheet (989 TFLOP/s dense bf16, 141 GB HBM3e at "
+                 "4.8 TB/s, NVLink 900 GB/s)"),
+    "H100": Chip("NVIDIA H100", 989e12, 80e9, 3.35e12, 900e9,
+                 "nvidia.com H100 SXM datasheet (989 TFLOP/s dense bf16, 80 GB at "
+                 "3.35 TB/s, NVLink 900 GB/s)"),
+    "A100": Chip("NVIDIA A100", 312e12, 80e9, 2.0e12, 600e9,
+                 "nvidia.com A100 SXM datasheet (312 TFLOP/s bf16, 80 GB at 2.0 TB/s, "
+                 "NVLink 600 GB/s)"),
+}
+EXAMPLE_TOPOLOGIES = ("v4:2x2x4", "v5e:4x4", "v5p:2x2x4", "v6e:4x4", "local")
+LIBTPU_FIX = ("pip install 'bt_jax[tpu]' (libtpu, the TPU compiler: jax[tpu] pinned to the "
+              "installed jax)")
+
+
+def has_libtpu() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
+    """"v5e:4x4" -> ("v5e", (4, 4)). Raises a ConfigError naming the known chips."""
+    m = re.fullmatch(r"(v[0-9]+[a-z]*):([0-9]+(?:x[0-9]+){1,2})", name.strip())
+    if not m or m.group(1) not in TPU_CHIPS:
+        raise ConfigError(
+            f"Unknown topology {name!r}. Give CHIP:SHAPE with CHIP one of "
+            f"{sorted(TPU_CHIPS)} (e.g. {', '.join(EXAMPLE_TOPOLOGIES[:-1])}), or 'local' for "
+            "this machine's own devices.")
+    return m.group(1), tuple(int(x) for x in m.group(2).split("x"))
+
+
+def tpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:
+    """Compile-only devices of a TPU slice, one per chip, and the chip's figures."""
+    kind, _ = parse_topology(topology)
+    if not has_libtpu():
+        raise ConfigError(f"Planning for {topology!r} needs the TPU compiler, which is not "
+                          f"installed: {LIBTPU_FIX}.")
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    chip = TPU_CHIPS[kind]
+    options = {"chip_config_name": "megacore"} if chip.megacore else {}
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, **options)
+    except Exception as e:  # pylint: disable=broad-except  # libtpu's INVALID_ARGUMENT
+        why = str(e).splitlines()[0]
+        raise ConfigError(f"libtpu refused the topology {topology!r} ({why}). Use a slice "
+                          f"shape the chip has, e.g. {', '.join(EXAMPLE_TOPOLOGIES[:-1])}.") \
+            from None
+    return desc.devices, chip
+
+
+def measured_cpu_chip(seconds: float = 2.0) -> Chip:
+    """This CPU's ceilings, measured (no published figure fits every machine): float32
+    FLOP/s of a 2048^3 matmul through XLA, and bytes/s of a 256 MiB copy. What a program
+    can reach here at best; labelled as measured wherever it is shown."""
+    dot = jax.jit(lambda a, b: a @ b)
+    a = jax.numpy.ones((2048, 2048), jax.numpy.float32)
+    flops = 2 * 2048 ** 3 / _median_seconds(lambda: dot(a, a).block_until_ready(), seconds)
+    x = jax.numpy.ones((64 * 2 ** 20,), jax.numpy.float32)
+    copy = jax.jit(lambda v: v * 1.0001)
+    bandwidth = 2 * x.nbytes / _median_seconds(lambda: copy(x).block_until_ready(), seconds)
+    return Chip(f"CPU ({jax.devices()[0].device_kind})", flops, 0.0, bandwidth, 0.0,
+                "measured here: median of a jitted 2048^3 float32 matmul and of a 256 MiB "
+                "elementwise pass (read + write)")
+
+
+def _median_seconds(fn, budget: float) -> float:
+    fn()   # compile and warm up
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def local_devices() -> tuple[Sequence[jax.Device], Chip]:
+    """This machine's devices and their figures (GPU: published; CPU: measured)."""
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    if devices[0].platform == "gpu":
+        for key, chip in GPU_CHIPS.items():
+            if key in kind:
+                return devices, chip
+        raise ConfigError(f"No published figures for the GPU {kind!r}; known: "
+                          f"{sorted(GPU_CHIPS)}. Add its Chip to bt_jax/plan/chips.py.")
+    return devices, measured_cpu_chip()
+
+
+def devices_for(topology: str) -> tuple[Sequence[jax.Device], Chip]:
+    """The devices a plan compiles for and their chip: a TPU slice, or "local"."""
+    if topology == "local":
+        return local_devices()
+    return tpu_devices(topology)
+
+
+def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
+    """Memory per device: the device's own figure where it reports one (a local GPU),
+    else the chip's published capacity; None on the CPU (host memory)."""
+    stats = None
+    try:
+        stats = devices[0].memory_stats()
+    except Exception:  # pylint: disable=broad-except  # compile-only devices have none
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return float(stats["bytes_limit"])
+    return chip.hbm_bytes or None

@@ -1,0 +1,128 @@
+"""The collectives of a compiled program, read from its HLO text (`compiled.as_text()`).
+
+Every all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute of the
+module (in the entry computation or inside the async-collective fusions XLA:TPU makes),
+with its result shapes, bytes and replica groups. `wire_bytes` is what a ring algorithm
+sends per device for it: an estimate, not a trace.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+               "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+               "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<type>.+?)\s+"
+    r"(?P<op>" + "|".join(KINDS) + r")(?P<start>-start)?\((?P<rest>.*)$")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_GROUPS = re.compile(r"replica_groups=(\{(?:\{[0-9,]*\},?)*\}|\[[0-9,]+\]<=\[[0-9,]+\][^,\s]*)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One collective: kind, result shapes (["f32[64,256]", ...]), bytes of its result,
+    the replica groups as HLO writes them and their size, and the op's JAX name."""
+    name: str
+    kind: str
+    shapes: tuple[str, ...]
+    bytes: int
+    replica_groups: str
+    group_size: int
+    op_name: str
+
+    @property
+    def backward(self) -> bool:
+        """Whether JAX's name places it in the backward pass (a transpose)."""
+        return "transpose(" in self.op_name
+
+    @property
+    def wire_bytes(self) -> float:
+        """Bytes one device sends for it with a ring algorithm over its group of n:
+        all-reduce 2 (n - 1) / n x size; all-gather (n - 1) / n x its result;
+        reduce-scatter (n - 1) x its result (its input is n results); all-to-all
+        (n - 1) / n x size; collective-permute its size."""
+        n = max(self.group_size, 1)
+        if self.kind == "all-reduce":
+            return 2 * (n - 1) / n * self.bytes
+        if self.kind == "reduce-scatter":
+            return (n - 1) * self.bytes
+        if self.kind == "collective-permute":
+            return float(self.bytes)
+        return (n - 1) / n * self.bytes
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "shapes": list(self.shapes),
+                "wire_bytes": self.wire_bytes, "backward": self.backward}
+
+
+def array_bytes(dtype: str, dims: str) -> int:
+    """Bytes of one dense array, e.g. ("f32", "64,256") -> 65536."""
+    size = 1
+    for d in filter(None, dims.split(",")):
+        size *= int(d)
+    return size * DTYPE_BYTES.get(dtype, 4)
+
+
+def group_size(groups: str, num_devices: int) -> int:
+    """Devices per replica group: "{{0,1,2,3}}" -> 4; the iota form "[2,4]<=[8]" -> 4;
+    no groups (every device) -> num_devices."""
+    if not groups or groups == "{}":
+        return num_devices
+    if groups.startswith("["):
+        return int(groups[1:groups.index("]")].split(",")[-1])
+    first = groups[2:groups.index("}")]
+    return len([x for x in first.split(",") if x])
+
+
+def _result_arrays(type_text: str, kind: str, is_start: bool) -> list[tuple[str, str]]:
+    """(dtype, dims) of what the collective produces. An async "-start" op's type is a
+    tuple that also holds its operands (all-gather: (input, output); permute: (input,
+    output, contexts)): keep the outputs only."""
+    arrays = [(t, d) for t, d in _ARRAY.findall(type_text) if t in DTYPE_BYTES]
+    if is_start and kind in ("all-gather", "collective-permute", "all-to-all") and \
+            len(arrays) >= 2:
+        half = len(arrays) // 2 if kind == "all-gather" else 1
+        arrays = arrays[half:2 * half] if kind == "all-gather" else arrays[1:2]
+    return arrays
+
+
+def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+    """Every collective of a compiled HLO module (the "-done" half of an async pair is not
+    counted again)."""
+    out = []
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        kind, is_start = m.group("op"), bool(m.group("start"))
+        arrays = _result_arrays(m.group("type"), kind, is_start)
+        groups = _GROUPS.search(line)
+        groups = groups.group(1) if groups else ""
+        op_name = _OP_NAME.search(line)
+        out.append(Collective(
+            name=m.group("name"), kind=kind, shapes=tuple(f"{t}[{d}]" for t, d in arrays),
+            bytes=sum(array_bytes(t, d) for t, d in arrays), replica_groups=groups,
+            group_size=group_size(groups, num_devices),
+            op_name=op_name.group(1) if op_name else ""))
+    return out
+
+
+def summarize(items: list[Collective]) -> dict:
+    """Counts and bytes per kind, and per pass: {"count", "bytes", "wire_bytes",
+    "by_kind": {kind: {"count", "bytes", "wire_bytes"}}, "backward_all_reduce_bytes"}.
+    The backward all-reduces carry the gradients (shard_map's transpose of replicated
+    parameters) and BatchNorm's backward statistics."""
+    by_kind = {}
+    for c in items:
+        k = by_kind.setdefault(c.kind, {"count": 0, "bytes": 0, "wire_bytes": 0.0})
+        k["count"] += 1
+        k["bytes"] += c.bytes
+        k["wire_bytes"] += c.wire_bytes
+    return {"count": len(items), "bytes": sum(c.bytes for c in items),
+            "wire_bytes": sum(c.wire_bytes for c in items), "by_kind": by_kind,
+            "backward_all_reduce_bytes": sum(c.bytes for c in items
+                                             if c.kind == "all-reduce" and c.backward)}

@@ -1,0 +1,134 @@
+"""A plan's numbers: the roofline estimate of a step, the plan dict (plan.json) and its
+tables (plan.md).
+
+The estimate per device: max(FLOPs / peak bf16 FLOP/s, bytes accessed / HBM bandwidth)
+for each program, plus the bytes its collectives send (ring algorithm,
+`hlo.Collective.wire_bytes`) / the chip's interconnect bandwidth. It is an estimate, never
+a measurement: it assumes peak rates, no overlap of communication with compute, and the
+compiler's own counts.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from bt_jax.plan.chips import Chip
+
+ESTIMATE = "roofline estimate (not a measurement)"
+
+
+def roofline(program: dict, chip: Chip) -> dict:
+    """{"compute_seconds", "memory_seconds", "collective_seconds", "seconds", "bound"} of one
+    compiled program on one chip (collectives: 0 where the chip has no interconnect
+    figure, as one CPU)."""
+    compute = program["flops"] / chip.bf16_flops
+    memory = program["bytes_accessed"] / chip.hbm_bandwidth
+    wire = program["collective_summary"]["wire_bytes"]
+    comm = wire / chip.ici_bandwidth if chip.ici_bandwidth else 0.0
+    return {"compute_seconds": compute, "memory_seconds": memory, "collective_seconds": comm,
+            "seconds": max(compute, memory) + comm,
+            "bound": "compute" if compute >= memory else "memory"}
+
+
+def step_estimate(programs: list, chip: Chip, per_device_batch: int, num_devices: int,
+                  epoch_examples: int) -> dict:
+    """The step's estimate (every program, in sequence) and what follows from it: pairs/s
+    per chip, hours per epoch of epoch_examples on num_devices chips, days for 1,000."""
+    parts = [roofline(p, chip) for p in programs]
+    seconds = sum(p["seconds"] for p in parts)
+    pairs = per_device_batch / seconds if seconds > 0 else float("inf")
+    hours = epoch_examples / (pairs * num_devices) / 3600
+    return {"label": ESTIMATE, "programs": parts, "step_seconds": seconds,
+            "pairs_per_second_per_chip": pairs, "hours_per_epoch": hours,
+            "days_per_1000_epochs": hours * 1000 / 24, "epoch_examples": epoch_examples}
+
+
+def write(plan: dict, out: str) -> tuple[str, str]:
+    """plan.json (every field) and plan.md (the tables) in `out`; returns their paths."""
+    os.makedirs(out, exist_ok=True)
+    paths = os.path.join(out, "plan.json"), os.path.join(out, "plan.md")
+    for path, text in zip(paths, (json.dumps(plan, indent=1, default=float), markdown(plan))):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return paths
+
+
+def _gib(x) -> str:
+    return "-" if x is None else f"{x / 2 ** 30:.2f}"
+
+
+def markdown(plan: dict) -> str:
+    """plan.md: the run, memory, cost, the estimate and the collectives, as tables."""
+    r, est = plan["run"], plan["estimate"]
+    lines = [f"# Plan: {r['config']} on {plan['topology']}", "",
+             f"Command: `{plan['command']}`", "",
+             f"{r['num_devices']} x {plan['chip']['name']} ({plan['device_kind']}); batch "
+             f"{r['per_device_batch']} per chip, {r['global_batch']} global; "
+             f"{r['backbone']}, projector {r['projector_dims']}, {r['dtype']}, augment_on="
+             f"{r['augment_on']}. Compiled by {plan['compiler']} in "
+             f"{plan['compile_seconds']:.1f} s.", "",
+             "## Memory per chip (GiB)", "",
+             "| program | arguments | outputs | aliased | temporaries | total | code |",
+             "|---|---|---|---|---|---|---|"]
+    for p in plan["programs"]:
+        lines.append(f"| {p['name']} | {_gib(p['argument_bytes'])} | {_gib(p['output_bytes'])} "
+                     f"| {_gib(p['alias_bytes'])} | {_gib(p['temp_bytes'])} | "
+                     f"{_gib(p['total_bytes'])} | {_gib(p['generated_code_bytes'])} |")
+    m = plan["memory"]
+    lines += ["", f"Needed per chip: {_gib(m['needed_bytes'])} GiB of {_gib(m['hbm_bytes'])} "
+              f"GiB: {'fits' if m['fits'] else 'does NOT fit'}.", "",
+              f"## Cost per chip per step and the {ESTIMATE}", "",
+              "| program | TFLOP | GB accessed | collective MB sent | compute s | memory s | "
+              "collective s | estimate s |", "|---|---|---|---|---|---|---|---|"]
+    for p, e in zip(plan["programs"], est["programs"]):
+        lines.append(f"| {p['name']} | {p['flops'] / 1e12:.3f} | {p['bytes_accessed'] / 1e9:.2f} "
+                     f"| {p['collective_summary']['wire_bytes'] / 1e6:.1f} | "
+                     f"{e['compute_seconds']:.4f} | {e['memory_seconds']:.4f} | "
+                     f"{e['collective_seconds']:.4f} | {e['seconds']:.4f} |")
+    lines += ["", f"Estimate: {est['step_seconds'] * 1e3:.1f} ms per step, "
+              f"{est['pairs_per_second_per_chip']:.0f} pairs/s per chip, "
+              f"{est['hours_per_epoch']:.3g} h per epoch of {est['epoch_examples']:,} images, "
+              f"{est['days_per_1000_epochs']:.1f} days for 1,000 epochs ({ESTIMATE}).", ""]
+    if plan.get("measured"):
+        ms = plan["measured"]
+        lines += [f"Measured here: {ms['step_seconds'] * 1e3:.1f} ms per step (median of "
+                  f"{ms['steps']}); measured / estimate = {ms['ratio_to_estimate']:.2f}.", ""]
+    lines += ["## Collectives in the compiled HLO", "",
+              "| program | kind | name | pass | shapes | MB | sent MB (ring) | group |",
+              "|---|---|---|---|---|---|---|---|"]
+    for p in plan["programs"]:
+        for c in p["collectives"]:
+            shapes = ", ".join(c["shapes"][:4]) + (f", ... ({len(c['shapes'])})"
+                                                   if len(c["shapes"]) > 4 else "")
+            lines.append(f"| {p['name']} | {c['kind']} | {c['name']} | "
+                         f"{'backward' if c['backward'] else 'forward'} | {shapes} | "
+                         f"{c['bytes'] / 1e6:.3f} | {c['wire_bytes'] / 1e6:.3f} | "
+                         f"{c['group_size']} {c['replica_groups'][:40]} |")
+    lines += ["", f"Parameters: {plan['parameter_bytes'] / 1e6:.1f} MB per chip; backward "
+              f"all-reduces: {plan['backward_all_reduce_bytes'] / 1e6:.1f} MB (the gradients "
+              "and BatchNorm's backward statistics).", "", f"Chip figures: {plan['chip']['source']}.",
+              ""]
+    return "\n".join(lines)
+
+
+def summary(plan: dict) -> str:
+    """The plan in three lines."""
+    m, est = plan["memory"], plan["estimate"]
+    hbm = "?" if m["hbm_bytes"] is None else f"{m['hbm_bytes'] / 2 ** 30:.2f}"
+    need = "?" if m["needed_bytes"] is None else f"{m['needed_bytes'] / 2 ** 30:.2f}"
+    lines = [f"Memory per chip: {need} of {hbm} GiB ({'fits' if m['fits'] else 'does not fit'})."]
+    if est is not None:
+        flops = sum(p["flops"] for p in plan["programs"])
+        sent = sum(p["collective_summary"]["wire_bytes"] for p in plan["programs"])
+        lines.append(f"Per chip per step: {flops / 1e12:.2f} TFLOP, {sent / 1e6:.1f} MB sent "
+                     f"by collectives; compiled in {plan['compile_seconds']:.0f} s.")
+        lines.append(f"Estimate ({ESTIMATE}): {est['step_seconds'] * 1e3:.1f} ms/step, "
+                     f"{est['pairs_per_second_per_chip']:.0f} pairs/s per chip, "
+                     f"{est['hours_per_epoch']:.3g} h/epoch, "
+                     f"{est['days_per_1000_epochs']:.1f} days for 1,000 epochs.")
+    if plan.get("measured"):
+        lines.append(f"Measured here: {plan['measured']['step_seconds'] * 1e3:.1f} ms/step "
+                     f"({plan['measured']['ratio_to_estimate']:.2f}x the estimate).")
+    return "\n".join(lines)

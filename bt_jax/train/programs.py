@@ -1,0 +1,92 @@
+"""The programs a run compiles, built once from the config: the model, LARS and its
+schedules, the online probe's optimiser, the on-device augmentation and the train step.
+
+The trainer (`train.loop`) runs them; the pod planner (`bt_jax.plan`) compiles the same
+objects for compile-only TPU devices, from shapes alone (`abstract_state`,
+`abstract_batch`). One code path: what the planner measures is what the trainer runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bt_jax import parallel
+from bt_jax.data import device_augment
+from bt_jax.data.views import batch_shapes, view_configs
+from bt_jax.models import BarlowTwins
+from bt_jax.models.factory import create_model
+from bt_jax.train.state import (TrainState, create_optimizer, init_state,
+                                learning_rate_schedules, online_probe_optimizer)
+from bt_jax.train.step import make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPrograms:
+    """What `build_programs` makes.
+
+    model: the BarlowTwins network with cross-replica BatchNorm (axis "batch"), which the
+      step runs; plain_model: the same network without the axis (initialisation,
+      diagnostics, evaluation).
+    make_views: the per-device on-device augmentation, or None (data.augment_on="host").
+    train_step: (TrainState, global batch) -> (TrainState, metrics); with make_views it
+      runs two programs, `.views` then `.update` (`step.make_train_step`).
+    """
+    model: BarlowTwins
+    plain_model: BarlowTwins
+    tx: optax.GradientTransformation
+    probe_tx: optax.GradientTransformation
+    weight_lr: optax.Schedule
+    bias_lr: optax.Schedule
+    make_views: Optional[Callable[[dict], dict]]
+    train_step: Callable
+
+
+def build_programs(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int,
+                   total_steps: int, stats) -> TrainPrograms:
+    """The run's model, optimiser and step for `mesh`. stats: the views' normalisation
+    (mean [3], std [3])."""
+    model = create_model(config, axis_name=parallel.BATCH_AXIS)
+    tx = create_optimizer(config, steps_per_epoch, total_steps)
+    probe_tx = online_probe_optimizer(config)
+    weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
+    make_views = None
+    if config.data.augment_on == "device":
+        make_views = device_augment.make_view_fn(config.seed, *view_configs(config), *stats)
+    train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
+                                 make_views=make_views, bias_learning_rate=bias_lr,
+                                 probe_tx=probe_tx)
+    return TrainPrograms(model=model, plain_model=create_model(config), tx=tx,
+                         probe_tx=probe_tx, weight_lr=weight_lr, bias_lr=bias_lr,
+                         make_views=make_views, train_step=train_step)
+
+
+def initial_state(programs: TrainPrograms, seed: int, image_size: int,
+                  probe_classes: int) -> TrainState:
+    """The fresh TrainState at step 0 (an online probe where probe_classes > 0)."""
+    return init_state(programs.plain_model, programs.tx, jax.random.key(seed), image_size,
+                      num_classes=probe_classes, probe_tx=programs.probe_tx)
+
+
+def abstract_state(programs: TrainPrograms, seed: int, image_size: int, probe_classes: int,
+                   mesh) -> Any:
+    """The TrainState as jax.ShapeDtypeStructs replicated on `mesh`: nothing is
+    initialised or materialised (`jax.eval_shape`)."""
+    shapes = jax.eval_shape(lambda: initial_state(programs, seed, image_size, probe_classes))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+
+def abstract_batch(augment_on: str, gather_on_host: bool, global_batch: int, image_size: int,
+                   channels: int, mesh) -> dict:
+    """The pipeline's global batch (`views.batch_shapes`) as jax.ShapeDtypeStructs split
+    over the mesh's "batch" axis."""
+    sharding = parallel.batch_sharded(mesh)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
+            for k, (shape, dtype) in batch_shapes(augment_on, gather_on_host, global_batch,
+                                                  image_size, channels).items()}

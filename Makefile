@@ -23,14 +23,14 @@ demo: $(STAMP)
 
 # Fast tests (the default set); CPU only, 8 virtual devices.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=10 -m "not slow" tests
+	$(PY) -m pytest -q -rs -n 2 --durations=10 -m "not slow" tests
 
 # The tests that take a minute or more each on a 2-core CPU: whole training runs (every
 # artifact and resume, on-device augmentation, folders, the kNN monitor, SIGKILL/SIGTERM
 # resume, 2 processes, the evaluation CLI, a refused resume), the tiny ablation sweep and
 # tuning run, and the benchmark scripts. CI runs them after `make test` (.ci/run).
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=5 -m slow tests
+	$(PY) -m pytest -q -rs -n 2 --durations=5 -m slow tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -26,6 +26,22 @@ TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5"]
 # on this project's machine). Not installed by `make`.
 BENCH = ["torch>=2.3"]
 
+
+
+def _installed_version(name: str, default: str) -> str:
+    """The version of an installed distribution, else default (a fresh build environment)."""
+    try:
+        from importlib.metadata import version  # pylint: disable=import-outside-toplevel
+        return version(name)
+    except Exception:  # pylint: disable=broad-except  # PackageNotFoundError
+        return default
+
+
+# `python -m bt_jax.plan` for TPU slices: libtpu, XLA's TPU compiler, which compiles for
+# compile-only devices on any machine. jax[tpu] must match the jax it runs under: pinned to
+# the installed one (0.10.2 where none is installed yet; CI pins it after `make install`).
+TPU = [f"jax[tpu]=={_installed_version('jax', '0.10.2')}"]
+
 setup(
     name="bt_jax",
     version="0.1.0",
@@ -33,5 +49,6 @@ setup(
     packages=find_packages(include=["bt_jax", "bt_jax.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"data": DATA, "train": DATA, "test": DATA + TEST, "bench": BENCH},
+    extras_require={"data": DATA, "train": DATA, "test": DATA + TEST, "bench": BENCH,
+                    "tpu": TPU},
 )

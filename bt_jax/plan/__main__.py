@@ -16,6 +16,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 for _name in ("TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):   # libtpu's start-up noise
     os.environ.setdefault(_name, "3")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: no chip to lock
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -83,11 +84,12 @@ def main(argv):
             measured["ratio_to_estimate"] = (measured["step_seconds"]
                                              / plan["estimate"]["step_seconds"])
             plan["measured"] = measured
+        report.write(plan, FLAGS.out)   # the plan stands even if the search is cut short
         if FLAGS.max_batch:
             print("Searching for the largest per-chip batch that fits:", flush=True)
             plan["max_batch"] = planner.find_max_batch(
                 config, topology, shape, step=FLAGS.batch_step,
-                progress=lambda s: print(s, flush=True))
+                progress=lambda s: print(s, flush=True), known=plan)
             print(f"  largest per-chip batch that fits: "
                   f"{plan['max_batch']['max_per_chip_batch']}", flush=True)
         paths = report.write(plan, FLAGS.out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import re
 import time
 from typing import Optional, Sequence
@@ -65,8 +66,8 @@ GPU_CHIPS = {
                  "NVLink 600 GB/s)"),
 }
 EXAMPLE_TOPOLOGIES = ("v4:2x2x4", "v5e:4x4", "v5p:2x2x4", "v6e:4x4", "local")
-LIBTPU_FIX = ("pip install 'bt_jax[tpu]' (libtpu, the TPU compiler: jax[tpu] pinned to the "
-              "installed jax)")
+LIBTPU_FIX = ("pip install 'bt_jax[tpu]' (libtpu, the TPU compiler), or pip install "
+              f"'jax[tpu]=={jax.__version__}' (jax[tpu] pinned to the installed jax)")
 
 
 def has_libtpu() -> bool:
@@ -90,6 +91,9 @@ def tpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:
     if not has_libtpu():
         raise ConfigError(f"Planning for {topology!r} needs the TPU compiler, which is not "
                           f"installed: {LIBTPU_FIX}.")
+    # Compile-only devices hold no chip: let several processes (pytest workers, a plan
+    # beside another) load libtpu, which otherwise takes a lock file for the machine's TPU.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     chip = TPU_CHIPS[kind]
     options = {"chip_config_name": "megacore"} if chip.megacore else {}

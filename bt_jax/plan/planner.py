@@ -110,7 +110,7 @@ def check_fits(plan: dict, config: ml_collections.ConfigDict) -> None:
 
 def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
                    step: int = 8, start: Optional[int] = None, progress=print,
-                   max_tries: int = 12) -> dict:
+                   max_tries: int = 12, known: Optional[dict] = None) -> dict:
     """The largest per-chip batch (a multiple of `step`) whose plan fits the chip.
 
     A bracketing search over compiles: it grows the batch (x2) from `start` (default the
@@ -118,6 +118,8 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     [fits, does not fit], trying next the batch where a straight line through the two
     ends' memory meets the HBM (a bisection when the line says nothing new), until the
     two ends are `step` apart. Each try prints one line.
+
+    known: a plan already made of this config (its per-chip batch is not compiled again).
 
     Returns {"max_per_chip_batch", "tries": [{"per_chip_batch", "needed_bytes", "fits",
     "compile_seconds"}], "hbm_bytes", "step"}.
@@ -128,6 +130,12 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     if hbm is None:
         raise ConfigError(f"--max-batch needs a memory limit; {topology!r} has none.")
     tries, memo = [], {}
+    if known is not None:
+        m = known["memory"]
+        memo[known["run"]["per_device_batch"]] = {
+            "per_chip_batch": known["run"]["per_device_batch"], "needed_bytes": m["needed_bytes"],
+            "fits": m["fits"], "compile_seconds": known["compile_seconds"]}
+        tries.append(memo[known["run"]["per_device_batch"]])
 
     def attempt(per_chip: int) -> bool:
         if per_chip in memo:

@@ -1,0 +1,282 @@
+"""The pod planner (`python -m bt_jax.plan`): HLO collectives, the roofline, the batch
+search, every bad input's one line, the local plan against a measured step, and (slow)
+a real XLA:TPU compile through libtpu for a 4-chip v5e slice."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bt_jax import config as config_lib
+from bt_jax.errors import ConfigError
+from bt_jax.plan import chips, hlo, planner, report
+from bt_jax.plan.compile import RunShape, compile_run, parse_out_of_memory, run_shape
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HLO = """
+ENTRY %main (p: f32[16,256]) -> f32[] {
+  %all-gather.9 = f32[64,256]{1,0:T(8,128)} all-gather(%param_0.6302), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}, metadata={op_name="jit(call)/shard_map/jvp()/all_gather"}
+  %all-reduce.90 = (f32[3,3,3,64]{3,2,1,0:T(4,128)S(1)}, bf16[128]{0}, /*index=2*/f32[]{:T(128)}) all-reduce(%a, %b, %c), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%r, metadata={op_name="jit(call)/shard_map/transpose(jvp(BarlowTwins))/backbone/bn1/psum_invariant"}
+  %reduce_scatter.14 = f32[16,256]{1,0:T(8,128)} reduce-scatter(%fusion.422), channel_id=1, replica_groups=[2,4]<=[8], dimensions={0}, to_apply=%r2, metadata={op_name="jit(call)/shard_map/transpose(jvp())/reduce_scatter"}
+  %ags = (f32[16,8]{1,0}, f32[64,8]{1,0}) all-gather-start(%x), replica_groups={{0,1,2,3}}, dimensions={0}
+  %agd = f32[64,8]{1,0} all-gather-done(%ags)
+  ROOT %cp = f32[10]{0} collective-permute(%y), source_target_pairs={{0,1},{1,0}}
+}
+"""
+
+
+def test_collectives_are_read_with_shapes_bytes_groups_and_pass():
+    items = {c.name: c for c in hlo.collectives(HLO, num_devices=8)}
+    assert sorted(items) == ["ags", "all-gather.9", "all-reduce.90", "cp", "reduce_scatter.14"]
+    ag, ar, rs = items["all-gather.9"], items["all-reduce.90"], items["reduce_scatter.14"]
+    assert (ag.kind, ag.shapes, ag.bytes, ag.group_size) == (
+        "all-gather", ("f32[64,256]",), 64 * 256 * 4, 4)
+    assert ar.shapes == ("f32[3,3,3,64]", "bf16[128]", "f32[]")
+    assert ar.bytes == 3 * 3 * 3 * 64 * 4 + 128 * 2 + 4 and ar.backward and not ag.backward
+    assert rs.group_size == 4 and rs.replica_groups == "[2,4]<=[8]"
+    assert items["ags"].shapes == ("f32[64,8]",)           # the output half of the start op
+    assert items["cp"].group_size == 8                       # no groups: every device
+    # ring estimates: all-reduce 2(n-1)/n, all-gather (n-1)/n of the result,
+    # reduce-scatter (n-1) results, permute its size
+    assert ar.wire_bytes == pytest.approx(2 * 3 / 4 * ar.bytes)
+    assert ag.wire_bytes == pytest.approx(3 / 4 * ag.bytes)
+    assert rs.wire_bytes == pytest.approx(3 * rs.bytes)
+    assert items["cp"].wire_bytes == 40
+    s = hlo.summarize(list(items.values()))
+    assert s["count"] == 5 and s["by_kind"]["all-gather"]["count"] == 2
+    assert s["backward_all_reduce_bytes"] == ar.bytes
+
+
+def _program(flops, nbytes, wire):
+    return {"flops": flops, "bytes_accessed": nbytes,
+            "collective_summary": {"wire_bytes": wire}}
+
+
+def test_roofline_is_the_larger_bound_plus_communication():
+    chip = chips.Chip("test", bf16_flops=100e12, hbm_bytes=16e9, hbm_bandwidth=1e12,
+                      ici_bandwidth=100e9, source="test")
+    compute_bound = _program(2e12, 1e9, 1e9)           # 20 ms compute, 1 ms memory, 10 ms comm
+    memory_bound = _program(1e12, 50e9, 0)            # 10 ms compute, 50 ms memory
+    est = report.step_estimate([compute_bound, memory_bound], chip, per_device_batch=128,
+                               num_devices=16, epoch_examples=1_281_167)
+    a, b = est["programs"]
+    assert a["bound"] == "compute" and a["seconds"] == pytest.approx(0.020 + 0.010)
+    assert b["bound"] == "memory" and b["seconds"] == pytest.approx(0.050)
+    assert est["step_seconds"] == pytest.approx(0.080)
+    assert est["pairs_per_second_per_chip"] == pytest.approx(128 / 0.080)
+    hours = 1_281_167 / (128 / 0.080 * 16) / 3600
+    assert est["hours_per_epoch"] == pytest.approx(hours)
+    assert est["days_per_1000_epochs"] == pytest.approx(hours * 1000 / 24)
+    assert "estimate" in est["label"] and "not a measurement" in est["label"]
+
+
+def test_published_chip_figures_have_sources():
+    assert set(chips.TPU_CHIPS) == {"v4", "v5e", "v5p", "v6e"}
+    for chip in chips.TPU_CHIPS.values():
+        assert chip.bf16_flops > 1e14 and chip.hbm_bytes >= 16 * 2 ** 30
+        assert "cloud.google.com/tpu/docs" in chip.source
+
+
+def test_unknown_topology_names_the_known_ones():
+    with pytest.raises(ConfigError) as e:
+        chips.parse_topology("v9x:4x4")
+    assert "'v9x:4x4'" in str(e.value) and "v5e" in str(e.value) and "local" in str(e.value)
+    assert chips.parse_topology("v4:2x2x4") == ("v4", (2, 2, 4))
+
+
+def test_no_libtpu_names_the_extra(monkeypatch):
+    monkeypatch.setattr(chips, "has_libtpu", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install 'bt_jax\[tpu\]'"):
+        chips.tpu_devices("v5e:2x2")
+
+
+def test_setup_pins_the_tpu_extra_to_the_installed_jax():
+    text = open(os.path.join(ROOT, "setup.py")).read()
+    assert '"tpu"' in text and "jax[tpu]==" in text
+
+
+def test_a_batch_the_chips_do_not_divide_is_one_error():
+    c = _tiny_config()
+    c.batch_size = 12
+    with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
+        compile_run(c, jax.devices(), RunShape(1000, 10, 3, True))
+
+
+def test_a_plan_that_does_not_fit_says_what_and_how_to_lower_it():
+    c = config_lib.base_config()
+    plan = {"memory": {"needed_bytes": 20.5 * 2 ** 30, "hbm_bytes": 16 * 2 ** 30,
+                       "fits": False},
+            "chip": {"name": "TPU v5e"}, "run": {"num_devices": 16}}
+    with pytest.raises(planner.DoesNotFit) as e:
+        planner.check_fits(plan, c)
+    msg = str(e.value)
+    assert "20.50 GiB" in msg and "16.00 GiB" in msg and "TPU v5e" in msg
+    assert "--config.batch_size=1024" in msg and "model.dtype=bfloat16" in msg
+    assert "\n" not in msg
+    plan["memory"]["fits"] = True
+    planner.check_fits(plan, c)          # fits: nothing raised
+
+
+def test_the_compilers_out_of_memory_message_is_read():
+    msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+           "space hbm. Used 18.20G of 15.75G hbm. Exceeded hbm capacity by 2.45G.")
+    needed, available = parse_out_of_memory(msg)
+    assert needed == pytest.approx(18.20 * 2 ** 30) and available == pytest.approx(15.75 * 2 ** 30)
+    assert parse_out_of_memory("no sizes here") == (None, None)
+
+
+def test_run_shape_from_the_registered_source_and_overrides():
+    c = config_lib.base_config()
+    c.data.name = "imagenet2012"
+    s = run_shape(c.data)
+    assert (s.examples, s.num_classes, s.channels, s.gather_on_host) == (1_281_167, 1000, 3,
+                                                                         False)
+    c.data.name = "fashion_mnist"
+    c.data.validation_examples = 5000
+    s = run_shape(c.data)
+    assert (s.examples, s.channels, s.gather_on_host) == (55_000, 1, True)
+    c.data.name = "folder"
+    with pytest.raises(ConfigError, match="--examples"):
+        run_shape(c.data)
+    assert run_shape(c.data, examples=500, classes=7).examples == 500
+
+
+def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
+    """A linear memory model (2 GiB + 40 MiB per example; 16 GiB): the answer is
+    floor(14 GiB / 40 MiB / 8) * 8 = 352, found in a handful of compiles."""
+    devices = [object()] * 4
+    chip = chips.Chip("fake", 1e14, 16 * 2 ** 30, 1e12, 1e11, "test")
+    monkeypatch.setattr(planner, "devices_for", lambda topology: (devices, chip))
+    monkeypatch.setattr(planner, "hbm_of", lambda chip, devices: chip.hbm_bytes)
+    compiled = []
+
+    def fake_plan(config, topology, shape, **kwargs):
+        per_chip = config.batch_size // 4
+        compiled.append(per_chip)
+        need = 2 * 2 ** 30 + per_chip * 40 * 2 ** 20
+        return {"memory": {"needed_bytes": need, "fits": need <= chip.hbm_bytes}}, None
+
+    monkeypatch.setattr(planner, "make_plan", fake_plan)
+    lines = []
+    c = config_lib.base_config()
+    c.batch_size = 512                   # 128 per chip
+    result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=8,
+                                    progress=lines.append)
+    assert result["max_per_chip_batch"] == 352
+    assert len(compiled) == len(set(compiled)) == len(lines) <= 6
+    assert any("fits" in l for l in lines) and any("does not fit" in l for l in lines)
+
+
+def _tiny_config():
+    c = config_lib.base_config()
+    c.data.name = "cifar10"
+    c.data.image_size = 32
+    c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.125
+    c.model.projector_dims = (64, 64)
+    c.batch_size = 32
+    c.eval.online_probe = False
+    return c
+
+
+def _run_plan(tmp_path, *args, env=None):
+    cmd = [sys.executable, "-m", "bt_jax.plan", "--config", "configs/cifar10.py",
+           "--out", str(tmp_path), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--topology", "v9x:2x2"], "Unknown topology 'v9x:2x2'"),
+    (["--topology", "local", "--config.batch_size=12"], "not divisible by the 8 devices"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, expected):
+    r = _run_plan(tmp_path, *args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("augment_on", ["device", "host"])
+def test_batch_shapes_state_the_pipelines_own_layout(augment_on):
+    """The planner compiles for `views.batch_shapes`: it must be what the pipeline yields."""
+    from bt_jax.data import pipeline, sources
+    from bt_jax.data.views import batch_shapes
+    c = config_lib.base_config()
+    c.data.name, c.data.image_size, c.data.augment_on, c.batch_size = "digits", 16, augment_on, 8
+    c.data.augment.blur_prob = (0.0, 0.0)
+    source = sources.pretrain_split(c.data, c.seed)
+    batch = next(pipeline.train_batches(c, source))
+    expected = batch_shapes(augment_on, source.gather_on_host, 8, 16,
+                            sources.get_source("digits").shape.channels)
+    assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == expected
+
+
+@pytest.mark.slow
+def test_local_plan_compiles_the_trainers_step_and_measures_it():
+    """--topology local on 8 CPU devices: the same fields as a TPU plan, the programs of
+    on-device augmentation and of the step, the gradient all-reduce among the collectives
+    (the backward all-reduces carry at least every parameter's bytes), and the measured
+    step beside the estimate."""
+    c = _tiny_config()
+    c.data.augment_on = "device"
+    c.data.augment.blur_prob = (0.0, 0.0)
+    shape = run_shape(c.data)
+    devices, chip = jax.devices(), chips.Chip("cpu", 1e11, 0, 1e10, 0, "test")
+    plan, run = planner.make_plan(c, "local", shape, devices_and_chip=(devices, chip),
+                                  progress=lambda *_: None)
+    assert [p["name"] for p in plan["programs"]] == ["views (on-device augmentation)",
+                                                    "train step"]
+    step = plan["programs"][1]
+    assert step["flops"] > 0 and step["bytes_accessed"] > 0 and step["total_bytes"] > 0
+    assert plan["run"]["per_device_batch"] == 4 and plan["run"]["num_devices"] == 8
+    kinds = step["collective_summary"]["by_kind"]
+    assert kinds["all-reduce"]["count"] >= 1
+    assert plan["backward_all_reduce_bytes"] >= plan["parameter_bytes"] > 0
+    assert plan["memory"]["fits"] and plan["estimate"]["step_seconds"] > 0
+    measured = planner.measure_step(run, steps=2)
+    assert measured["step_seconds"] > 0 and len(measured["times"]) == 2
+
+
+TPU_SKIP = "libtpu is not installed (pip install 'bt_jax[tpu]'): no TPU compiler to plan with"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
+    """`python -m bt_jax.plan` with the real XLA:TPU compiler (libtpu) on this CPU, for a
+    v5e:2x2 slice: plan.json holds every field, memory and FLOPs are positive and grow
+    with the batch, and the gradient all-reduce is among the compiled collectives."""
+    tiny = ["--config.data.image_size=32", "--config.model.backbone=resnet18",
+            "--config.model.stem=cifar", "--config.model.width=0.125",
+            "--config.model.projector_dims=(64,64)", "--config.eval.online_probe=False"]
+    r = _run_plan(tmp_path, "--topology", "v5e:2x2", "--config.batch_size=32", *tiny)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "compiling train step" in r.stdout and "Estimate (roofline estimate" in r.stdout
+    plan = json.load(open(tmp_path / "plan.json"))
+    assert os.path.getsize(tmp_path / "plan.md") > 500
+    assert plan["run"]["num_devices"] == 4 and plan["run"]["per_device_batch"] == 8
+    assert plan["device_kind"] == "TPU v5 lite" and plan["compiler"].startswith("XLA:TPU")
+    assert plan["chip"]["hbm_bytes"] == 16 * 2 ** 30 and plan["memory"]["fits"]
+    step = plan["programs"][0]
+    for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "total_bytes",
+                "flops", "bytes_accessed", "compile_seconds"):
+        assert step[key] > 0, key
+    assert plan["estimate"]["pairs_per_second_per_chip"] > 0
+    assert plan["estimate"]["days_per_1000_epochs"] > 0
+    for c in step["collectives"]:
+        assert c["kind"] in hlo.KINDS and c["bytes"] > 0 and c["group_size"] == 4
+    assert plan["backward_all_reduce_bytes"] >= plan["parameter_bytes"] > 0   # the gradients
+
+    config = _tiny_config()
+    config.batch_size = 64
+    larger, _ = planner.make_plan(config, "v5e:2x2", run_shape(config.data),
+                                  progress=lambda *_: None)
+    big = larger["programs"][0]
+    assert big["flops"] > 1.8 * step["flops"]             # twice the pairs per chip
+    assert big["temp_bytes"] > step["temp_bytes"] and big["total_bytes"] > step["total_bytes"]
+    assert big["argument_bytes"] > step["argument_bytes"]   # the batch is an argument

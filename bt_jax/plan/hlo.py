@@ -20,6 +20,7 @@ _INSTRUCTION = re.compile(
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _GROUPS = re.compile(r"replica_groups=(\{(?:\{[0-9,]*\},?)*\}|\[[0-9,]+\]<=\[[0-9,]+\][^,\s]*)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%?[\w.\-]+\s+\(.*\)\s+->\s+.*\{\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +91,35 @@ def _result_arrays(type_text: str, kind: str, is_start: bool) -> list[tuple[str,
     return arrays
 
 
+def _parameter_arrays(header: str) -> set[tuple[str, str]]:
+    """(dtype, dims) of a computation's parameters, from its header line
+    "%name (p0: f32[16,256], p1: s32[2]) -> (...) {"."""
+    params = header.split(") -> ", 1)[0]
+    return set(_ARRAY.findall(params[params.find("(") + 1:]))
+
+
 def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
-    """Every collective of a compiled HLO module (the "-done" half of an async pair is not
-    counted again)."""
-    out = []
+    """Every collective of a compiled HLO module, each counted once.
+
+    XLA:TPU runs a collective asynchronously as a chain of fusions (start, continuations,
+    done), each holding a copy of the collective instruction. The start makes the
+    chain's synchronisation state (u32[] scalars); the pieces after it are handed that
+    state as parameters, and are not counted again. Nor is the "-done" half of an async
+    pair.
+    """
+    out, continuation = [], False
     for line in hlo_text.splitlines():
+        if _HEADER.match(line):
+            continuation = not line.startswith("ENTRY") and ("u32", "") in \
+                _parameter_arrays(line)
+            continue
         m = _INSTRUCTION.match(line)
         if not m:
             continue
         kind, is_start = m.group("op"), bool(m.group("start"))
         arrays = _result_arrays(m.group("type"), kind, is_start)
+        if continuation:
+            continue      # continues a collective begun in an earlier fusion of its chain
         groups = _GROUPS.search(line)
         groups = groups.group(1) if groups else ""
         op_name = _OP_NAME.search(line)

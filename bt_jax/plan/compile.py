@@ -94,11 +94,14 @@ def _bytes(value: str, unit: str) -> float:
 
 
 def parse_out_of_memory(message: str) -> tuple[Optional[float], Optional[float]]:
-    """(needed, available) bytes from XLA's out-of-memory message, e.g. "Used 18.20G of
-    15.75G hbm"; (None, None) where it gives no sizes."""
-    m = re.search(r"[Uu]sed\s+" + _SIZE + r"\s+of\s+" + _SIZE, message)
-    if m:
-        return _bytes(m.group(1), m.group(2)), _bytes(m.group(3), m.group(4))
+    """(needed, available) bytes from XLA's out-of-memory message: libtpu 0.0.42's "the
+    total memory required for HLO temporaries (88.00G) exceeds available HBM (15.75G)",
+    or "Used 18.20G of 15.75G hbm"; (None, None) where it gives no sizes."""
+    for pattern in (r"\(" + _SIZE + r"\)\s+exceeds available HBM\s+\(" + _SIZE + r"\)",
+                    r"[Uu]sed\s+" + _SIZE + r"\s+of\s+" + _SIZE):
+        m = re.search(pattern, message)
+        if m:
+            return _bytes(m.group(1), m.group(2)), _bytes(m.group(3), m.group(4))
     return None, None
 
 

@@ -263,11 +263,12 @@ def bench_loss(n: int, d: int, path: str, steps: int, warmup: int, devices: int 
 def loss_floats_moved(n: int, d: int, path: str, devices: int) -> float:
     """Floats each device sends per value-and-gradient call of the loss with a ring
     collective over `devices` (0 on one device): the direct path all-reduces the [d, d]
-    matrix C (2 (W-1)/W d^2); the Gram path all-gathers both [n, d] views forward and
-    reduce-scatters their gradients backward (4 (W-1)/W n d). Ratio Gram / direct: 2 n / d.
-    (The O(d) psums of the batch mean and variance are left out: both paths have them.)"""
+    matrix C (2 (W-1)/W d^2); the Gram path all-gathers both [n, d] views forward
+    (2 (W-1)/W n d) and its backward pass sends nothing (its derivative is written out).
+    Ratio Gram / direct: n / d. (The O(d) psums of the batch mean and variance are left
+    out: both paths have them.)"""
     share = (devices - 1) / devices
-    return share * (2 * d * d if path == "direct" else 4 * n * d)
+    return share * (2 * d * d if path == "direct" else 2 * n * d)
 
 
 def bench_augment(args) -> dict:

@@ -440,10 +440,12 @@ def test_loss_collective_floats_follow_the_ring_formulas():
     assert bench.loss_floats_moved(2048, 8192, "direct", 1) == 0
     # All-reduce of the [D, D] matrix: 2 (W - 1) / W D^2 floats out of each device.
     assert bench.loss_floats_moved(2048, 8192, "direct", 8) == 2 * 7 / 8 * 8192 ** 2
-    # All-gather of two [N, D] views plus the reduce-scatter of their gradients.
-    assert bench.loss_floats_moved(2048, 8192, "gram", 8) == 4 * 7 / 8 * 2048 * 8192
-    # Equal traffic exactly where the FLOPs are equal too: 2N = D.
-    assert bench.loss_floats_moved(4096, 8192, "gram", 4) == bench.loss_floats_moved(
+    # All-gather of two [N, D] views; the backward pass sends nothing.
+    assert bench.loss_floats_moved(2048, 8192, "gram", 8) == 2 * 7 / 8 * 2048 * 8192
+    # Equal traffic at N = D; at the rule's 2N = D, half.
+    assert bench.loss_floats_moved(8192, 8192, "gram", 4) == bench.loss_floats_moved(
+        8192, 8192, "direct", 4)
+    assert bench.loss_floats_moved(4096, 8192, "gram", 4) == 0.5 * bench.loss_floats_moved(
         4096, 8192, "direct", 4)
 
 

@@ -110,12 +110,14 @@ CORRELATION_PATHS = ("auto", "direct", "gram")
 def choose_correlation_path(n_global: int, d: int, path: str = "auto") -> str:
     """"direct" (form the [D, D] matrix) or "gram" (the [N, N] Gram matrices).
 
-    Value and gradients cost 6 N D^2 FLOPs on the direct path and 12 N^2 D on the Gram
-    path (XLA's counts), a ratio of 2N / D; on many devices the floats each device sends
-    have the same ratio (psum of C against all-gather and reduce-scatter of the views).
-    "auto" takes the Gram path when it does at most as much work: 2N <= D for the global
-    batch N. Measured on a 2-core CPU at D = 2048 (experiments/PERF_NOTES.md, section 1):
-    Gram 6.5x as fast at N = 256, 1.09x at N = 1024, 0.77x at N = 1536.
+    Value and gradients cost 6 N D^2 FLOPs on the direct path and 8 N^2 D on the Gram
+    path (its derivative written out; 12 N^2 D under autodiff); on many devices each
+    device sends 2 (W-1)/W D^2 floats on the direct path (the all-reduce of C) and
+    2 (W-1)/W N D on the Gram path (the all-gather of both views; its backward pass sends
+    nothing). "auto" takes the Gram path for 2N <= D with the global batch N, where it
+    does fewer FLOPs and sends at most half the bytes. The rule was measured on a 2-core
+    CPU at D = 2048 with autodiff's 12 N^2 D (experiments/PERF_NOTES.md, section 1): Gram
+    6.5x as fast at N = 256, 1.09x at N = 1024, 0.77x at N = 1536.
     """
     if path not in CORRELATION_PATHS:
         raise ValueError(f"path must be one of {CORRELATION_PATHS}; got {path!r}.")

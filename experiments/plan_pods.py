@@ -23,8 +23,8 @@ RECIPE = ["--config", "configs/imagenet.py", "--config.model.dtype=bfloat16"]
 # name: (topology, extra arguments). The paper's recipe: ResNet-50, 8192-8192-8192,
 # global batch 2048; bfloat16 except the float32 row.
 ROWS = {
-    "v5e_16": ("v5e:4x4", ["--max-batch"]),
-    "v4_16": ("v4:2x2x4", ["--max-batch"]),
+    "v5e_16": ("v5e:4x4", []),
+    "v4_16": ("v4:2x2x4", []),
     "v5p_16": ("v5p:2x2x4", []),
     "v6e_16": ("v6e:4x4", []),
     "v5e_64": ("v5e:8x8", []),
@@ -34,6 +34,10 @@ ROWS = {
     "v5e_16_float32": ("v5e:4x4", ["--config.model.dtype=float32"]),
     "v4_16_float32": ("v4:2x2x4", ["--config.model.dtype=float32"]),
 }
+# The largest per-chip batch that fits, searched from a row's plan (its batch is not
+# compiled again) in multiples of 32: each compile that fits costs minutes here, one that
+# the compiler refuses half a minute.
+SEARCHES = {"v5e_16": 32, "v4_16": 32}
 COMM_BATCHES = (2048, 4096, 16384, 32768)
 COMM_TOPOLOGY = "v5e:4x4"
 
@@ -50,6 +54,56 @@ def run_rows(only) -> None:
         with open(os.path.join(out, "log.txt"), "w") as log:
             rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {rc}", flush=True)
+    for name, step in SEARCHES.items():
+        if not only or name in only:
+            search(name, step)
+
+
+def search(name: str, step: int) -> None:
+    """`planner.find_max_batch` from row `name`'s plan.json (the function behind
+    `python -m bt_jax.plan --max-batch`), written into that plan.json as "max_batch"."""
+    from bt_jax.plan import planner, report  # pylint: disable=import-outside-toplevel
+    from bt_jax.plan.compile import run_shape  # pylint: disable=import-outside-toplevel
+    path = os.path.join(OUT, name, "plan.json")
+    if not os.path.exists(path):
+        return
+    plan = json.load(open(path))
+    if "max_batch" in plan:
+        return
+    config = _recipe([a for a in ROWS[name][1] if a.startswith("--config.")])
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: searching the largest per-chip batch "
+          f"(multiples of {step})", flush=True)
+    with open(os.path.join(OUT, name, "search_log.txt"), "w") as log:
+        def progress(line):
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+        plan["max_batch"] = planner.find_max_batch(config, plan["topology"],
+                                                   run_shape(config.data), step=step,
+                                                   progress=progress, known=plan)
+        plan["max_batch"]["command"] = f"python experiments/plan_pods.py rows --only {name}"
+    report.write(plan, os.path.join(OUT, name))
+
+
+def _recipe(overrides):
+    """configs/imagenet.py with RECIPE's and the row's --config.FIELD=VALUE overrides."""
+    import ast  # pylint: disable=import-outside-toplevel
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, RECIPE[1]))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    config = recipe.get_config()
+    for arg in [a for a in RECIPE if a.startswith("--config.")] + list(overrides):
+        field, value = arg[len("--config."):].split("=", 1)
+        *parents, leaf = field.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        try:
+            node[leaf] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            node[leaf] = value
+    return config
 
 
 def comm_table() -> list[dict]:

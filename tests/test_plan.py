@@ -295,3 +295,44 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
     assert big["flops"] > 1.8 * step["flops"]             # twice the pairs per chip
     assert big["temp_bytes"] > step["temp_bytes"] and big["total_bytes"] > step["total_bytes"]
     assert big["argument_bytes"] > step["argument_bytes"]   # the batch is an argument
+
+
+def _plan_dict(refused: bool) -> dict:
+    chip = chips.TPU_CHIPS["v5e"]
+    program = {"name": "train step", "argument_bytes": 2 ** 30, "output_bytes": 2 ** 29,
+               "alias_bytes": 2 ** 29, "temp_bytes": 2 ** 32, "total_bytes": 5 * 2 ** 30,
+               "generated_code_bytes": 2 ** 20, "flops": 6e12, "bytes_accessed": 1e11,
+               "compile_seconds": 300.0,
+               "collectives": [hlo.collectives(HLO, 8)[0].as_dict()],
+               "collective_summary": hlo.summarize(hlo.collectives(HLO, 8)[:1])}
+    plan = {"topology": "v5e:4x4", "command": "python -m bt_jax.plan ...",
+            "device_kind": "TPU v5 lite", "compiler": "XLA:TPU",
+            "chip": {"name": chip.name, "source": chip.source},
+            "run": {"config": "configs/imagenet.py", "num_devices": 16, "global_batch": 2048,
+                    "per_device_batch": 128, "backbone": "resnet50", "projector_dims": [8192],
+                    "dtype": "bfloat16", "augment_on": "host"}}
+    if refused:
+        plan.update(programs=[], compile_seconds=0.0, estimate=None, memory={
+            "needed_bytes": 88 * 2 ** 30, "hbm_bytes": 15.75 * 2 ** 30, "fits": False,
+            "refused_by_compiler": "RESOURCE_EXHAUSTED: ..."})
+    else:
+        plan.update(programs=[program], compile_seconds=300.0, parameter_bytes=7e8,
+                    backward_all_reduce_bytes=7.1e8,
+                    memory={"needed_bytes": 5 * 2 ** 30, "hbm_bytes": 16 * 2 ** 30, "fits": True},
+                    estimate=report.step_estimate([program], chip, 128, 16, 1_281_167))
+    return plan
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_plan_md_and_json_are_written_for_plans_that_fit_and_refused_ones(tmp_path, refused):
+    plan = _plan_dict(refused)
+    json_path, md_path = report.write(plan, str(tmp_path))
+    assert json.load(open(json_path))["memory"]["fits"] is (not refused)
+    md = open(md_path).read()
+    assert "## Memory per chip" in md and "v5e:4x4" in md
+    if refused:
+        assert "does NOT fit" in md and "refused" in md
+        assert "does not fit" in report.summary(plan)
+    else:
+        assert "all-gather" in md and "roofline estimate (not a measurement)" in md
+        assert "pairs/s per chip" in report.summary(plan)

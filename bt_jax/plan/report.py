@@ -78,8 +78,11 @@ def markdown(plan: dict) -> str:
                      f"{_gib(p['total_bytes'])} | {_gib(p['generated_code_bytes'])} |")
     m = plan["memory"]
     lines += ["", f"Needed per chip: {_gib(m['needed_bytes'])} GiB of {_gib(m['hbm_bytes'])} "
-              f"GiB: {'fits' if m['fits'] else 'does NOT fit'}.", "",
-              f"## Cost per chip per step and the {ESTIMATE}", "",
+              f"GiB: {'fits' if m['fits'] else 'does NOT fit'}.", ""]
+    if est is None:   # the compiler refused a program: no cost, no estimate
+        return "\n".join(lines + [f"The compiler refused it: {m.get('refused_by_compiler')}",
+                                   ""])
+    lines += [f"## Cost per chip per step and the {ESTIMATE}", "",
               "| program | TFLOP | GB accessed | collective MB sent | compute s | memory s | "
               "collective s | estimate s |", "|---|---|---|---|---|---|---|---|"]
     for p, e in zip(plan["programs"], est["programs"]):

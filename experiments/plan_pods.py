@@ -112,9 +112,10 @@ def comm_table() -> list[dict]:
     shard_map over the slice (as in the train step), D = 8192."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from bt_jax import losses, parallel  # pylint: disable=import-outside-toplevel
-    from bt_jax.losses.barlow_twins import choose_correlation_path  # pylint: disable=import-outside-toplevel
-    from bt_jax.plan import chips, compile as plan_compile  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from bt_jax import losses, parallel
+    from bt_jax.losses.barlow_twins import choose_correlation_path
+    from bt_jax.plan import chips, compile as plan_compile
     devices, _ = chips.devices_for(COMM_TOPOLOGY)
     mesh = parallel.make_mesh(devices)
     d, rows = 8192, []

@@ -111,8 +111,8 @@ def markdown(plan: dict) -> str:
                          f"{c['group_size']} {c['replica_groups'][:40]} |")
     lines += ["", f"Parameters: {plan['parameter_bytes'] / 1e6:.1f} MB per chip; backward "
               f"all-reduces: {plan['backward_all_reduce_bytes'] / 1e6:.1f} MB (the gradients "
-              "and BatchNorm's backward statistics).", "", f"Chip figures: {plan['chip']['source']}.",
-              ""]
+              "and BatchNorm's backward statistics).", "",
+              f"Chip figures: {plan['chip']['source']}.", ""]
     return "\n".join(lines)
 
 

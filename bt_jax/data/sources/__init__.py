@@ -31,9 +31,9 @@ from bt_jax.errors import ConfigError
 PretrainSplit = Union[Split, FileSplit, TFDSSplit]
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SPLITS", "FileSplit", "PretrainSplit",
-           "Source", "SourceShape", "Split", "TFDSSplit", "channel_stats", "get_source", "labelled_splits",
-           "load_split", "pretrain_split", "register", "split_off_validation",
-           "validation_mask"]
+           "Source", "SourceShape", "Split", "TFDSSplit", "channel_stats", "get_source",
+           "labelled_splits", "load_split", "pretrain_split", "register",
+           "split_off_validation", "validation_mask"]
 
 
 def get_source(name: str) -> Source:

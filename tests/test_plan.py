@@ -336,3 +336,21 @@ def test_plan_md_and_json_are_written_for_plans_that_fit_and_refused_ones(tmp_pa
     else:
         assert "all-gather" in md and "roofline estimate (not a measurement)" in md
         assert "pairs/s per chip" in report.summary(plan)
+
+
+def test_plan_pods_rows_are_the_papers_recipe_and_its_table_reads_plans(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "plan_pods", os.path.join(ROOT, "experiments", "plan_pods.py"))
+    pods = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pods)
+    c = pods._recipe(["--config.model.dtype=float32"])
+    assert (c.model.backbone, tuple(c.model.projector_dims), c.batch_size) == (
+        "resnet50", (8192, 8192, 8192), 2048)
+    assert c.model.dtype == "float32" and pods._recipe([]).model.dtype == "bfloat16"
+    assert {t.split(":")[0] for t, _ in pods.ROWS.values()} == {"v4", "v5e", "v5p", "v6e"}
+    monkeypatch.setattr(pods, "OUT", str(tmp_path))
+    os.makedirs(tmp_path / "v5e_16")
+    report.write(_plan_dict(False), str(tmp_path / "v5e_16"))
+    table = pods.tables()
+    assert "| v5e_16 | v5e:4x4 | 16 | 128 | bfloat16 | 5.00 (16) | yes |" in table

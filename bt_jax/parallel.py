@@ -28,6 +28,21 @@ BATCH_AXIS = "batch"
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+def to_varying(tree: Any, axis_name: str) -> Any:
+    """Marks replicated values as varying over `axis_name` inside shard_map (an identity
+    on the values). Differentiating through it psums the cotangent once, in the values'
+    own dtype: applied to float32 parameters before the model runs, every gradient is
+    all-reduced once per step in float32, whatever dtype the layers compute in and
+    however often a parameter is used. Left to shard_map, the psum falls where a
+    replicated parameter first meets a varying activation: after its cast to bfloat16,
+    once per use (XLA:TPU's train step all-reduced every weight twice, in bfloat16, once
+    per view: docs/scaling.md)."""
+    pcast = getattr(jax.lax, "pcast", None)
+    if pcast is not None:
+        return pcast(tree, axis_name, to="varying")
+    return jax.lax.pvary(tree, axis_name)      # jax < 0.8
+
+
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     """A 1-D mesh over `devices` (default: all devices of all processes), axis "batch"."""
     devices = jax.devices() if devices is None else list(devices)

@@ -38,6 +38,8 @@ def loss_and_grads(params, batch_stats, batch: dict, *, model: BarlowTwins,
     objective = losses.get_objective(loss_cfg.kind)
 
     def loss_fn(p):
+        if axis_name is not None:     # one float32 all-reduce per gradient, not per use
+            p = parallel.to_varying(p, axis_name)
         out_a, mut = model.apply({"params": p, "batch_stats": batch_stats}, batch["view_a"],
                                  train=True, mutable=["batch_stats"])
         out_b, mut = model.apply({"params": p, "batch_stats": mut["batch_stats"]},

@@ -49,6 +49,8 @@ def test_collectives_are_read_with_shapes_bytes_groups_and_pass():
     assert ar.shapes == ("f32[3,3,3,64]", "bf16[128]", "f32[]")
     assert ar.bytes == 3 * 3 * 3 * 64 * 4 + 128 * 2 + 4 and ar.backward and not ag.backward
     assert rs.group_size == 4 and rs.replica_groups == "[2,4]<=[8]"
+    assert ag.operand_shapes == ("f32[16,256]",) and rs.operand_shapes == ("f32[64,256]",)
+    assert ar.operand_shapes == ar.shapes
     assert items["ags"].shapes == ("f32[64,8]",)           # the output half of the start op
     assert items["cp"].group_size == 8                       # no groups: every device
     # ring estimates: all-reduce 2(n-1)/n, all-gather (n-1)/n of the result,
@@ -272,6 +274,7 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
     r = _run_plan(tmp_path, "--topology", "v5e:2x2", "--config.batch_size=32", *tiny)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "compiling train step" in r.stdout and "Estimate (roofline estimate" in r.stdout
+    assert "Memory per chip" in r.stdout and "compiled in" in r.stdout
     plan = json.load(open(tmp_path / "plan.json"))
     assert os.path.getsize(tmp_path / "plan.md") > 500
     assert plan["run"]["num_devices"] == 4 and plan["run"]["per_device_batch"] == 8
@@ -354,3 +357,22 @@ def test_plan_pods_rows_are_the_papers_recipe_and_its_table_reads_plans(tmp_path
     report.write(_plan_dict(False), str(tmp_path / "v5e_16"))
     table = pods.tables()
     assert "| v5e_16 | v5e:4x4 | 16 | 128 | bfloat16 | 5.00 (16) | yes |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+def test_cli_plan_that_does_not_fit_is_one_line_with_the_sizes(tmp_path):
+    """A 40960-wide projector (6.25 GiB of float32 weights, as much again of LARS momentum
+    and of gradients) cannot fit a v5e: the compiler refuses it, and the planner says so
+    in one line, with what would lower it."""
+    r = _run_plan(tmp_path, "--topology", "v5e:2x2", "--config.batch_size=8",
+                  "--config.data.image_size=32", "--config.model.backbone=resnet18",
+                  "--config.model.stem=cifar", "--config.model.width=0.125",
+                  "--config.model.projector_dims=(40960,40960)",
+                  "--config.eval.online_probe=False")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1, r.stderr[-2000:]
+    assert "does not fit" in errors[0] and "GiB" in errors[0] and "TPU v5e" in errors[0]
+    assert "batch_size" in errors[0] and "projector" in errors[0]
+    assert json.load(open(tmp_path / "plan.json"))["memory"]["fits"] is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Optional
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -20,13 +21,15 @@ _INSTRUCTION = re.compile(
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _GROUPS = re.compile(r"replica_groups=(\{(?:\{[0-9,]*\},?)*\}|\[[0-9,]+\]<=\[[0-9,]+\][^,\s]*)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_DIMENSIONS = re.compile(r"\bdimensions=\{([0-9]+)\}")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?[\w.\-]+\s+\(.*\)\s+->\s+.*\{\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
     """One collective: kind, result shapes (["f32[64,256]", ...]), bytes of its result,
-    the replica groups as HLO writes them and their size, and the op's JAX name."""
+    the replica groups as HLO writes them and their size, the op's JAX name, and the
+    dimension an all-gather or reduce-scatter works along."""
     name: str
     kind: str
     shapes: tuple[str, ...]
@@ -34,6 +37,7 @@ class Collective:
     replica_groups: str
     group_size: int
     op_name: str
+    dimension: Optional[int] = None     # the gathered / scattered dimension
 
     @property
     def backward(self) -> bool:
@@ -55,9 +59,27 @@ class Collective:
             return float(self.bytes)
         return (n - 1) / n * self.bytes
 
+    @property
+    def operand_shapes(self) -> tuple[str, ...]:
+        """What each device puts in: the result shapes, but an all-gather's gathered
+        dimension divided by the group size and a reduce-scatter's multiplied by it."""
+        if self.kind not in ("all-gather", "reduce-scatter") or self.dimension is None:
+            return self.shapes
+        out = []
+        for shape in self.shapes:
+            dtype, dims = shape[:-1].split("[")
+            sizes = [int(x) for x in dims.split(",") if x]
+            if self.dimension < len(sizes):
+                n = max(self.group_size, 1)
+                sizes[self.dimension] = (sizes[self.dimension] // n if self.kind == "all-gather"
+                                         else sizes[self.dimension] * n)
+            out.append(f"{dtype}[{','.join(map(str, sizes))}]")
+        return tuple(out)
+
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "shapes": list(self.shapes),
-                "wire_bytes": self.wire_bytes, "backward": self.backward}
+                "operand_shapes": list(self.operand_shapes), "wire_bytes": self.wire_bytes,
+                "backward": self.backward}
 
 
 def array_bytes(dtype: str, dims: str) -> int:
@@ -123,11 +145,13 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
         groups = _GROUPS.search(line)
         groups = groups.group(1) if groups else ""
         op_name = _OP_NAME.search(line)
+        dimension = _DIMENSIONS.search(line)
         out.append(Collective(
             name=m.group("name"), kind=kind, shapes=tuple(f"{t}[{d}]" for t, d in arrays),
             bytes=sum(array_bytes(t, d) for t, d in arrays), replica_groups=groups,
             group_size=group_size(groups, num_devices),
-            op_name=op_name.group(1) if op_name else ""))
+            op_name=op_name.group(1) if op_name else "",
+            dimension=int(dimension.group(1)) if dimension else None))
     return out
 
 

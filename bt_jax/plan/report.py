@@ -99,12 +99,12 @@ def markdown(plan: dict) -> str:
         lines += [f"Measured here: {ms['step_seconds'] * 1e3:.1f} ms per step (median of "
                   f"{ms['steps']}); measured / estimate = {ms['ratio_to_estimate']:.2f}.", ""]
     lines += ["## Collectives in the compiled HLO", "",
-              "| program | kind | name | pass | shapes | MB | sent MB (ring) | group |",
+              "| program | kind | name | pass | operand shapes | MB | sent MB (ring) | group |",
               "|---|---|---|---|---|---|---|---|"]
     for p in plan["programs"]:
         for c in p["collectives"]:
-            shapes = ", ".join(c["shapes"][:4]) + (f", ... ({len(c['shapes'])})"
-                                                   if len(c["shapes"]) > 4 else "")
+            ops = c.get("operand_shapes", c["shapes"])
+            shapes = ", ".join(ops[:4]) + (f", ... ({len(ops)})" if len(ops) > 4 else "")
             lines.append(f"| {p['name']} | {c['kind']} | {c['name']} | "
                          f"{'backward' if c['backward'] else 'forward'} | {shapes} | "
                          f"{c['bytes'] / 1e6:.3f} | {c['wire_bytes'] / 1e6:.3f} | "

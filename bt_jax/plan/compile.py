@@ -172,7 +172,9 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
         views = built.train_step.views
         compiled, s = compile_program("views (on-device augmentation)", views, batch,
                                       num_devices=mesh.size, progress=progress)
-        stats.append(s), executables.append(compiled), arguments.append((batch,))
+        stats.append(s)
+        executables.append(compiled)
+        arguments.append((batch,))
         made = _with_sharding(jax.eval_shape(views, batch), parallel.batch_sharded(mesh))
         batch = update_inputs(made, batch)
         update = built.train_step.update
@@ -180,13 +182,18 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
         update = built.train_step
     compiled, s = compile_program("train step", update, state, batch, num_devices=mesh.size,
                                   progress=progress)
-    stats.append(s), executables.append(compiled), arguments.append((state, batch))
-    nbytes = lambda tree: int(sum(np.prod(x.shape) * x.dtype.itemsize  # noqa: E731
-                                  for x in jax.tree.leaves(tree)))
+    stats.append(s)
+    executables.append(compiled)
+    arguments.append((state, batch))
     params = [state.params] + ([state.probe["params"]] if state.probe is not None else [])
     return CompiledRun(programs=stats, executables=executables, args=arguments,
-                       state_bytes=nbytes(state), parameter_bytes=nbytes(params),
+                       state_bytes=tree_bytes(state), parameter_bytes=tree_bytes(params),
                        per_device_batch=per_device, num_devices=mesh.size)
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of every array (or ShapeDtypeStruct) of a pytree."""
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def peak_bytes(run: CompiledRun) -> int:

@@ -376,3 +376,17 @@ def test_cli_plan_that_does_not_fit_is_one_line_with_the_sizes(tmp_path):
     assert "does not fit" in errors[0] and "GiB" in errors[0] and "TPU v5e" in errors[0]
     assert "batch_size" in errors[0] and "projector" in errors[0]
     assert json.load(open(tmp_path / "plan.json"))["memory"]["fits"] is False
+
+
+def test_a_tpu_plan_compiles_the_convolutions_a_tpu_run_picks():
+    """conv_impl="auto" picks from the backend the model is traced on, the CPU here: a plan
+    for a TPU must compile the TPU's choice ("xla"), and leave an explicit choice alone."""
+    from bt_jax.models.conv import choose_conv_impl
+    from bt_jax.plan.compile import for_platform
+    c = _tiny_config()
+    assert choose_conv_impl((8, 2, 2, 64), (3, 3, 64, 64), 1, 1, backend="cpu") == "dense"
+    assert choose_conv_impl((8, 2, 2, 64), (3, 3, 64, 64), 1, 1, backend="tpu") == "xla"
+    assert for_platform(c, "tpu").model.conv_impl == "xla" and c.model.conv_impl == "auto"
+    assert for_platform(c, "cpu").model.conv_impl == "auto"
+    c.model.conv_impl = "im2col"
+    assert for_platform(c, "tpu").model.conv_impl == "im2col"

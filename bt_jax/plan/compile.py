@@ -8,6 +8,7 @@ its initialiser, the batch `jax.ShapeDtypeStruct`s in the pipeline's layout.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import time
@@ -146,6 +147,19 @@ class CompiledRun:
     num_devices: int
 
 
+def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
+    """The config as a run on `platform` resolves it. model.conv_impl="auto" picks each
+    layer's form from `jax.default_backend()` when the model is traced, which is this
+    machine's CPU when planning for a TPU: it is set to "xla", what "auto" gives off the
+    CPU (`models.conv.choose_conv_impl`), so the plan compiles the TPU trainer's program."""
+    if platform == "cpu" or config.model.conv_impl != "auto":
+        return config
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.model.conv_impl = "xla"
+    return config
+
+
 def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
                 shape: RunShape, progress=print) -> CompiledRun:
     """Compiles the train step (and the on-device augmentation ahead of it, where
@@ -156,6 +170,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
       OutOfMemory: the compiler found that a program does not fit a device.
     """
     config_lib.validate(config)
+    config = for_platform(config, devices[0].platform)
     mesh = parallel.make_mesh(devices)
     per_device = parallel.per_device_batch_size(config.batch_size, mesh)
     spe = in_memory.full_batches(shape.examples, config.batch_size)

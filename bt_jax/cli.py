@@ -9,6 +9,9 @@ import sys
 
 from absl import flags
 
+from bt_jax import config as config_lib
+from bt_jax.errors import ConfigError
+
 FLAGS = flags.FLAGS
 
 
@@ -18,39 +21,95 @@ def fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with unknown config fields reported in one line."""
+    """absl's parsing, with unknown config fields reported in one line (a field that moved
+    names its new place)."""
     missing = missing_config_file(argv)
     if missing:
         fail(f"--config {missing!r}: no such file. Recipes are Python files with "
              "get_config(), e.g. configs/digits.py, configs/fashion_mnist.py, "
              "configs/cifar10.py.")
+    for name in override_names(argv[1:]):
+        if name in config_lib.RENAMED:
+            fail(f"--config.{name}: {config_lib.renamed_message(name)}")
+    recipe = config_file(argv)
+    if recipe:
+        make_recipe_parts_importable(recipe)
     try:
         rest = FLAGS(argv)
     except (AttributeError, KeyError) as e:
-        overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
-        hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
-        fail(f"unknown config field among {overrides} ({hint}). Fields are listed in "
-             "bt_jax/config.py; a recipe may only override fields that exist.")
+        fail(unknown_field_message(argv, e))
     except flags.Error as e:
         fail(f"{e}. Run with --helpfull for the flags.")
     check_tuple_overrides(argv[1:], FLAGS.config)
     return rest
 
 
-def missing_config_file(argv: list[str]) -> str:
-    """The --config argument's path if that file does not exist, else ""."""
+def unknown_field_message(argv: list[str], e: Exception) -> str:
+    """One line for an override of a field the config does not have."""
+    overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
+    hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
+    return (f"unknown config field among {overrides} ({hint}). Fields are listed in "
+            "bt_jax/config.py (the run's) and beside each component (bt_jax/defaults.py "
+            "lists them); a recipe may only override fields that exist.")
+
+
+def config_file(argv: list[str]) -> str:
+    """The --config argument (a recipe's path), or "" where there is none."""
     for i, arg in enumerate(argv):
         if arg in ("--config", "-config") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith(("--config=", "-config=")):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        return "" if os.path.isfile(path.split(":")[0]) else path
+            return argv[i + 1]
+        if arg.startswith(("--config=", "-config=")):
+            return arg.split("=", 1)[1]
     return ""
 
 
-def check_tuple_overrides(args: list[str], config) -> None:
+def missing_config_file(argv: list[str]) -> str:
+    """The --config argument's path if that file does not exist, else ""."""
+    path = config_file(argv)
+    return "" if not path or os.path.isfile(path.split(":")[0]) else path
+
+
+def override_names(args: list[str]) -> list[str]:
+    """The dotted field names of the --config.FIELD=VALUE (or --config.FIELD VALUE) overrides."""
+    return [arg[2 + len("config."):].partition("=")[0] for arg in args
+            if arg.startswith("--config.")]
+
+
+def make_recipe_parts_importable(recipe_path: str) -> None:
+    """Puts the folder above a recipe's on the import path, so that a recipe in configs/
+    can import the parts the recipes share (`from configs.common import cifar_recipe`)
+    wherever the command runs from."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(recipe_path.split(":")[0])))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def load_recipe(path: str, overrides: tuple[str, ...] = ()):
+    """A recipe's get_config() with --config.FIELD=VALUE overrides applied as the command
+    line applies them (absl's parser): for scripts that build configs the way
+    `python -m bt_jax.main` does. Bad input raises ConfigError (one line)."""
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    for name in override_names(list(overrides)):
+        if name in config_lib.RENAMED:
+            raise ConfigError(f"--config.{name}: {config_lib.renamed_message(name)}")
+    if not os.path.isfile(path.split(":")[0]):
+        raise ConfigError(f"--config {path!r}: no such file.")
+    make_recipe_parts_importable(path)
+    argv = ["load_recipe", f"--config={path}"] + list(overrides)
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "recipe", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+    except (AttributeError, KeyError) as e:
+        raise ConfigError(unknown_field_message(argv, e)) from None
+    except flags.Error as e:
+        raise ConfigError(f"{str(e).splitlines()[0][:300]}") from None
+    check_tuple_overrides(list(overrides), values.config, error=ConfigError)
+    return values.config
+
+
+def check_tuple_overrides(args: list[str], config, error=None) -> None:
     """Refuses a bare number for a tuple field (--config.model.projector_dims=512), which
     ml_collections would silently read as the one-element tuple (512,)."""
     for i, arg in enumerate(args):
@@ -66,6 +125,9 @@ def check_tuple_overrides(args: list[str], config) -> None:
         except (KeyError, TypeError, AttributeError):
             continue
         if isinstance(node, tuple) and value.strip() and not any(c in value for c in "(),[]"):
-            fail(f"--config.{name}={value}: {name} is a tuple. Write "
-                  f"--config.{name}='({value},)' for one element, or list them, e.g. "
-                  f"--config.{name}='({value},{value},{value})'.")
+            message = (f"--config.{name}={value}: {name} is a tuple. Write "
+                       f"--config.{name}='({value},)' for one element, or list them, e.g. "
+                       f"--config.{name}='({value},{value},{value})'.")
+            if error is not None:
+                raise error(message)
+            fail(message)

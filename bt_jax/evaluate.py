@@ -26,6 +26,7 @@ import jax
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import convert, export
 from bt_jax.config import ConfigError
 from bt_jax.data import sources, pipeline
@@ -78,7 +79,7 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
         for name, value in fields.items():
             if not convert.fits(name, config.model[name], value):
                 config.model[name] = value
-    config_lib.validate(config)
+    defaults.validate(config)
     print(f"Evaluating {arch} weights from {path!r} on {config.data.name}"
           + (f" (the weights set {', '.join(changes)})" if changes else "") + ".", flush=True)
     d = config.data
@@ -100,7 +101,7 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
 
 def evaluate_workdir(workdir: str, config) -> dict:
     """Evaluates a finished or running run and writes/updates its results.json."""
-    config_lib.validate(config)
+    defaults.validate(config)
     backbone, variables, probe, what = load_run(workdir, config)
     print(f"Evaluating {what} of {workdir!r}.", flush=True)
     d = config.data
@@ -123,8 +124,8 @@ def config_of_workdir(workdir: str):
         raise config_lib.ConfigError(f"{path!r} does not exist: pass the --workdir of a "
                                      "training run, or --config.")
     with open(path) as f:
-        saved = json.load(f)
-    config = config_lib.base_config()   # fields added since the run keep their defaults
+        saved = config_lib.translate_saved(json.load(f))   # an older layout in today's
+    config = defaults.base_config()   # fields added since the run keep their defaults
     config.update_from_flattened_dict(config_lib.flatten(saved))
     return config
 
@@ -160,11 +161,12 @@ if __name__ == "__main__":
     from ml_collections import config_flags  # noqa: E402
     config_flags.DEFINE_config_file(
         "config", None, "A recipe with get_config() (default: the run's config.json); "
-        "fields can be overridden, e.g. --config.eval.linear_epochs=10.", lock_config=True)
+        "fields can be overridden, e.g. --config.eval.linear_sgd.epochs=10.", lock_config=True)
     absl_flags.DEFINE_string("workdir", None, "The run to evaluate (its checkpoints/ or "
                              "backbone.msgpack, and config.json); with --backbone, where "
                              "results.json goes.")
     absl_flags.DEFINE_string("backbone", None, "Weights to evaluate instead of a run: "
                              ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    app.run(main)
+    from bt_jax import cli  # noqa: E402
+    app.run(main, flags_parser=cli.parse_flags)

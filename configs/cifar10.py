@@ -1,4 +1,4 @@
-"""CIFAR-10 with solo-learn's CIFAR recipe (`bt_jax.config.cifar_recipe`):
+"""CIFAR-10 with solo-learn's CIFAR recipe (`configs/common.py`):
 ResNet-18 with the CIFAR stem, projector 2048-2048-2048, lambda 0.0051 with loss scale 0.1,
 LARS (eta 0.02, wd 1e-4, trust ratio clipped at the learning rate), lr 0.3 not scaled by
 batch, 10 warm-up epochs, batch 256, 1000 epochs, blur p 0 / 0, solarize p 0 / 0.2.
@@ -13,7 +13,7 @@ with on-device augmentation nothing but JAX is needed. Without the archive: TFDS
 solo-learn's reported result (92.10% online linear) is a reference, not something this
 recipe has reproduced here (no network for CIFAR, and 1000 epochs need an accelerator).
 """
-from bt_jax.config import cifar_recipe
+from configs.common import cifar_recipe
 
 
 def get_config():

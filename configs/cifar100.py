@@ -1,4 +1,4 @@
-"""CIFAR-100 with solo-learn's CIFAR recipe (`bt_jax.config.cifar_recipe`), as for CIFAR-10.
+"""CIFAR-100 with solo-learn's CIFAR recipe (`configs/common.py`), as for CIFAR-10.
 
 Reads the official python archive (cifar-100-python/ or cifar-100-python.tar.gz from
 https://www.cs.toronto.edu/~kriz/cifar.html) in --config.data.path=DIR, without TensorFlow;
@@ -7,7 +7,7 @@ with on-device augmentation nothing but JAX is needed. Without the archive: TFDS
   python -m bt_jax.main --config configs/cifar100.py --workdir runs/cifar100 \
       --config.data.path=DIR --config.data.augment_on=device
 """
-from bt_jax.config import cifar_recipe
+from configs.common import cifar_recipe
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Runs in minutes on a 2-core CPU:
   python -m bt_jax.main --config configs/digits.py --workdir runs/demo
 """
-from bt_jax.config import base_config
+from bt_jax.defaults import base_config
 
 
 def get_config():
@@ -36,14 +36,16 @@ def get_config():
     c.optim.warmup_epochs = 3
 
     c.checkpoint.every_steps = 100
-    c.eval.linear_protocol = "fast"   # results.json's linear_top1: the probe for small data
+    c.eval.linear_protocol = "linear_fast"   # results.json's linear_top1: the probe for small data
     # The paper's SGD probe is left to `python -m bt_jax.evaluate --workdir runs/demo
-    # --config configs/digits.py --config.eval.linear_epochs=30` (it took the demo from
+    # --config configs/digits.py --config.eval.linear_sgd.epochs=30` (it took the demo from
     # 5 to 16 minutes); its views would be these:
-    c.eval.linear_epochs = 0
-    c.eval.linear_crop_scale = (0.3, 1.0)   # the views of pretraining: mild crops, no flip
-    c.eval.linear_flip_prob = 0.0
-    c.eval.knn_k = 20              # ~144 images per class: k=200 would outvote every class
-    c.eval.semi_fractions = (0.1,)  # 1% of 1,438 images is one or two per class
-    c.eval.diagnostics_every_steps = 50
+    c.eval.linear_sgd.epochs = 0
+    c.eval.linear_sgd.crop_scale = (0.3, 1.0)   # the views of pretraining: mild crops, no flip
+    c.eval.linear_sgd.flip_prob = 0.0
+    c.eval.finetune.crop_scale = (0.3, 1.0)     # fine-tuning's views: the same
+    c.eval.finetune.flip_prob = 0.0
+    c.eval.knn.k = 20              # ~144 images per class: k=200 would outvote every class
+    c.eval.finetune.fractions = (0.1,)  # 1% of 1,438 images is one or two per class
+    c.monitor.diagnostics_every_steps = 50
     return c

@@ -19,9 +19,9 @@ without them, TFDS's fashion_mnist).
   python -m bt_jax.main --config configs/fashion_mnist.py --workdir runs/fmnist
 The paper's SGD probe and fine-tuning on 1% / 10% of the labels, afterwards:
   python -m bt_jax.evaluate --workdir runs/fmnist --config configs/fashion_mnist.py \\
-      --config.eval.linear_epochs=10 --config.eval.semi_fractions='(0.01,0.1)'
+      --config.eval.linear_sgd.epochs=10 --config.eval.finetune.fractions='(0.01,0.1)'
 """
-from bt_jax.config import fashion_mnist_recipe
+from configs.common import fashion_mnist_recipe
 
 
 def get_config():
@@ -31,6 +31,7 @@ def get_config():
     c.log_every_steps = 50
     c.optim.warmup_epochs = 0.3    # a tenth of the run
     c.checkpoint.every_steps = 200
-    c.eval.linear_crop_scale = (0.5, 1.0)
-    c.eval.monitor_every_epochs = 3.0   # at the end only, as in f03
+    c.eval.linear_sgd.crop_scale = (0.5, 1.0)   # the SGD probe's and fine-tuning's views
+    c.eval.finetune.crop_scale = (0.5, 1.0)
+    c.monitor.knn_every_epochs = 3.0   # at the end only, as in f03
     return c

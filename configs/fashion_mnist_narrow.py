@@ -16,7 +16,7 @@ Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.dat
 without them, TFDS's fashion_mnist).
   python -m bt_jax.main --config configs/fashion_mnist_narrow.py --workdir runs/fmnist_narrow
 """
-from bt_jax.config import base_config
+from bt_jax.defaults import base_config
 
 
 def get_config():
@@ -40,8 +40,9 @@ def get_config():
 
     c.optim.warmup_epochs = 1
     c.checkpoint.every_steps = 500
-    c.eval.linear_protocol = "fast"   # results.json's linear_top1: L-BFGS on cached features
-    c.eval.linear_epochs = 10      # the paper's SGD probe too, shortened for a CPU
-    c.eval.linear_crop_scale = (0.2, 1.0)
-    c.eval.diagnostics_every_steps = 500
+    c.eval.linear_protocol = "linear_fast"   # results.json's linear_top1: L-BFGS on cached features
+    c.eval.linear_sgd.epochs = 10      # the paper's SGD probe too, shortened for a CPU
+    c.eval.linear_sgd.crop_scale = (0.2, 1.0)   # the SGD probe's and fine-tuning's views
+    c.eval.finetune.crop_scale = (0.2, 1.0)
+    c.monitor.diagnostics_every_steps = 500
     return c

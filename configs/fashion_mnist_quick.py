@@ -22,7 +22,7 @@ tenth of this budget); its features are the evaluation's.
 
 Tune with --config.data.validation_examples=10000 (experiments/fashion_mnist_tuning.py).
 """
-from bt_jax.config import fashion_mnist_recipe
+from configs.common import fashion_mnist_recipe
 
 
 def get_config():
@@ -31,5 +31,5 @@ def get_config():
     c.log_every_steps = 25
     c.optim.warmup_epochs = 0.1    # a tenth of the run, as in the 2-epoch runs q07, q09-q11, q13
     c.checkpoint.every_steps = 100
-    c.eval.monitor_every_epochs = 1.0   # at the end only: 12-16% of the run at mid-epoch too
+    c.monitor.knn_every_epochs = 1.0   # at the end only: 12-16% of the run at mid-epoch too
     return c

@@ -3,12 +3,12 @@
 
 ResNet-18 with the ImageNet stem (96 px is large enough for the 7x7 stride-2 stem and
 max-pool), the CIFAR recipe's projector, loss scale and LARS settings
-(`bt_jax.config.cifar_recipe`), 400 epochs, and the paper's augmentations at 96 px
+(`configs/common.py`), 400 epochs, and the paper's augmentations at 96 px
 (blur p 1.0 / 0.1, solarize p 0.0 / 0.2). Needs STL-10 prepared for TFDS
 (`tfds build stl10 --data_dir=DIR`, then --config.data.path=DIR). Not run here (no network).
   python -m bt_jax.main --config configs/stl10.py --workdir runs/stl10
 """
-from bt_jax.config import cifar_recipe
+from configs.common import cifar_recipe
 
 
 def get_config():

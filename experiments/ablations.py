@@ -98,13 +98,13 @@ SCALES = {
             "optim.warmup_epochs": 0.05,          # 12 of the 120 steps at batch 256
             "log_every_steps": 20,
             "checkpoint.every_steps": 60,
-            "eval.linear_protocol": "fast",
-            "eval.linear_epochs": 0,
+            "eval.linear_protocol": "linear_fast",
+            "eval.linear_sgd.epochs": 0,
             "eval.probe_train_examples": 10_000,
             "eval.baselines": False,
-            "eval.semi_fractions": (),
+            "eval.finetune.fractions": (),
             "eval.tsne_points": 0,
-            "eval.diagnostics_every_steps": 0,
+            "monitor.diagnostics_every_steps": 0,
         },
         widths=(128, 256, 512, 1024, 2048),
         lambdas=(0.0005, 0.002, 0.0051, 0.02, 0.08),
@@ -191,7 +191,7 @@ def _scaled_length(scale: Scale, factor: int) -> dict:
         over["num_steps"] = factor * over["num_steps"]
     else:
         over["num_epochs"] = factor * over.get("num_epochs", recipe.num_epochs)
-    for key in ("optim.warmup_epochs", "eval.monitor_every_epochs"):
+    for key in ("optim.warmup_epochs", "monitor.knn_every_epochs"):
         section, field = key.split(".")
         over[key] = round(factor * over.get(key, recipe[section][field]), 6)
     return over
@@ -243,7 +243,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
                 Run("no_bn_no_norm", "no BN and no normalisation",
                     {"model.projector_bn": False, "loss.normalization": "none"}, 53.4),
                 Run("info_nce", "cross-entropy with temperature (InfoNCE, t=0.1)",
-                    {"loss.kind": "info_nce", "loss.temperature": 0.1}, 63.3)]
+                    {"loss.kind": "info_nce", "loss.info_nce.temperature": 0.1}, 63.3)]
     if sweep == "asymmetric":    # paper Table 2, bottom half
         d = _projector_width(scale)
         return [base,
@@ -303,7 +303,7 @@ def sweep_runs(sweep: str, scale: Scale) -> list[Run]:
     if sweep == "followup":  # one extra run per disagreement, beside its own control
         lr10 = {"optim.lr_weights": 2.0, "optim.lr_biases": 0.048}   # 10x the paper's
         wide = max(sweep_runs("projector_width", scale), key=lambda r: r.x)   # the widest
-        info_nce = {"loss.kind": "info_nce", "loss.temperature": 0.1}
+        info_nce = {"loss.kind": "info_nce", "loss.info_nce.temperature": 0.1}
         return [base,
                 Run("baseline_lr10", "baseline at 10x the paper's learning rates", lr10),
                 Run("no_projector_bn_lr10", "no BN in the projector, 10x LR (vs baseline "
@@ -666,8 +666,14 @@ _RUN_FIELDS = ("sweep", "setting", "x", "paper_top1")   # the sweep's, not the r
 
 
 def read_ledger(results_dir: str) -> dict:
-    """{run name: {"overrides", "row", ["references"]}} from results_dir/runs.json."""
-    return read_json(os.path.join(results_dir, LEDGER)) or {}
+    """{run name: {"overrides", "row", ["references"]}} from results_dir/runs.json, with
+    overrides of fields that moved under their new names (bt_jax.config.RENAMED)."""
+    from bt_jax.config import RENAMED  # pylint: disable=import-outside-toplevel
+    ledger = read_json(os.path.join(results_dir, LEDGER)) or {}
+    for entry in ledger.values():
+        if "overrides" in entry:
+            entry["overrides"] = {RENAMED.get(k, k): v for k, v in entry["overrides"].items()}
+    return ledger
 
 
 def write_ledger(ledger: dict, results_dir: str) -> None:

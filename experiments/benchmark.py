@@ -142,7 +142,7 @@ def peak_memory() -> tuple[float, str]:
 
 def step_config(args, conv_impl: str = "auto"):
     """An ml_collections config for the benchmarked model (the trainer's own fields)."""
-    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
+    from bt_jax.defaults import base_config  # pylint: disable=import-outside-toplevel
     c = base_config()
     c.batch_size = args.batch
     c.data.image_size = args.image_size
@@ -152,7 +152,7 @@ def step_config(args, conv_impl: str = "auto"):
     c.model.projector_dims = tuple(args.projector)
     c.model.dtype = args.dtype
     c.model.conv_impl = conv_impl
-    c.eval.online_probe = False
+    c.monitor.online_probe = False
     c.loss.correlation_path = args.path
     return c
 
@@ -273,7 +273,7 @@ def loss_floats_moved(n: int, d: int, path: str, devices: int) -> float:
 
 def bench_augment(args) -> dict:
     """The on-device augmentation alone (both views of args.batch uint8 images)."""
-    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
+    from bt_jax.defaults import base_config  # pylint: disable=import-outside-toplevel
     from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
     from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
     c = base_config()

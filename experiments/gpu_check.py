@@ -36,7 +36,6 @@ docs/benchmarks.md (GPU check) shows how to carry them and missing wheels to a b
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -224,10 +223,8 @@ def augmentation(sizes: dict) -> dict:
 
 
 def _recipe(path: str):
-    spec = importlib.util.spec_from_file_location("_gpu_check_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from bt_jax import cli  # pylint: disable=import-outside-toplevel
+    return cli.load_recipe(path)
 
 
 def find_fmnist(directory: str = "") -> str:
@@ -260,7 +257,7 @@ def quality(sizes: dict, fmnist_dir: str, out_dir: str) -> dict:
     c.model.width = sizes["quality_width"]
     c.data.augment_on = "device"
     c.checkpoint.every_steps = 10 ** 6     # the last step only
-    c.eval.diagnostics_every_steps = 0
+    c.monitor.diagnostics_every_steps = 0
     num_train = len(sources.load_split("fashion_mnist", "train", image_size=28,
                                         path=directory))
     c.batch_size = min(c.batch_size, num_train)
@@ -273,7 +270,7 @@ def quality(sizes: dict, fmnist_dir: str, out_dir: str) -> dict:
     epochs = quality_epochs(speed, sizes["quality_seconds"], num_train, c.batch_size)
     c.num_epochs = epochs
     c.optim.warmup_epochs = 0.1 * epochs          # the recipe's tenth of the run
-    c.eval.monitor_every_epochs = float(epochs)   # once, at the end: the evaluation's features
+    c.monitor.knn_every_epochs = float(epochs)   # once, at the end: the evaluation's features
     workdir = tempfile.mkdtemp(prefix="gpu_check_fmnist_")
     start = time.perf_counter()
     results = train.train_and_evaluate(c, workdir)

@@ -86,24 +86,11 @@ def search(name: str, step: int) -> None:
 
 
 def _recipe(overrides):
-    """configs/imagenet.py with RECIPE's and the row's --config.FIELD=VALUE overrides."""
-    import ast  # pylint: disable=import-outside-toplevel
-    import importlib.util  # pylint: disable=import-outside-toplevel
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, RECIPE[1]))
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.get_config()
-    for arg in [a for a in RECIPE if a.startswith("--config.")] + list(overrides):
-        field, value = arg[len("--config."):].split("=", 1)
-        *parents, leaf = field.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        try:
-            node[leaf] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            node[leaf] = value
-    return config
+    """configs/imagenet.py with RECIPE's and the row's --config.FIELD=VALUE overrides, read
+    as the command line reads them (`bt_jax.cli.load_recipe`)."""
+    from bt_jax import cli  # pylint: disable=import-outside-toplevel
+    return cli.load_recipe(os.path.join(ROOT, RECIPE[1]),
+                           tuple(a for a in RECIPE if a.startswith("--config.")) + tuple(overrides))
 
 
 def comm_table() -> list[dict]:

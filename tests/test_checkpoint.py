@@ -84,8 +84,8 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_from_it(tmp_path):
             "--workdir", workdir, "--config.num_steps=400", "--config.log_every_steps=1",
             "--config.checkpoint.every_steps=1000", "--config.batch_size=32",
             "--config.data.image_size=16", "--config.model.width=0.0625",
-            "--config.model.projector_dims=(32,32)", "--config.eval.linear_epochs=1",
-            "--config.eval.baselines=False", "--config.eval.semi_fractions=()"]
+            "--config.model.projector_dims=(32,32)", "--config.eval.linear_sgd.epochs=1",
+            "--config.eval.baselines=False", "--config.eval.finetune.fractions=()"]
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -111,9 +111,9 @@ def test_evaluate_features_uses_the_eval_config():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 8))
     y = (x[:, 0] > 0).astype(np.int32)
-    cfg = ml_collections.ConfigDict(dict(fast_l2_grid=(1e-4, 1e-2), fast_holdout_fraction=0.2,
-                                         fast_max_iter=50, knn_k=5, knn_temperature=0.1,
-                                         knn_bank_chunk=64))
+    cfg = ml_collections.ConfigDict(dict(
+        linear_fast=dict(l2_grid=(1e-4, 1e-2), holdout_fraction=0.2, max_iter=50),
+        knn=dict(k=5, temperature=0.1, bank_chunk=64)))
     r = runner.evaluate_features(x[:100], y[:100], x[100:], y[100:], 2, cfg)
     assert set(r) == {"linear_fast_top1", "linear_fast_top5", "linear_fast_l2", "knn_top1",
                       "knn_top5"}

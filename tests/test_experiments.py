@@ -56,7 +56,7 @@ def _ablations():
 
 
 def test_every_ablation_run_is_a_valid_config_at_both_scales():
-    from bt_jax.config import validate
+    from bt_jax.defaults import validate
     ab = _ablations()
     for scale in ab.SCALES.values():
         recipe = ab._load_recipe(scale.recipe)
@@ -310,9 +310,9 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
             "--set", "data.name=digits", "--set", "data.image_size=16",
             "--set", "model.projector_dims=(32, 32, 32)", "--set", "model.width=0.0625",
             "--set", "num_steps=2", "--set", "batch_size=32", "--set", "checkpoint.every_steps=1",
-            "--set", "eval.probe_train_examples=300", "--set", "eval.knn_k=5",
-            "--set", "eval.fast_max_iter=10", "--set", "eval.fast_l2_grid=(0.001,)",
-            "--set", "eval.online_probe=False"]
+            "--set", "eval.probe_train_examples=300", "--set", "eval.knn.k=5",
+            "--set", "eval.linear_fast.max_iter=10", "--set", "eval.linear_fast.l2_grid=(0.001,)",
+            "--set", "monitor.online_probe=False"]
     assert ab.main(args) == 0
     with open(tmp_path / "results" / "tiny" / "redundancy.csv") as f:
         rows = list(csv.DictReader(f))
@@ -344,7 +344,7 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     assert "| reference: raw pixels |" in (tmp_path / "results" / "tiny" / "redundancy.md").read_text()
     # Other overrides in the same workdirs are refused, not silently mixed in.
     with pytest.raises(SystemExit, match="other overrides"):
-        ab.main(args[:-2] + ["--set", "eval.online_probe=True"])
+        ab.main(args[:-2] + ["--set", "monitor.online_probe=True"])
 
 
 def _experiment(name):
@@ -521,8 +521,8 @@ def test_fashion_mnist_tuning_logs_a_validation_run_and_plots_it(tmp_path):
             "--validation-examples", "200", "--csv", str(csv_path), "--out", str(png),
             "--set", "num_epochs=2", "--set", "log_every_steps=2", "--set", "model.width=0.0625",
             "--set", "model.projector_dims=(32,32)", "--set", "data.image_size=16",
-            "--set", "eval.semi_fractions=()", "--set", "eval.tsne_points=0",
-            "--set", "eval.fast_max_iter=20", "--set", "eval.monitor_every_epochs=1",
+            "--set", "eval.finetune.fractions=()", "--set", "eval.tsne_points=0",
+            "--set", "eval.linear_fast.max_iter=20", "--set", "monitor.knn_every_epochs=1",
             "--note", "smoke", "--plot", "--chosen", "t1", "--markdown"]
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

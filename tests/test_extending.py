@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import evals
 from bt_jax.data import sources
 from bt_jax.evals import common, runner
@@ -39,7 +40,7 @@ def test_the_readme_npz_source_registers_and_loads(tmp_path):
         _module("bt_jax.data.sources.npz", _readme_block("# bt_jax/data/sources/npz.py"))
         test = sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
         assert test.images.shape == (10, 8, 8, 3) and test.num_classes == 3
-        c = config_lib.base_config()
+        c = defaults.base_config()
         c.data.name, c.data.path, c.data.image_size = "npz", str(tmp_path), 8
         train = sources.pretrain_split(c.data)
         assert len(train) == 30 and train.gather_on_host
@@ -53,10 +54,10 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
     module = _module("bt_jax.evals.class_mean", _readme_block("# bt_jax/evals/class_mean.py"))
     monkeypatch.setitem(sys.modules, "bt_jax.evals.class_mean", module)
     monkeypatch.setattr(evals, "PROTOCOLS", evals.PROTOCOLS + ("class_mean",))
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.eval.protocols = ("linear_fast", "knn", "class_mean")
-    c.eval.linear_protocol = "fast"
-    config_lib.validate(c)
+    c.eval.linear_protocol = "linear_fast"
+    defaults.validate(c)
     assert [p.name for p in runner.selected_protocols(c.eval)] == list(c.eval.protocols)
 
     rng = np.random.default_rng(1)
@@ -65,25 +66,29 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
     x_train = centres[y_train] + rng.normal(size=(90, 16))
     x_test = centres[y_test] + rng.normal(size=(30, 16))
     split = types.SimpleNamespace(labels=y_train, num_classes=3)
-    ctx = common.Context(c, split, types.SimpleNamespace(labels=y_test, num_classes=3),
-                         split, (np.zeros(3), np.ones(3)))
+    ctx = common.Context(split, types.SimpleNamespace(labels=y_test, num_classes=3),
+                         split, (np.zeros(3), np.ones(3)), seed=0, image_size=16)
     rep = common.Representation("features", None, {}, x_train.astype(np.float32),
                                 x_test.astype(np.float32))
-    r = runner.probe_representation(ctx, rep, runner.selected_protocols(c.eval))
+    r = runner.probe_representation(ctx, rep, runner.selected_protocols(c.eval), c.eval)
     # float64 NumPy reference: cosine similarity to each class's mean direction
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)   # noqa: E731
     means = unit(np.stack([unit(x_train)[y_train == k].mean(0) for k in range(3)]))
     want = np.mean(np.argmax(unit(x_test) @ means.T, 1) == y_test)
     assert r["class_mean_top1"] == pytest.approx(want)
     assert {"linear_fast_top1", "knn_top1", "linear_top1"} <= set(r)
+    assert c.eval.class_mean.top_k == 1      # its own settings, declared beside its code
+    c.eval.class_mean.top_k = 0
+    with pytest.raises(config_lib.ConfigError, match="eval.class_mean.top_k must be >= 1"):
+        defaults.validate(c)
 
 
 def test_unknown_protocols_and_an_unlisted_linear_protocol_are_one_clear_error():
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.eval.protocols = ("knn", "linear_sgd", "nope")
     with pytest.raises(config_lib.ConfigError, match=r"unknown protocol\(s\) \['nope'\]"):
-        config_lib.validate(c)
+        defaults.validate(c)
     c.eval.protocols = ("knn", "linear_fast")
-    with pytest.raises(config_lib.ConfigError, match="'linear_sgd' protocol, which "
+    with pytest.raises(config_lib.ConfigError, match="'linear_sgd' reports a protocol that "
                        "eval.protocols"):
-        config_lib.validate(c)
+        defaults.validate(c)

@@ -266,8 +266,8 @@ def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path, cap
 
 
 def _digits_config():
-    from bt_jax import config as config_lib
-    c = config_lib.base_config()
+    from bt_jax import defaults
+    c = defaults.base_config()
     c.batch_size = 64
     c.num_steps = 1
     c.data.name, c.data.image_size = "digits", 16
@@ -275,9 +275,9 @@ def _digits_config():
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
     c.model.projector_dims = (32, 32)
     c.optim.warmup_epochs = 0
-    c.eval.linear_protocol, c.eval.linear_epochs, c.eval.semi_fractions = "fast", 0, ()
-    c.eval.knn_k, c.eval.fast_max_iter, c.eval.tsne_points = 20, 50, 0
-    c.eval.diagnostics_every_steps = 0
+    c.eval.linear_protocol, c.eval.linear_sgd.epochs, c.eval.finetune.fractions = "linear_fast", 0, ()
+    c.eval.knn.k, c.eval.linear_fast.max_iter, c.eval.tsne_points = 20, 50, 0
+    c.monitor.diagnostics_every_steps = 0
     return c
 
 
@@ -323,11 +323,11 @@ def test_init_from_loads_the_backbone_and_a_fitting_projector(tmp_path):
 
 
 def test_init_from_that_does_not_exist_is_a_config_error():
-    from bt_jax import config as config_lib
+    from bt_jax import defaults
     c = _digits_config()
     c.model.init_from = "/no/such/weights.pth"
     with pytest.raises(ConfigError, match="model.init_from='/no/such/weights.pth' does not exist"):
-        config_lib.validate(c)
+        defaults.validate(c)
 
 
 @pytest.mark.slow
@@ -344,7 +344,7 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
         [sys.executable, "-m", "bt_jax.evaluate", "--backbone", path, "--config",
          os.path.join(ROOT, "configs", "digits.py"), "--config.model.width=0.25",
          "--config.data.image_size=16", "--config.eval.baselines=False",
-         "--config.eval.semi_fractions=()", "--config.eval.knn_k=20",
+         "--config.eval.finetune.fractions=()", "--config.eval.knn.k=20",
          "--workdir", str(tmp_path / "eval")], cwd=ROOT, capture_output=True, text=True,
         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -359,7 +359,7 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     spec.loader.exec_module(recipe)
     r = recipe.get_config()
     r.model.width, r.data.image_size, r.eval.baselines = 0.0625, 16, False
-    r.eval.semi_fractions, r.eval.knn_k = (), 20
+    r.eval.finetune.fractions, r.eval.knn.k = (), 20
     train_split, test_split = sources.labelled_splits(r.data, r.seed)
     backbone = train.create_model(r).backbone
     ref = runner.evaluate_all(r, backbone, convert.backbone_of(want), convert.backbone_of(want),
@@ -371,7 +371,7 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     c.model.init_from = path
     c.optim.lr_weights = c.optim.lr_biases = 0.0
     c.eval.enabled = False
-    c.eval.online_probe = False
+    c.monitor.online_probe = False
     train.train_and_evaluate(c, str(tmp_path / "run"))
     from bt_jax import export
     _, exported = export.load_backbone(str(tmp_path / "run"))

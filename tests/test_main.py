@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import export, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(num_steps):
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.batch_size = 64
     c.num_steps = num_steps
     c.log_every_steps = 2
@@ -29,13 +30,13 @@ def _tiny(num_steps):
     c.model.projector_dims = (32, 32)
     c.optim.warmup_epochs = 0
     c.checkpoint.every_steps = 2
-    c.eval.linear_protocol = "fast"
-    c.eval.linear_epochs = 0       # the SGD probe: on in the two tests that check it
-    c.eval.knn_k = 20
-    c.eval.fast_max_iter = 50
-    c.eval.semi_fractions = ()     # tested on its own (test_evaluate.py, the evaluate CLI)
+    c.eval.linear_protocol = "linear_fast"
+    c.eval.linear_sgd.epochs = 0       # the SGD probe: on in the two tests that check it
+    c.eval.knn.k = 20
+    c.eval.linear_fast.max_iter = 50
+    c.eval.finetune.fractions = ()     # tested on its own (test_evaluate.py, the evaluate CLI)
     c.eval.tsne_points = 0
-    c.eval.diagnostics_every_steps = 2
+    c.monitor.diagnostics_every_steps = 2
     return c
 
 
@@ -43,8 +44,8 @@ def _tiny(num_steps):
 def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     c = _tiny(3)
-    c.eval.linear_protocol = "sgd"
-    c.eval.linear_epochs = 2
+    c.eval.linear_protocol = "linear_sgd"
+    c.eval.linear_sgd.epochs = 2
     results = train.train_and_evaluate(c, workdir)
     out = capsys.readouterr().out
     assert "step      2/3" in out and "pairs/s" in out and "ETA" in out
@@ -126,9 +127,9 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
     workdir = str(tmp_path / "run")
     c = _tiny(2)
     c.eval.enabled = False           # pretrain only; the CLI evaluates afterwards
-    c.eval.linear_epochs = 2
-    c.eval.semi_fractions = (0.1,)
-    c.eval.semi_epochs = 2
+    c.eval.linear_sgd.epochs = 2
+    c.eval.finetune.fractions = (0.1,)
+    c.eval.finetune.epochs = 2
     c.eval.tsne_points = 120
     c.eval.baselines = False
     train.train_and_evaluate(c, workdir)
@@ -153,8 +154,8 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
     r = subprocess.run([sys.executable, "-m", "bt_jax.evaluate", "--workdir", workdir,
                         "--config", "configs/digits.py", "--config.data.image_size=16",
                         "--config.model.width=0.0625", "--config.model.projector_dims=(32,32)",
-                        "--config.eval.linear_epochs=0", "--config.eval.linear_protocol=fast",
-                        "--config.eval.semi_fractions=()", "--config.eval.tsne_points=0",
+                        "--config.eval.linear_sgd.epochs=0", "--config.eval.linear_protocol=linear_fast",
+                        "--config.eval.finetune.fractions=()", "--config.eval.tsne_points=0",
                         "--config.eval.baselines=False"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -200,7 +201,7 @@ def test_train_and_evaluate_streams_a_folder_with_unlabelled_images(tmp_path, au
     c.data.pretrain_split = "train+unlabelled"
     c.data.augment_on = augment_on
     c.eval.baselines = False
-    c.eval.knn_k = 5
+    c.eval.knn.k = 5
     results = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert results["num_train"] == 24 and results["num_test"] == 8
     assert 0.0 <= results["linear_top1"] <= 1.0

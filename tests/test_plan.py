@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax.errors import ConfigError
 from bt_jax.plan import chips, hlo, planner, report
 from bt_jax.plan.compile import RunShape, compile_run, parse_out_of_memory, run_shape
@@ -120,7 +120,7 @@ def test_a_batch_the_chips_do_not_divide_is_one_error():
 
 
 def test_a_plan_that_does_not_fit_says_what_and_how_to_lower_it():
-    c = config_lib.base_config()
+    c = defaults.base_config()
     plan = {"memory": {"needed_bytes": 20.5 * 2 ** 30, "hbm_bytes": 16 * 2 ** 30,
                        "fits": False},
             "chip": {"name": "TPU v5e"}, "run": {"num_devices": 16}}
@@ -147,7 +147,7 @@ def test_the_compilers_out_of_memory_message_is_read():
 
 
 def test_run_shape_from_the_registered_source_and_overrides():
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.data.name = "imagenet2012"
     s = run_shape(c.data)
     assert (s.examples, s.num_classes, s.channels, s.gather_on_host) == (1_281_167, 1000, 3,
@@ -179,7 +179,7 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
 
     monkeypatch.setattr(planner, "make_plan", fake_plan)
     lines = []
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.batch_size = 512                   # 128 per chip
     result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=8,
                                     progress=lines.append)
@@ -189,13 +189,13 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
 
 
 def _tiny_config():
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.data.name = "cifar10"
     c.data.image_size = 32
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.125
     c.model.projector_dims = (64, 64)
     c.batch_size = 32
-    c.eval.online_probe = False
+    c.monitor.online_probe = False
     return c
 
 
@@ -223,7 +223,7 @@ def test_batch_shapes_state_the_pipelines_own_layout(augment_on):
     """The planner compiles for `views.batch_shapes`: it must be what the pipeline yields."""
     from bt_jax.data import pipeline, sources
     from bt_jax.data.views import batch_shapes
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.data.name, c.data.image_size, c.data.augment_on, c.batch_size = "digits", 16, augment_on, 8
     c.data.augment.blur_prob = (0.0, 0.0)
     source = sources.pretrain_split(c.data, c.seed)
@@ -270,7 +270,7 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
     with the batch, and the gradient all-reduce is among the compiled collectives."""
     tiny = ["--config.data.image_size=32", "--config.model.backbone=resnet18",
             "--config.model.stem=cifar", "--config.model.width=0.125",
-            "--config.model.projector_dims=(64,64)", "--config.eval.online_probe=False"]
+            "--config.model.projector_dims=(64,64)", "--config.monitor.online_probe=False"]
     r = _run_plan(tmp_path, "--topology", "v5e:2x2", "--config.batch_size=32", *tiny)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "compiling train step" in r.stdout and "Estimate (roofline estimate" in r.stdout
@@ -369,7 +369,7 @@ def test_cli_plan_that_does_not_fit_is_one_line_with_the_sizes(tmp_path):
                   "--config.data.image_size=32", "--config.model.backbone=resnet18",
                   "--config.model.stem=cifar", "--config.model.width=0.125",
                   "--config.model.projector_dims=(40960,40960)",
-                  "--config.eval.online_probe=False")
+                  "--config.monitor.online_probe=False")
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
     assert len(errors) == 1, r.stderr[-2000:]

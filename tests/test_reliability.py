@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import export, train
 from bt_jax.data import sources
 from bt_jax.models import make_backbone
@@ -33,7 +34,7 @@ def _digests(directory) -> dict:
 
 
 def _config(num_steps=4):
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.batch_size = 64
     c.num_steps = num_steps
     c.data.name = "digits"
@@ -81,7 +82,7 @@ def test_a_relaunch_into_a_finished_run_changes_nothing_and_says_so(tmp_path, ca
     _finished_run(workdir, _config(), 4)
     before = _digests(workdir)
     changed = _config()
-    changed.eval.knn_k = 7          # not a model field: the relaunch is allowed, not a resume
+    changed.eval.knn.k = 7          # not a model field: the relaunch is allowed, not a resume
     assert train.train_and_evaluate(changed, workdir) == {"linear_top1": 0.5, "knn_top1": 0.4}
     assert "holds a finished run (step 4 of 4" in capsys.readouterr().out
     assert _digests(workdir) == before
@@ -274,14 +275,14 @@ def test_a_decompression_bomb_in_a_folder_is_skipped_and_counted_unread(tmp_path
 def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(capsys):
     from bt_jax.evals import runner
     c = _config()
-    c.eval.linear_protocol = "fast"
-    c.eval.linear_epochs = 1           # the SGD probe too: a count of epochs
-    c.eval.linear_batch_size = 256
+    c.eval.linear_protocol = "linear_fast"
+    c.eval.linear_sgd.epochs = 1           # the SGD probe too: a count of epochs
+    c.eval.linear_sgd.batch_size = 256
     c.eval.probe_train_examples = 300
-    c.eval.semi_fractions = ()
+    c.eval.finetune.fractions = ()
     c.eval.tsne_points = 0
-    c.eval.knn_k = 10
-    c.eval.fast_max_iter = 20
+    c.eval.knn.k = 10
+    c.eval.linear_fast.max_iter = 20
     train_split, test_split = sources.labelled_splits(c.data, seed=0)
     model = train.create_model(c)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))

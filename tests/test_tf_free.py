@@ -23,10 +23,10 @@ BLOCK_TF = ("import sys; sys.modules['tensorflow'] = None; "
 TINY = ["--config.batch_size=64", "--config.data.image_size=16", "--config.model.width=0.0625",
         "--config.model.projector_dims=(32,32)", "--config.data.augment_on=device",
         "--config.log_every_steps=2", "--config.checkpoint.every_steps=2",
-        "--config.optim.warmup_epochs=0", "--config.eval.linear_epochs=0",
-        "--config.eval.linear_protocol=fast",
-        "--config.eval.fast_max_iter=50", "--config.eval.knn_k=20",
-        "--config.eval.semi_fractions=()", "--config.eval.tsne_points=0"]
+        "--config.optim.warmup_epochs=0", "--config.eval.linear_sgd.epochs=0",
+        "--config.eval.linear_protocol=linear_fast",
+        "--config.eval.linear_fast.max_iter=50", "--config.eval.knn.k=20",
+        "--config.eval.finetune.fractions=()", "--config.eval.tsne_points=0"]
 
 
 def _without_tf(code: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -159,8 +159,8 @@ def test_train_and_evaluate_without_tensorflow(tmp_path):
     workdir = str(tmp_path / "digits")
     r = _module_without_tf("bt_jax.main", "--config", "configs/digits.py", "--workdir",
                            workdir, *TINY, "--config.num_steps=4",
-                           "--config.eval.monitor_every_epochs=0.1",
-                           "--config.eval.diagnostics_every_steps=2")
+                           "--config.monitor.knn_every_epochs=0.1",
+                           "--config.monitor.diagnostics_every_steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "results.json", "backbone.msgpack",
                  "training_curves.png", "diagnostics.jsonl", "spectrum.png",

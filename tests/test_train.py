@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import parallel, train
 
 
 def tiny_config():
-    c = config_lib.base_config()
+    c = defaults.base_config()
     c.batch_size = 16
     c.data.image_size = 8
     c.model.backbone = "resnet18"
@@ -304,4 +305,4 @@ def test_online_probe_matches_one_device_and_never_reaches_the_backbone():
     grad_w = f.T @ (np.full_like(onehot, 1 / 3) - onehot) / len(f)
     # Adam's first step moves each weight by -lr * sign(grad).
     np.testing.assert_allclose(np.asarray(want["params"]["w"]),
-                               -c.eval.online_probe_lr * np.sign(grad_w), atol=1e-6)
+                               -c.monitor.online_probe_lr * np.sign(grad_w), atol=1e-6)

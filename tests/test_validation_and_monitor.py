@@ -71,7 +71,7 @@ def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     stats = sources.channel_stats(train_split)
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train_split, test_split))
     knn = monitor.KnnMonitor(model.backbone, train_img, train_split.labels, test_img,
-                             test_split.labels, 10, c.eval)
+                             test_split.labels, 10, c.eval.knn, c.eval.batch_size)
     got = knn(variables)
     x_train = common.extract_features(model.backbone, variables, train_img)
     x_test = common.extract_features(model.backbone, variables, test_img)
@@ -89,8 +89,8 @@ def test_training_with_the_monitor_logs_it_and_ends_on_the_end_of_run_knn(tmp_pa
     c.num_epochs = 2          # 1,238 images / 64 = 19 steps per epoch
     c.log_every_steps = 10
     c.checkpoint.every_steps = 100
-    c.eval.monitor_every_epochs = 1
-    c.eval.diagnostics_every_steps = 0
+    c.monitor.knn_every_epochs = 1
+    c.monitor.diagnostics_every_steps = 0
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(c, workdir)
     out = capsys.readouterr().out
@@ -110,10 +110,18 @@ def test_training_with_the_monitor_logs_it_and_ends_on_the_end_of_run_knn(tmp_pa
     assert os.path.exists(os.path.join(workdir, "training_curves.png"))
 
 
-def test_monitor_needs_labels():
+def test_eval_disabled_turns_off_the_monitor_in_one_line():
+    from bt_jax import config as config_lib, defaults
     c = _digits_config(0)
     c.eval.enabled = False
-    c.eval.monitor_every_epochs = 1
-    from bt_jax import config as config_lib
-    with pytest.raises(ConfigError, match="monitor_every_epochs"):
-        config_lib.validate(c)
+    c.monitor.knn_every_epochs = 1
+    defaults.validate(c)     # a recipe with a monitor, run with evaluation off: no error
+    assert config_lib.knn_monitor_epochs(c) == 0     # the loop's monitor: off
+    line = config_lib.evaluations_off_line(c)
+    assert "\n" not in line and line.startswith("eval.enabled=False")
+    assert "no kNN monitor" in line and "online probe still trains" in line
+    c.monitor.knn_every_epochs, c.monitor.online_probe = 0, False
+    assert "monitor" not in config_lib.evaluations_off_line(c)
+    assert config_lib.evaluations_off_line(c).endswith("no results.json).")
+    c.eval.enabled, c.monitor.knn_every_epochs = True, 1
+    assert config_lib.evaluations_off_line(c) == "" and config_lib.knn_monitor_epochs(c) == 1

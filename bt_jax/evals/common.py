@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from bt_jax import parallel, progress
+from bt_jax.errors import ConfigError
 from bt_jax.data.subsets import class_balanced
 
 
@@ -18,17 +19,19 @@ from bt_jax.data.subsets import class_balanced
 class Context:
     """The data every protocol of one evaluation sees.
 
-    config: the run's config (protocols read their settings from config.eval).
     train: the labelled split the probes fit on (`probe_subset` of the train split).
     test: the labelled split they are scored on (test, or the validation part).
     labelled: the whole labelled train split (fine-tuning draws its label subsets here).
     stats: (mean [3], std [3]) the encoder's inputs were normalised with in pretraining.
+    seed: the run's seed (label subsets, heads' initialisation, augmentations).
+    image_size: the images' side in pixels (the views of the SGD probe and fine-tuning).
     """
-    config: Any
     train: Any
     test: Any
     labelled: Any
     stats: tuple
+    seed: int
+    image_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,18 +53,31 @@ class Representation:
 class Protocol:
     """An evaluation protocol: one module of bt_jax/evals/ defines one as `PROTOCOL`.
 
-    name: its name in config.eval.protocols (the module's name).
-    title: config.eval -> how the plan line names it, e.g. "kNN (k=200)".
-    run: (Context, Representation) -> {result key: value}, merged into results.json.
-    wanted: config.eval -> False where its own settings ask for no work (no epochs, no
-      label fractions); it is then skipped although listed.
+    Each callable receives the protocol's own settings, config.eval.<name>.
+
+    name: its name in config.eval.protocols (the module's name) and its settings' section.
+    title: settings -> how the plan line names it, e.g. "kNN (k=200)".
+    run: (Context, Representation, settings) -> {result key: value}, merged into
+      results.json.
+    defaults: {field: default} of its settings.
+    check: settings -> None; raises ConfigError naming the field and the fix.
+    wanted: settings -> False where they ask for no work (no epochs, no label fractions);
+      it is then skipped although listed.
     baselines: also run on the random-init and raw-pixel baselines.
     """
     name: str
     title: Callable[[Any], str]
-    run: Callable[[Context, Representation], dict]
-    wanted: Callable[[Any], bool] = lambda eval_cfg: True
+    run: Callable[[Context, Representation, Any], dict]
+    defaults: dict = dataclasses.field(default_factory=dict)
+    check: Callable[[Any], None] = lambda cfg: None
+    wanted: Callable[[Any], bool] = lambda cfg: True
     baselines: bool = True
+
+
+def need(ok: bool, message: str) -> None:
+    """ConfigError(message) unless ok: a protocol's check of its settings."""
+    if not ok:
+        raise ConfigError(message)
 
 
 def percent(result: dict) -> str:

@@ -1,8 +1,8 @@
 """Weighted kNN (Wu et al., CVPR 2018) on frozen features, as the Barlow Twins and
 solo-learn monitors use it: cosine similarity of L2-normalised features, the k nearest
 training examples vote with weight exp(similarity / temperature); the bank is streamed to
-the device in chunks. Protocol "knn": settings eval.knn_k, eval.knn_temperature,
-eval.knn_bank_chunk.
+the device in chunks. Protocol "knn"; settings eval.knn.k, eval.knn.temperature and
+eval.knn.bank_chunk (also the kNN monitor's).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax import progress
-from bt_jax.evals.common import Protocol, l2_normalize, percent, topk_accuracy
+from bt_jax.evals.common import Protocol, l2_normalize, need, percent, topk_accuracy
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -88,18 +88,28 @@ def knn_top1(train_x, train_y, test_x, test_y, num_classes: int, **kwargs) -> fl
 
 
 
-def probe(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg, label: str) -> dict:
-    """{"knn_top1", "knn_top5"} of cached features, with eval_cfg's k, temperature and bank
+def probe(train_x, train_y, test_x, test_y, num_classes: int, knn_cfg, label: str) -> dict:
+    """{"knn_top1", "knn_top5"} of cached features, with eval.knn's k, temperature and bank
     chunk, and a progress line (`label`: the representation's name)."""
-    ticker = progress.Ticker(f"{label}: kNN (k={eval_cfg.knn_k})", len(train_y),
+    ticker = progress.Ticker(f"{label}: kNN (k={knn_cfg.k})", len(train_y),
                              "training features")
-    knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=eval_cfg.knn_k,
-                       temperature=eval_cfg.knn_temperature, bank_chunk=eval_cfg.knn_bank_chunk)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=knn_cfg.k,
+                       temperature=knn_cfg.temperature, bank_chunk=knn_cfg.bank_chunk)
     ticker.done(percent(knn))
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
 
 
+def check_settings(cfg) -> None:
+    """eval.knn: k, temperature and the bank's chunk must be positive."""
+    need(cfg.k > 0 and cfg.bank_chunk > 0, "eval.knn.k and eval.knn.bank_chunk must be "
+         f"positive; got {cfg.k}, {cfg.bank_chunk}.")
+    need(cfg.temperature > 0, f"eval.knn.temperature must be positive; got {cfg.temperature}.")
+
+
 PROTOCOL = Protocol(
-    name="knn", title=lambda e: f"kNN (k={e.knn_k})",
-    run=lambda ctx, rep: probe(rep.train_x, ctx.train.labels, rep.test_x, ctx.test.labels,
-                               ctx.train.num_classes, ctx.config.eval, rep.label))
+    name="knn", title=lambda cfg: f"kNN (k={cfg.k})",
+    run=lambda ctx, rep, cfg: probe(rep.train_x, ctx.train.labels, rep.test_x,
+                                    ctx.test.labels, ctx.train.num_classes, cfg, rep.label),
+    # Weighted kNN (Wu et al. 2018) on L2-normalised features; the bank goes to the device
+    # in chunks of bank_chunk rows.
+    defaults={"k": 200, "temperature": 0.1, "bank_chunk": 16384}, check=check_settings)

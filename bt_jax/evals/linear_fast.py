@@ -1,7 +1,7 @@
 """The fast linear probe: softmax regression on cached, standardised features, fitted by
 full-batch L-BFGS, its L2 strength chosen on a held-out part of the training split.
-Protocol "linear_fast": settings eval.fast_l2_grid, eval.fast_holdout_fraction,
-eval.fast_max_iter.
+Protocol "linear_fast"; settings eval.linear_fast.l2_grid, .holdout_fraction and
+.max_iter.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import optax
 
 from bt_jax import progress
 from bt_jax.data.subsets import class_balanced
-from bt_jax.evals.common import Protocol, percent, standardize_features, topk_accuracy
+from bt_jax.evals.common import Protocol, need, percent, standardize_features, topk_accuracy
 
 
 def principal_axes(x: np.ndarray, *, rtol: float = 1e-6,
@@ -157,22 +157,38 @@ def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
 
 
 
-def probe(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg, label: str) -> dict:
+def probe(train_x, train_y, test_x, test_y, num_classes: int, fast_cfg, label: str) -> dict:
     """{"linear_fast_top1", "linear_fast_top5", "linear_fast_l2"} of cached features with
-    eval_cfg's grid, held-out fraction and iterations, and a progress line."""
-    ticker = progress.Ticker(f"{label}: linear probe (fast, L-BFGS, {len(eval_cfg.fast_l2_grid)}"
-                             " L2 strengths)", len(train_y), "training features")
+    eval.linear_fast's grid, held-out fraction and iterations, and a progress line."""
+    ticker = progress.Ticker(f"{label}: {title(fast_cfg)}", len(train_y), "training features")
     fast = fast_linear_probe(train_x, train_y, test_x, test_y, num_classes,
-                             l2_grid=tuple(eval_cfg.fast_l2_grid),
-                             holdout_fraction=eval_cfg.fast_holdout_fraction,
-                             max_iter=eval_cfg.fast_max_iter)
+                             l2_grid=tuple(fast_cfg.l2_grid),
+                             holdout_fraction=fast_cfg.holdout_fraction,
+                             max_iter=fast_cfg.max_iter)
     ticker.done(percent(fast))
     return {"linear_fast_top1": fast["top1"], "linear_fast_top5": fast["top5"],
             "linear_fast_l2": fast["l2"]}
 
 
+def title(cfg) -> str:
+    return f"linear probe (fast, L-BFGS, {len(cfg.l2_grid)} L2 strengths)"
+
+
+def check_settings(cfg) -> None:
+    """eval.linear_fast: a grid of non-negative strengths, a held-out fraction in [0, 1)."""
+    need(len(cfg.l2_grid) > 0 and all(v >= 0 for v in cfg.l2_grid),
+         f"eval.linear_fast.l2_grid must be non-negative strengths; got {cfg.l2_grid}.")
+    need(0.0 <= cfg.holdout_fraction < 1.0, "eval.linear_fast.holdout_fraction must be in "
+         f"[0, 1); got {cfg.holdout_fraction}.")
+    need(cfg.max_iter > 0, f"eval.linear_fast.max_iter must be positive; got {cfg.max_iter}.")
+
+
 PROTOCOL = Protocol(
-    name="linear_fast",
-    title=lambda e: f"linear probe (fast, L-BFGS, {len(e.fast_l2_grid)} L2 strengths)",
-    run=lambda ctx, rep: probe(rep.train_x, ctx.train.labels, rep.test_x, ctx.test.labels,
-                               ctx.train.num_classes, ctx.config.eval, rep.label))
+    name="linear_fast", title=title,
+    run=lambda ctx, rep, cfg: probe(rep.train_x, ctx.train.labels, rep.test_x,
+                                    ctx.test.labels, ctx.train.num_classes, cfg, rep.label),
+    # L-BFGS softmax regression on cached features, L2 chosen on a held-out part of the
+    # training split.
+    defaults={"l2_grid": (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "holdout_fraction": 0.1,
+              "max_iter": 100},
+    check=check_settings)

@@ -1,10 +1,10 @@
 """The kNN monitor: representation quality while pretraining runs (as solo-learn's and
-lightly's monitors), every `eval.monitor_every_epochs` epochs.
+lightly's monitors), every `monitor.knn_every_epochs` epochs.
 
 The encoder in inference mode (running BatchNorm statistics) embeds the probes' training
 images (the bank) and the evaluation split (the queries; the validation part of the train
 split when data.validation_examples > 0, else the test split), and the weighted kNN of
-`evals.knn.knn_accuracy` (k = eval.knn_k, temperature eval.knn_temperature) scores them:
+`evals.knn.knn_accuracy` (eval.knn's k, temperature and bank chunk) scores them:
 the same features and classifier as the end-of-run kNN, so on a fixed encoder the two
 agree exactly. The features of the last monitoring step are handed to the end-of-run
 evaluation, which then does not extract them again.
@@ -38,16 +38,19 @@ class KnnMonitor:
       backbone: the Flax backbone, [B, S, S, 3] -> [B, F].
       train_images: [N, S, S, 3] float32 normalised bank images; train_labels: [N] int.
       eval_images: [Q, S, S, 3] float32 normalised queries; eval_labels: [Q] int.
-      num_classes: number of classes; eval_cfg: config.eval (batch_size, knn_*).
+      num_classes: number of classes; knn_cfg: config.eval.knn (k, temperature,
+        bank_chunk); batch_size: images per feature-extraction batch (eval.batch_size).
     """
 
     def __init__(self, backbone: nn.Module, train_images: np.ndarray, train_labels,
-                 eval_images: np.ndarray, eval_labels, num_classes: int, eval_cfg):
+                 eval_images: np.ndarray, eval_labels, num_classes: int, knn_cfg,
+                 batch_size: int):
         self.backbone = backbone
         self.train_images, self.train_labels = train_images, np.asarray(train_labels)
         self.eval_images, self.eval_labels = eval_images, np.asarray(eval_labels)
         self.num_classes = num_classes
-        self.cfg = eval_cfg
+        self.cfg = knn_cfg
+        self.batch_size = batch_size
         self.embed = common.feature_fn(backbone)   # compiled once, reused at every call
         self.last_features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
@@ -56,15 +59,14 @@ class KnnMonitor:
         its features ([N, F], [Q, F]) are kept in `last_features`."""
         start = time.perf_counter()
         variables = jax.device_get(variables)
-        bs = self.cfg.batch_size
+        bs = self.batch_size
         train_x = common.extract_features(self.backbone, variables, self.train_images, bs,
                                           apply=self.embed)
         eval_x = common.extract_features(self.backbone, variables, self.eval_images, bs,
                                          apply=self.embed)
         knn = knn_accuracy(train_x, self.train_labels, eval_x, self.eval_labels,
-                           self.num_classes, k=self.cfg.knn_k,
-                           temperature=self.cfg.knn_temperature,
-                           bank_chunk=self.cfg.knn_bank_chunk)
+                           self.num_classes, k=self.cfg.k,
+                           temperature=self.cfg.temperature, bank_chunk=self.cfg.bank_chunk)
         self.last_features = (train_x, eval_x)
         return {"knn_top1": knn["top1"], "knn_top5": knn["top5"],
                 "seconds": time.perf_counter() - start}

@@ -11,7 +11,6 @@ from typing import Optional
 import flax.linen as nn
 import numpy as np
 
-from bt_jax import config as config_lib
 from bt_jax import diagnostics, evals, progress
 from bt_jax.data import pipeline, sources
 from bt_jax.evals import classifier, knn, linear_fast
@@ -20,29 +19,32 @@ from bt_jax.evals.common import (Context, Representation, extract_features, pixe
 
 
 def selected_protocols(eval_cfg) -> list:
-    """The `common.Protocol`s of eval_cfg.protocols that their own settings want run."""
+    """The `common.Protocol`s of eval_cfg.protocols that their own settings
+    (eval_cfg.<name>) want run."""
     chosen = [evals.get_protocol(name) for name in eval_cfg.protocols]
-    return [p for p in chosen if p.wanted(eval_cfg)]
+    return [p for p in chosen if p.wanted(eval_cfg[p.name])]
 
 
 def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg,
                       label: str = "representation") -> dict:
-    """The cached-feature probes of one representation (the fast linear probe and kNN):
-    {"linear_fast_top1", "linear_fast_top5", "linear_fast_l2", "knn_top1", "knn_top5"},
-    with a progress line per probe."""
-    return {**linear_fast.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg, label),
-            **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg, label)}
+    """The cached-feature probes of one representation (the fast linear probe and kNN,
+    with eval_cfg.linear_fast and eval_cfg.knn): {"linear_fast_top1", "linear_fast_top5",
+    "linear_fast_l2", "knn_top1", "knn_top5"}, with a progress line per probe."""
+    return {**linear_fast.probe(train_x, train_y, test_x, test_y, num_classes,
+                                eval_cfg.linear_fast, label),
+            **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg.knn, label)}
 
 
-def probe_representation(ctx: Context, rep: Representation, protocols: list) -> dict:
-    """Every protocol of `protocols` on one representation, and "linear_top1" /
-    "linear_top5": those of the eval.linear_protocol probe ("fast" or "sgd")."""
+def probe_representation(ctx: Context, rep: Representation, protocols: list,
+                         eval_cfg) -> dict:
+    """Every protocol of `protocols` on one representation, each with its own settings
+    (eval_cfg.<name>), and "linear_top1" / "linear_top5": those of the
+    eval_cfg.linear_protocol protocol."""
     r = {}
     for protocol in protocols:
-        r.update(protocol.run(ctx, rep))
-    linear = ctx.config.eval.linear_protocol
-    r["linear_top1"] = r[f"linear_{linear}_top1"]
-    r["linear_top5"] = r[f"linear_{linear}_top5"]
+        r.update(protocol.run(ctx, rep, eval_cfg[protocol.name]))
+    r["linear_top1"] = r[f"{eval_cfg.linear_protocol}_top1"]
+    r["linear_top5"] = r[f"{eval_cfg.linear_protocol}_top5"]
     return r
 
 
@@ -74,9 +76,9 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     """
     stats = sources.channel_stats(train_split) if stats is None else stats
     e = config.eval
-    ctx = Context(config=config, train=probe_subset(train_split, e.probe_train_examples,
-                                                    config.seed),
-                  test=test_split, labelled=train_split, stats=stats)
+    ctx = Context(train=probe_subset(train_split, e.probe_train_examples, config.seed),
+                  test=test_split, labelled=train_split, stats=stats, seed=config.seed,
+                  image_size=config.data.image_size)
     train_img = pipeline.eval_arrays(ctx.train, *stats)
     test_img = pipeline.eval_arrays(test_split, *stats)
     encode = classifier.backbone_encoder(backbone)
@@ -85,7 +87,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     def features(variables, label):
         n, q = len(train_img), len(test_img)
         ticker = progress.Ticker(f"{label}: features of {n:,} training and {q:,} "
-                                 f"{config_lib.eval_split_name(config)} images", n + q,
+                                 f"{sources.eval_split_name(config.data)} images", n + q,
                                  "images")
         out = (extract_features(backbone, variables, train_img, e.batch_size, ticker=ticker),
                extract_features(backbone, variables, test_img, e.batch_size, ticker=ticker,
@@ -94,14 +96,15 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
         return out
 
     reps = ["trained encoder"] + (["random init", "raw pixels"] if e.baselines else [])
-    progress.say(f"{', '.join(reps)} | {', '.join(p.title(e) for p in protocols)} | probes "
-                 f"fit on {len(ctx.train):,} labelled training images")
+    titles = ", ".join(p.title(e[p.name]) for p in protocols)
+    progress.say(f"{', '.join(reps)} | {titles} | probes fit on {len(ctx.train):,} labelled "
+                 "training images")
     seconds, start = {}, time.perf_counter()
     if trained_features:
         progress.say("trained encoder: features from the kNN monitor's last call")
     train_x, test_x = trained_features or features(trained, "trained encoder")
     results = probe_representation(ctx, Representation("trained encoder", encode, trained,
-                                                       train_x, test_x), protocols)
+                                                       train_x, test_x), protocols, e)
     if online_probe is not None:
         scores = test_x @ np.asarray(online_probe["w"]) + np.asarray(online_probe["b"])
         results["online_linear_top1"] = topk_accuracy(scores, test_split.labels, 1)
@@ -115,19 +118,19 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
                                       os.path.join(workdir, "tsne.png"),
                                       max_points=e.tsne_points, seed=config.seed)
     results.update(num_train=len(ctx.train), num_test=len(test_split),
-                   eval_split=config_lib.eval_split_name(config))
+                   eval_split=sources.eval_split_name(config.data))
     seconds["trained"] = time.perf_counter() - start
     if e.baselines:
         on_baselines = [p for p in protocols if p.baselines]
         start = time.perf_counter()
         random_r = probe_representation(ctx, Representation(
             "random init", encode, random_init, *features(random_init, "random init")),
-            on_baselines)
+            on_baselines, e)
         seconds["random_init"], start = time.perf_counter() - start, time.perf_counter()
         channels = train_split.images.shape[-1]
         pixels_r = probe_representation(ctx, Representation(
             "raw pixels", classifier.pixel_encoder, {}, pixel_features(train_img, channels),
-            pixel_features(test_img, channels)), on_baselines)
+            pixel_features(test_img, channels)), on_baselines, e)
         seconds["pixels"] = time.perf_counter() - start
         results["baselines"] = {"random_init": random_r, "pixels": pixels_r}
     results["eval_seconds"] = seconds

@@ -17,6 +17,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from bt_jax.errors import ConfigError
 from bt_jax.losses.common import (Array, AxisName, Objective, check_embeddings, check_pair,
                                   global_count, global_rows, global_sum, weighted_sum)
 
@@ -329,8 +330,44 @@ def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
     return loss, terms
 
 
+# Its settings, at loss.* (the public contract names loss.lambd and loss.redundancy).
+DEFAULTS = {
+    # The paper's 0.0051 is for an 8192-wide projector at batch 2048: lambd (D - 1) / N =
+    # 0.020 (the off-diagonal term's sampling noise against the diagonal's D). Keep that
+    # ratio when D grows or N shrinks: at D 4096, N 256, 0.0051 costs 7.6 points on
+    # Fashion-MNIST, 0.00127 nothing beyond seed noise (docs/ablations.md, projector width).
+    "lambd": 0.0051,
+    "redundancy": "cross",       # "auto": off-diagonal term from view A's auto-correlation
+    # Ablations (paper Table 5): invariance_weight 0 = redundancy term only, lambd 0 =
+    # invariance only; normalization "feature" / "none".
+    "invariance_weight": 1.0,
+    "normalization": "batch",    # "batch" | "feature" | "none"
+    # How sum C_ij^2 is computed: "direct" forms the [D, D] matrix, "gram" goes through the
+    # [N, N] Gram matrices of the views (O(N^2 D)); "auto" takes "gram" when 2N <= D for
+    # the global batch N (where it costs no more FLOPs, nor floats sent between devices).
+    # Same values and gradients up to float32 rounding.
+    "correlation_path": "auto",
+}
+
+
+def check_settings(loss_cfg) -> None:
+    """ConfigError naming the field and the fix for a Barlow Twins setting that cannot work."""
+    if not loss_cfg.lambd >= 0:
+        raise ConfigError(f"loss.lambd must be >= 0 (0: the invariance term only); got "
+                          f"{loss_cfg.lambd}.")
+    if not loss_cfg.invariance_weight >= 0:
+        raise ConfigError(f"loss.invariance_weight must be >= 0; got "
+                          f"{loss_cfg.invariance_weight}.")
+    for field, allowed in (("redundancy", REDUNDANCY_MODES), ("normalization", NORMALIZATIONS),
+                           ("correlation_path", CORRELATION_PATHS)):
+        if loss_cfg[field] not in allowed:
+            raise ConfigError(f"loss.{field} must be one of {allowed}; got "
+                              f"{loss_cfg[field]!r}.")
+
+
 OBJECTIVE = Objective(
     "barlow_twins", objective,
     progress=(("on_diag", "on-diag", ".3f"), ("off_diag", "off-diag", ".2f")),
     curves=(("on_diag", "invariance term  sum (1 - C_ii)^2"),
-            ("off_diag", "redundancy term  sum_{i!=j} C_ij^2")))
+            ("off_diag", "redundancy term  sum_{i!=j} C_ij^2")),
+    defaults=DEFAULTS, check=check_settings)

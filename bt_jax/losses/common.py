@@ -23,11 +23,18 @@ class Objective:
       metrics.jsonl and TensorBoard get every scalar.
     progress: (key, label, format) of the scalars on the progress line, in order.
     curves: (key, title) of the scalars that training_curves.png plots beside the loss.
+    settings: where its own settings live in `loss`: "" merges them into it (Barlow
+      Twins', whose loss.lambd the public contract names), else loss.<settings>.
+    defaults: {field: default} of its own settings.
+    check: (the section of its settings) -> None; raises ConfigError naming the fix.
     """
     name: str
     fn: Callable[[Array, Array, Any, AxisName], tuple[Array, dict]]
     progress: tuple[tuple[str, str, str], ...] = ()
     curves: tuple[tuple[str, str], ...] = ()
+    settings: str = ""
+    defaults: dict = dataclasses.field(default_factory=dict)
+    check: Callable[[Any], None] = lambda cfg: None
 
 
 def global_sum(x: Array, axis_name: AxisName) -> Array:

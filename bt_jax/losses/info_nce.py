@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bt_jax.errors import ConfigError
 from bt_jax.losses.common import Array, AxisName, Objective, check_pair, global_count, global_sum
 
 
@@ -53,10 +54,20 @@ def info_nce_loss(z_a: Array, z_b: Array, *, temperature: float = 0.1,
 
 def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
               ) -> tuple[Array, dict[str, Array]]:
-    """loss.scale x InfoNCE at loss.temperature; the scalar is the unscaled InfoNCE."""
-    value = info_nce_loss(z_a, z_b, temperature=loss_cfg.temperature, axis_name=axis_name)
+    """loss.scale x InfoNCE at loss.info_nce.temperature; the scalar is the unscaled
+    InfoNCE."""
+    value = info_nce_loss(z_a, z_b, temperature=loss_cfg.info_nce.temperature,
+                          axis_name=axis_name)
     return loss_cfg.scale * value, {"info_nce": value}
 
 
+def check_settings(cfg) -> None:
+    """loss.info_nce: its temperature must be positive."""
+    if not cfg.temperature > 0:
+        raise ConfigError(f"loss.info_nce.temperature must be positive; got {cfg.temperature}.")
+
+
 OBJECTIVE = Objective("info_nce", objective, progress=(("info_nce", "info-nce", ".4f"),),
-                      curves=(("info_nce", "cross-entropy with temperature"),))
+                      curves=(("info_nce", "cross-entropy with temperature"),),
+                      settings="info_nce", defaults={"temperature": 0.1},
+                      check=check_settings)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bt_jax.errors import ConfigError
 from bt_jax.losses.common import (Array, AxisName, Objective, check_pair, global_count,
                                   global_rows, global_sum, weighted_sum)
 
@@ -89,10 +90,19 @@ def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
     return loss, terms
 
 
+def check_settings(cfg) -> None:
+    """loss.vicreg: the three weights must be >= 0."""
+    if not all(w >= 0 for w in cfg.values()):
+        raise ConfigError(f"loss.vicreg's weights must be >= 0; got {dict(cfg)}.")
+
+
 OBJECTIVE = Objective(
     "vicreg", objective,
     progress=(("invariance", "inv", ".4f"), ("variance", "var", ".4f"),
               ("covariance", "cov", ".4f")),
     curves=(("invariance", "invariance  mean (z_a - z_b)^2"),
             ("variance", "variance  mean max(0, 1 - std)"),
-            ("covariance", "covariance  sum_{i!=j} Cov_ij^2 / D")))
+            ("covariance", "covariance  sum_{i!=j} Cov_ij^2 / D")),
+    settings="vicreg",   # the weights of its three terms (Bardes et al. 2022: 25, 25, 1)
+    defaults={"invariance_weight": 25.0, "variance_weight": 25.0, "covariance_weight": 1.0},
+    check=check_settings)

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import parallel
 from bt_jax.data import in_memory, sources
 from bt_jax.data.sources.base import imagenet_stats
@@ -169,7 +169,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
       ConfigError: an invalid config, or a batch the devices do not divide.
       OutOfMemory: the compiler found that a program does not fit a device.
     """
-    config_lib.validate(config)
+    defaults.validate(config)
     config = for_platform(config, devices[0].platform)
     mesh = parallel.make_mesh(devices)
     per_device = parallel.per_device_batch_size(config.batch_size, mesh)
@@ -177,7 +177,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
     total_steps = config.num_steps or config.num_epochs * spe
     # The views' normalisation: a constant in the program, whose value changes no cost.
     built = programs_lib.build_programs(config, mesh, spe, total_steps, imagenet_stats())
-    probe = shape.num_classes if config.eval.online_probe else 0
+    probe = shape.num_classes if config.monitor.online_probe else 0
     state = programs_lib.abstract_state(built, config.seed, config.data.image_size, probe, mesh)
     batch = programs_lib.abstract_batch(config.data.augment_on, shape.gather_on_host,
                                         config.batch_size, config.data.image_size,

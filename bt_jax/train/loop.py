@@ -10,6 +10,7 @@ import numpy as np
 
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import diagnostics, export, losses, parallel, plots
 from bt_jax.data import sources, pipeline
 from bt_jax.evals import monitor as monitor_lib
@@ -51,7 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Everything is checked before anything is written: a relaunch that fails leaves the
     # workdir as it was, and a first run that fails leaves nothing.
-    config_lib.validate(config)
+    defaults.validate(config)
     chief = jax.process_index() == 0   # the one process that writes files on a cluster
     check_workdir(workdir)
     check_resumable(workdir, config)
@@ -76,8 +77,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if chief and not resuming:   # a new run: its workdir and config.json first
         write_run_config(workdir, config)
 
+    off = config_lib.evaluations_off_line(config)
+    if off:
+        print(off, flush=True)
     programs = build_programs(config, mesh, spe, total_steps, stats)
-    probe_classes = pretrain_num_classes(source) if config.eval.online_probe else 0
+    probe_classes = pretrain_num_classes(source) if config.monitor.online_probe else 0
     state = initial_state(programs, config.seed, config.data.image_size, probe_classes)
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
@@ -97,16 +101,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     train_step = programs.train_step
     diagnose = make_diagnose_fn(programs.plain_model, programs.make_views, mesh=mesh)
-    diag_every = config.eval.diagnostics_every_steps
+    diag_every = config.monitor.diagnostics_every_steps
     batches = pipeline.train_batches(config, source, start_step=start,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
     objective = losses.get_objective(config.loss.kind)
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
-                     write_files=chief, eval_split=config_lib.eval_split_name(config),
+                     write_files=chief, eval_split=sources.eval_split_name(config.data),
                      progress=objective.progress)
-    monitor, monitor_at = None, monitor_lib.monitor_steps(config.eval.monitor_every_epochs,
+    monitor, monitor_at = None, monitor_lib.monitor_steps(config_lib.knn_monitor_epochs(config),
                                                           spe, total_steps)
     if monitor_at:
         probe_train = probe_subset(train_split, config.eval.probe_train_examples,
@@ -114,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         monitor = monitor_lib.KnnMonitor(
             programs.plain_model.backbone, pipeline.eval_arrays(probe_train, *stats),
             probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
-            test_split.num_classes, config.eval)
+            test_split.num_classes, config.eval.knn, config.eval.batch_size)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
@@ -166,7 +170,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         export.write_backbone(workdir, trained_backbone, config, stats)
 
     if not config.eval.enabled:
-        print("Evaluation disabled (eval.enabled=False): no results.json.", flush=True)
         return {}
     probe = None if state.probe is None else jax.device_get(state.probe["params"])
     results = evaluate_all(config, programs.plain_model.backbone, trained_backbone,

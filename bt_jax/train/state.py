@@ -23,7 +23,7 @@ class TrainState:
     """Everything a step changes: replicated over the mesh.
 
     probe: the online linear probe, {"params": {"w": [F, C], "b": [C]}, "opt_state"}, or
-    None when it is off (eval.online_probe False, or unlabelled data).
+    None when it is off (monitor.online_probe False, or unlabelled data).
     """
     step: jax.Array
     params: Any
@@ -55,9 +55,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
 
 
 def online_probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam at eval.online_probe_lr: robust to the scale of unnormalised backbone features,
+    """Adam at monitor.online_probe_lr: robust to the scale of unnormalised backbone features,
     which changes by orders of magnitude as pretraining goes."""
-    return optax.adam(config.eval.online_probe_lr)
+    return optax.adam(config.monitor.online_probe_lr)
 
 
 def init_probe(feature_dim: int, num_classes: int,

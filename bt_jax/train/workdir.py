@@ -9,6 +9,7 @@ from typing import Optional
 import ml_collections
 
 from bt_jax import config as config_lib
+from bt_jax import defaults
 from bt_jax import export
 
 
@@ -24,11 +25,11 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
             and any(d.isdigit() for d in os.listdir(ckpt_dir))):
         return
     with open(saved_path) as f:
-        saved = json.load(f)
+        saved = config_lib.translate_saved(json.load(f))
     now = json.loads(config.to_json_best_effort())
     # Fields added to the model since the run was saved held their defaults then.
-    defaults = json.loads(config_lib.base_config().to_json_best_effort())["model"]
-    saved_model = {**defaults, **saved.get("model", {})}
+    model_defaults = json.loads(defaults.base_config().to_json_best_effort())["model"]
+    saved_model = {**model_defaults, **saved.get("model", {})}
     changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now["model"]))
                if saved_model.get(k) != now["model"].get(k) and k not in NOT_THE_MODEL]
     if changed:
@@ -87,7 +88,7 @@ def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if saved_steps(workdir) and os.path.exists(path):
         try:
             with open(path) as f:
-                saved = ml_collections.ConfigDict(json.load(f))
+                saved = ml_collections.ConfigDict(config_lib.translate_saved(json.load(f)))
             changes = config_lib.diff(saved, ml_collections.ConfigDict(
                 json.loads(config.to_json_best_effort())))
         except (OSError, ValueError):

@@ -99,6 +99,12 @@ def _check_validation_source(d, source: Source) -> None:
             "your own (e.g. a folder with train/ and test/ made from your training images).")
 
 
+def eval_split_name(data_config) -> str:
+    """"validation" when the probes are scored on a hold-out of the train split
+    (data.validation_examples > 0), else "test"."""
+    return "validation" if data_config.validation_examples else "test"
+
+
 def labelled_splits(data_config, seed: int) -> tuple[Split, Split]:
     """(probe train, probe eval): the in-memory labelled splits the probes fit and score on.
 

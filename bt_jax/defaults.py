@@ -1,0 +1,65 @@
+"""The default configuration every recipe in configs/ starts from, and its validation:
+config.py's run sections with every component's own part, each checked by its component.
+
+- the model: `models/factory.py` (config.model);
+- each objective of `losses.OBJECTIVES`: Barlow Twins' at loss.*, the others' at
+  loss.<kind>.* (loss.info_nce, loss.vicreg);
+- each protocol of `evals.PROTOCOLS`: eval.<name>.* (eval.knn, eval.linear_fast,
+  eval.linear_sgd, eval.finetune).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from bt_jax import config as config_lib
+from bt_jax import evals, losses
+from bt_jax.errors import ConfigError
+from bt_jax.models import factory
+
+
+def parts() -> list:
+    """Every component's `config.Part`."""
+    out = [config_lib.Part("model", factory.DEFAULTS, factory.check_settings)]
+    for o in losses.OBJECTIVES.values():
+        out.append(config_lib.Part("loss" + (f".{o.settings}" if o.settings else ""),
+                                   o.defaults, o.check))
+    for name in evals.PROTOCOLS:
+        p = evals.get_protocol(name)
+        out.append(config_lib.Part(f"eval.{name}", p.defaults, p.check))
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Paper defaults (ImageNet recipe); recipes in configs/ override what differs."""
+    c = config_lib.assemble(parts())
+    c.eval.protocols = evals.PROTOCOLS
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the field and the fix for values that cannot work: a
+    field that does not exist (an old name names its new one), the run's own fields, then
+    each component's, on its own sub-config."""
+    config_lib.check_names(config, base_config())
+    config_lib.check_run(config)
+    factory.check_image_size(config.model, config.data.image_size)
+    if config.loss.kind not in losses.OBJECTIVES:
+        raise ConfigError(f"loss.kind must be one of {sorted(losses.OBJECTIVES)}; got "
+                          f"{config.loss.kind!r}.")
+    e = config.eval
+    unknown = [p for p in e.protocols if p not in evals.PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"eval.protocols: unknown protocol(s) {unknown}; choose from "
+                          f"{evals.PROTOCOLS}.")
+    if e.linear_protocol not in ("linear_fast", "linear_sgd"):
+        raise ConfigError("eval.linear_protocol must be 'linear_fast' or 'linear_sgd'; got "
+                          f"{e.linear_protocol!r}.")
+    if e.linear_protocol not in e.protocols:
+        raise ConfigError(
+            f"eval.linear_protocol={e.linear_protocol!r} reports a protocol that "
+            f"eval.protocols={tuple(e.protocols)} leaves out: add it, or change "
+            "eval.linear_protocol.")
+    if e.linear_protocol == "linear_sgd" and e.linear_sgd.epochs == 0:
+        raise ConfigError("eval.linear_protocol='linear_sgd' needs eval.linear_sgd.epochs > 0 "
+                          "(or set eval.linear_protocol='linear_fast').")
+    config_lib.check_parts(config, parts())

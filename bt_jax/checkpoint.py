@@ -10,12 +10,13 @@ import logging
 import os
 import re
 import sys
-import threading
+import traceback
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from bt_jax import run_dir
 from bt_jax.errors import ConfigError
 
 
@@ -59,68 +60,31 @@ class _QuietFailedSaves(logging.Filter):
 _QUIET = _QuietFailedSaves()
 
 
-class _WithoutClosedLoopTracebacks:
-    """sys.stderr, less the bare "RuntimeError: Event loop is closed" tracebacks that
-    TensorStore prints from its own threads, as soon as a save fails and for as long as
-    the process lives: the failed save's other writes finish after Orbax has closed that
-    save's event loop. The failure itself is reported once, as a SaveError.
+def is_closed_loop_noise(exc_type, exc, tb) -> bool:
+    """Whether an uncaught exception is the bare "RuntimeError: Event loop is closed" that
+    TensorStore's threads raise inside asyncio once a save has failed: the failed save's
+    other writes finish after Orbax has closed that save's event loop. The failure itself
+    is reported once, as a SaveError."""
+    frames = traceback.extract_tb(tb)
+    return (exc_type is RuntimeError and str(exc) == "Event loop is closed" and bool(frames)
+            and all("asyncio" in f.filename for f in frames))
 
-    Text is split into lines per writing thread (several threads print at once, piece by
-    piece); every other line passes through unchanged, and a held traceback that turns
-    out to be anything else is written out whole.
-    """
 
-    _START = "Traceback (most recent call last):\n"
-    _END = "RuntimeError: Event loop is closed\n"
-
-    def __init__(self, stream):
-        self.stream = stream
-        self._lock = threading.Lock()
-        self._partial = {}     # thread id -> its text after its last newline
-        self._held = {}        # thread id -> the lines of a traceback that may be noise
-
-    def _line(self, thread: int, line: str) -> None:
-        held = self._held.get(thread)
-        if held is None:
-            if line == self._START:
-                self._held[thread] = [line]
-            else:
-                self.stream.write(line)
-            return
-        held.append(line)
-        frames = [l for l in held if l.startswith("  File ")]
-        if line == self._END and all("asyncio" in f for f in frames):
-            del self._held[thread]                   # the noise: dropped
-        elif not line.startswith("  "):
-            self.stream.write("".join(held))         # a real traceback
-            del self._held[thread]
-
-    def write(self, text: str) -> int:
-        thread = threading.get_ident()
-        with self._lock:
-            lines = (self._partial.pop(thread, "") + text).split("\n")
-            rest = lines.pop()
-            for line in lines:
-                self._line(thread, line + "\n")
-            if rest and thread not in self._held and not self._START.startswith(rest):
-                self.stream.write(rest)
-            elif rest:
-                self._partial[thread] = rest
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
+def _without_closed_loop_noise(hook):
+    """sys.excepthook (through which TensorStore's threads print their uncaught errors),
+    less the noise of `is_closed_loop_noise`; every other exception reaches `hook`."""
+    def excepthook(exc_type, exc, tb):
+        if not is_closed_loop_noise(exc_type, exc, tb):
+            hook(exc_type, exc, tb)
+    excepthook.drops_closed_loop_noise = True
+    return excepthook
 
 
 def _drop_closed_loop_tracebacks() -> None:
-    """Filters sys.stderr from now on (see _WithoutClosedLoopTracebacks); idempotent. Set
-    when a CheckpointManager is made, since the noise starts before the failure is
-    seen."""
-    if not isinstance(sys.stderr, _WithoutClosedLoopTracebacks):
-        sys.stderr = _WithoutClosedLoopTracebacks(sys.stderr)
+    """Filters the exception hook (not sys.stderr) from now on; idempotent. Set when a
+    CheckpointManager is made, since the noise starts before the failure is seen."""
+    if not getattr(sys.excepthook, "drops_closed_loop_noise", False):
+        sys.excepthook = _without_closed_loop_noise(sys.excepthook)
 
 
 class CheckpointManager:
@@ -218,7 +182,7 @@ class CheckpointManager:
         first_error = None
         for step in steps:
             try:
-                return step, read_tree(os.path.join(self.directory, str(step), "default"))
+                return step, read_tree(run_dir.checkpoint_item(self.directory, step))
             except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
                 first_error = first_error or (step, e)
                 print(f"warning: the checkpoint at step {step} in {self.directory!r} cannot be "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import io
 import os
 import struct
 import sys
@@ -24,6 +25,7 @@ from typing import Optional
 import flax.serialization
 import numpy as np
 
+from bt_jax import run_dir
 from bt_jax import interop
 from bt_jax.errors import ConfigError
 
@@ -77,14 +79,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
         offset += len(raw)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    _atomic_write(path, struct.pack("<Q", len(text)) + text + b"".join(chunks))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    run_dir.atomic_write(path, struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
 def _torch(needed_for: str):
@@ -166,16 +161,16 @@ def write_variables(path: str, variables: dict, arch: str, *, projector: bool = 
     """Writes bt_jax variables to a weights file of any of FORMATS (module docstring)."""
     fmt = _format(path)
     if fmt == ".msgpack":
-        _atomic_write(path, flax.serialization.to_bytes(backbone_of(variables)))
+        run_dir.atomic_write(path, flax.serialization.to_bytes(backbone_of(variables)))
         return
     state = interop.to_torch(variables, arch, projector=projector)
     if fmt == ".safetensors":
         write_safetensors(path, state)
         return
     torch = _torch(f"Writing {path!r}")
-    tmp = path + ".tmp"
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, buffer)
+    run_dir.atomic_write(path, buffer.getvalue())
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from bt_jax import run_dir
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import defaults
@@ -38,9 +39,9 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
     """(backbone, its variables, the online probe's params or None, what was read) of a
     run: its newest readable checkpoint, else its exported backbone.msgpack. Nothing in
     the workdir is written or deleted."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = run_dir.checkpoints(workdir)
     model = create_model(config)
-    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+    if run_dir.saved_steps(ckpt_dir):
         manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
         try:
             step, state = manager.read_latest()
@@ -58,7 +59,7 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
         probe = state.get("probe")
         probe = None if not probe else probe["params"]
         return model.backbone, variables, probe, f"checkpoint of step {step}"
-    if os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
+    if os.path.exists(run_dir.path(workdir, run_dir.BACKBONE)):
         backbone, variables = export.load_backbone(workdir)
         return backbone, variables, None, export.BACKBONE_FILE
     raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
@@ -119,7 +120,7 @@ def evaluate_workdir(workdir: str, config) -> dict:
 
 
 def config_of_workdir(workdir: str):
-    path = os.path.join(workdir, "config.json")
+    path = run_dir.path(workdir, run_dir.CONFIG)
     if not os.path.exists(path):
         raise config_lib.ConfigError(f"{path!r} does not exist: pass the --workdir of a "
                                      "training run, or --config.")

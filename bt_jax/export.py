@@ -29,12 +29,13 @@ import flax.serialization
 import jax
 import numpy as np
 
+from bt_jax import run_dir
 from bt_jax.data.views import normalize
 from bt_jax.errors import ConfigError
 from bt_jax.models import make_backbone
 
-BACKBONE_FILE = "backbone.msgpack"
-PREPROCESSING_FILE = "backbone.json"
+BACKBONE_FILE = run_dir.BACKBONE
+PREPROCESSING_FILE = run_dir.PREPROCESSING
 INPUT_LAYOUT = ("float32 [N, S, S, 3] RGB (grayscale repeated to 3 channels) scaled to [0, 1], "
                 "then (x - mean) / std per channel")
 MODEL_FIELDS = ("backbone", "stem", "width", "zero_init_residual", "conv_impl")
@@ -60,13 +61,6 @@ class Preprocessing:
         return normalize(x, self.mean, self.std)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)   # a reader never sees a half-written file
-
-
 def write_backbone(workdir: str, variables: dict, config, stats) -> None:
     """Writes backbone.msgpack (the backbone's {"params", "batch_stats"}) and backbone.json
     (its preprocessing and model fields) into workdir, each atomically.
@@ -79,8 +73,8 @@ def write_backbone(workdir: str, variables: dict, config, stats) -> None:
             "input": INPUT_LAYOUT, "num_features": num_features,
             "model": {k: config.model[k] for k in MODEL_FIELDS},
             "dataset": config.data.name}
-    _atomic_write(os.path.join(workdir, BACKBONE_FILE), flax.serialization.to_bytes(variables))
-    _atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
+    run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE), flax.serialization.to_bytes(variables))
+    run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
                   (json.dumps(meta, indent=2) + "\n").encode())
 
 
@@ -99,7 +93,7 @@ def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
     images that `load_preprocessing` prepared.
     """
     path = os.path.join(workdir, BACKBONE_FILE)
-    config_path = os.path.join(workdir, "config.json")
+    config_path = run_dir.path(workdir, run_dir.CONFIG)
     for p in (path, config_path):
         _require(p, workdir)
     with open(config_path) as f:

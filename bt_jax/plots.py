@@ -5,6 +5,7 @@ import json
 import os
 from typing import Optional
 
+from bt_jax import run_dir
 from bt_jax import losses
 
 
@@ -18,7 +19,7 @@ def plot_training_curves(workdir: str, curves: Optional[tuple] = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    with open(run_dir.path(workdir, run_dir.METRICS)) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     train_rows = [r for r in rows if "loss" in r]
     monitor_rows = [r for r in rows if "monitor_knn_top1" in r]

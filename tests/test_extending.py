@@ -1,5 +1,5 @@
-"""The README's *Extending bt_jax* examples, run as written: a new data source and a new
-evaluation protocol are each one module plus registration."""
+"""docs/extending.md's examples, run as written (a new data source and a new evaluation
+protocol are each one module plus registration), and the README's Python snippets."""
 import os
 import re
 import sys
@@ -14,14 +14,19 @@ from bt_jax import evals
 from bt_jax.data import sources
 from bt_jax.evals import common, runner
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+EXTENDING = os.path.join(ROOT, "docs", "extending.md")
 
 
-def _readme_block(first_line: str) -> str:
-    """The README's python block that starts with `first_line`."""
-    blocks = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)
-    found = [b for b in blocks if b.startswith(first_line)]
-    assert len(found) == 1, f"no README block starts with {first_line!r}"
+def _python_blocks(path: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", open(path).read(), re.S)
+
+
+def _readme_block(first_line: str, path: str = EXTENDING) -> str:
+    """The python block of `path` that starts with `first_line`."""
+    found = [b for b in _python_blocks(path) if b.startswith(first_line)]
+    assert len(found) == 1, f"no block of {path} starts with {first_line!r}"
     return found[0]
 
 
@@ -92,3 +97,35 @@ def test_unknown_protocols_and_an_unlisted_linear_protocol_are_one_clear_error()
     with pytest.raises(config_lib.ConfigError, match="'linear_sgd' reports a protocol that "
                        "eval.protocols"):
         defaults.validate(c)
+
+
+def test_the_readmes_python_snippets_run_as_written(tmp_path, monkeypatch):
+    """Every python block of README.md, run in order in one namespace, on a tiny exported
+    run in place of runs/demo and with the embeddings the loss snippet leaves to the user."""
+    import jax
+    import jax.numpy as jnp
+    from bt_jax import export, train
+    c = defaults.base_config()
+    c.data.image_size = 16
+    c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
+    c.model.projector_dims = (32, 32)
+    variables = train.backbone_variables(train.init_variables(
+        train.create_model(c), jax.random.key(0), 16))
+    os.makedirs(tmp_path / "runs" / "demo")
+    import json
+    (tmp_path / "runs" / "demo" / "config.json").write_text(c.to_json_best_effort())
+    export.write_backbone(str(tmp_path / "runs" / "demo"), jax.device_get(variables), c,
+                          (np.full(3, 0.5), np.full(3, 0.25)))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    namespace = {"z_a": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+                 "z_b": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)}
+    blocks = _python_blocks(README)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)   # noqa: S102
+    features = namespace["encode"](rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    assert features.shape == (3, 32) and np.isfinite(np.asarray(features)).all()
+    assert np.isfinite(float(namespace["loss"])) and float(namespace["loss"]) > 0
+    assert callable(namespace["tx"].update)
+    assert json.load(open("runs/demo/backbone.json"))["image_size"] == 16

@@ -11,6 +11,7 @@ from typing import Optional
 import flax.linen as nn
 import numpy as np
 
+from bt_jax import run_dir
 from bt_jax import diagnostics, evals, progress
 from bt_jax.data import pipeline, sources
 from bt_jax.evals import classifier, knn, linear_fast
@@ -168,7 +169,7 @@ def format_table(results: dict) -> str:
 def write_results(results: dict, workdir: str) -> str:
     """Writes results into workdir/results.json, keeping the keys of an existing file that
     `results` does not set (so separate evaluations add up); returns its path."""
-    path = os.path.join(workdir, "results.json")
+    path = run_dir.path(workdir, run_dir.RESULTS)
     merged = {}
     if os.path.exists(path):
         try:
@@ -177,9 +178,6 @@ def write_results(results: dict, workdir: str) -> str:
         except (OSError, ValueError):
             merged = {}
     merged.update(results)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(tmp, path)   # never a half-written results.json
+    run_dir.atomic_write(path, json.dumps(merged, indent=2))
     return path
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from bt_jax import run_dir
 from bt_jax.plan.chips import Chip
 
 ESTIMATE = "roofline estimate (not a measurement)"
@@ -48,10 +49,7 @@ def write(plan: dict, out: str) -> tuple[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = os.path.join(out, "plan.json"), os.path.join(out, "plan.md")
     for path, text in zip(paths, (json.dumps(plan, indent=1, default=float), markdown(plan))):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        run_dir.atomic_write(path, text)
     return paths
 
 

@@ -1,13 +1,13 @@
 """train_and_evaluate(config, workdir): the training loop, orchestration only."""
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
+from bt_jax import run_dir
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import defaults
@@ -88,7 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.model.init_from and not resuming:
         state = init_from_file(state, config)
 
-    manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
+    manager = ckpt_lib.CheckpointManager(run_dir.checkpoints(workdir),
                                          every_steps=config.checkpoint.every_steps,
                                          keep=config.checkpoint.keep)
     state = manager.restore_or(state)   # a checkpoint that does not fit changes nothing

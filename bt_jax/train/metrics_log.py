@@ -7,6 +7,7 @@ import os
 import time
 from typing import Optional
 
+from bt_jax import run_dir
 from bt_jax import diagnostics, event_writer, losses
 
 
@@ -29,7 +30,7 @@ class MetricsLog:
                  steps_per_epoch: int = 0, write_files: bool = True,
                  eval_split: str = "test",
                  progress: Optional[tuple] = None):
-        self.path = os.path.join(workdir, "metrics.jsonl") if write_files else None
+        self.path = run_dir.path(workdir, run_dir.METRICS) if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.steps_per_epoch = steps_per_epoch
@@ -106,7 +107,7 @@ class MetricsLog:
                 warnings.append(f"{name}s: {verdict}")
         if not self.write_files:
             return None
-        with open(os.path.join(os.path.dirname(self.path), "diagnostics.jsonl"), "a") as f:
+        with open(run_dir.path(os.path.dirname(self.path), run_dir.DIAGNOSTICS), "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, {f"diagnostics/{k}": v for k, v in row.items()

@@ -8,9 +8,9 @@ from typing import Optional
 
 import ml_collections
 
+from bt_jax import run_dir
 from bt_jax import config as config_lib
 from bt_jax import defaults
-from bt_jax import export
 
 
 # config.model fields that do not change the model's variables: a resume may change them.
@@ -19,10 +19,8 @@ NOT_THE_MODEL = ("init_from",)
 
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume checkpoints written for another model (shapes would not fit)."""
-    saved_path = os.path.join(workdir, "config.json")
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not (os.path.exists(saved_path) and os.path.isdir(ckpt_dir)
-            and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+    saved_path = run_dir.path(workdir, run_dir.CONFIG)
+    if not (os.path.exists(saved_path) and saved_steps(workdir)):
         return
     with open(saved_path) as f:
         saved = config_lib.translate_saved(json.load(f))
@@ -57,10 +55,8 @@ def check_workdir(workdir: str) -> None:
 
 
 def saved_steps(workdir: str) -> list[int]:
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    """The steps checkpointed in workdir, oldest first."""
+    return run_dir.saved_steps(run_dir.checkpoints(workdir))
 
 
 def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optional[dict]:
@@ -69,12 +65,12 @@ def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optiona
     steps = saved_steps(workdir)
     if not steps or steps[-1] != total_steps:
         return None
-    if not os.path.exists(os.path.join(workdir, export.BACKBONE_FILE)):
+    if not os.path.exists(run_dir.path(workdir, run_dir.BACKBONE)):
         return None
     if not evaluated:
         return {}
     try:
-        with open(os.path.join(workdir, "results.json")) as f:
+        with open(run_dir.path(workdir, run_dir.RESULTS)) as f:
             results = json.load(f)
     except (OSError, ValueError):
         return None
@@ -84,7 +80,7 @@ def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optiona
 def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Creates workdir and writes config.json (atomically), printing what a resumed run
     changes against the config.json it had. An unwritable workdir is one ConfigError."""
-    path = os.path.join(workdir, "config.json")
+    path = run_dir.path(workdir, run_dir.CONFIG)
     if saved_steps(workdir) and os.path.exists(path):
         try:
             with open(path) as f:
@@ -98,10 +94,7 @@ def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                   + "\n  ".join(changes), flush=True)
     try:
         os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        os.replace(tmp, path)
+        run_dir.atomic_write(path, config.to_json_best_effort(indent=2))
     except OSError as e:
         raise config_lib.ConfigError(
             f"Cannot write into --workdir {workdir!r} ({e.strerror or e}): choose a "

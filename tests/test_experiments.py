@@ -319,7 +319,11 @@ def test_tiny_sweep_end_to_end_writes_csv_table_and_plot_and_skips_finished_runs
     assert [r["run"] for r in rows] == ["baseline", "redundancy_auto"]
     for r in rows:
         assert r["status"] == "done" and r["steps"] == "2"
-        assert 10.0 <= float(r["linear_top1"]) <= 100.0 and 10.0 <= float(r["knn_top1"]) <= 100
+        # 10 classes: chance is 10%. Even a barely trained encoder's features separate the
+        # digits (random init: 64% linear, 48% kNN in `make demo`); a probe fed shuffled
+        # labels or another split's features would sit near chance.
+        assert 30.0 <= float(r["linear_top1"]) <= 100.0, r
+        assert 20.0 <= float(r["knn_top1"]) <= 100.0, r
     with open(tmp_path / "runs" / "tiny" / "baseline" / "results.json") as f:
         results = json.load(f)
     assert results["num_train"] == 300        # eval.probe_train_examples reached the probes

@@ -167,12 +167,37 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
 
 
 @pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
-def test_train_and_evaluate_with_on_device_augmentation(tmp_path):
+def test_train_and_evaluate_with_on_device_augmentation(tmp_path, monkeypatch):
+    from bt_jax.data import augment, device_augment
+    from bt_jax.train import programs
     c = _tiny(2)
     c.data.augment_on = "device"
     c.eval.baselines = False
+
+    def host_augmentation(*args, **kwargs):
+        raise AssertionError("augment_on='device' augmented on the host")
+
+    for name in ("augment_pair", "augment_pair_encoded", "crop_pair_encoded"):
+        monkeypatch.setattr(augment, name, host_augmentation)
+    seen = []     # (the keys of the batch the device transform received, its views' shapes)
+    make_view_fn = device_augment.make_view_fn
+
+    def recording_make_view_fn(*args):
+        views = make_view_fn(*args)
+
+        def recorded(batch):
+            out = views(batch)
+            seen.append((sorted(batch), {k: tuple(v.shape) for k, v in out.items()}))
+            return out
+        return recorded
+
+    monkeypatch.setattr(programs.device_augment, "make_view_fn", recording_make_view_fn)
     results = train.train_and_evaluate(c, str(tmp_path / "dev"))
-    assert 0.0 <= results["linear_top1"] <= 1.0 and "baselines" not in results
+    # The step received uint8 images and made both views on the device (traced once).
+    s, b = c.data.image_size, c.batch_size // jax.device_count()
+    assert seen and seen[0][0] == ["epoch", "image", "index", "label"]
+    assert seen[0][1] == {"view_a": (b, s, s, 3), "view_b": (b, s, s, 3)}
+    assert 0.3 <= results["linear_top1"] <= 1.0 and "baselines" not in results
     rows = [json.loads(line) for line in open(tmp_path / "dev" / "metrics.jsonl")]
     assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
 

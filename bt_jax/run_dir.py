@@ -11,6 +11,7 @@ Imports nothing of bt_jax: every module may ask it.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Union
 
@@ -55,3 +56,13 @@ def atomic_write(file_path: str, data: Union[str, bytes]) -> None:
     with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     os.replace(tmp, file_path)
+
+
+def read_json(file_path: str):
+    """The JSON value in file_path, or None where it is missing or unreadable (a run
+    killed while writing it, before atomic writes)."""
+    try:
+        with open(file_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

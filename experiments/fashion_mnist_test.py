@@ -26,9 +26,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import fashion_mnist_tuning as tuning  # noqa: E402  (the tuning log's readers and writers)
-from ablations import read_json  # noqa: E402
+from bt_jax.run_dir import read_json  # noqa: E402
 
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_test.csv")
 FIELDS = ("name", "recipe", "seed", "status", "wall_min", "train_pairs_per_s",

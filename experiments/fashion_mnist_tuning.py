@@ -27,8 +27,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-from ablations import read_json  # noqa: E402  (the sweep runner's reader)
+from bt_jax.run_dir import read_json  # noqa: E402
 
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_tuning.csv")
 PLOT_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_pareto.png")

@@ -1,5 +1,12 @@
-"""Test setup: 8 virtual CPU devices, set before JAX starts."""
+"""Test setup: 8 virtual CPU devices, set before JAX starts; experiments/ importable, as it
+is for its own scripts (`python experiments/NAME.py` puts their folder on the path)."""
 import os
+import sys
+
+_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "experiments")
+if _EXPERIMENTS not in sys.path:
+    sys.path.append(_EXPERIMENTS)
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()

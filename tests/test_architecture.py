@@ -94,3 +94,19 @@ def test_no_module_of_bt_jax_is_over_400_lines():
     long = {path: n for path in _modules().values()
             if (n := sum(1 for _ in open(path))) > 400}
     assert not long, f"files over 400 lines: {long}"
+
+
+def test_components_do_not_reach_back_into_the_config_or_the_trainer():
+    """Data flows config -> sources -> views -> step -> evals: no module of the components
+    imports config.py, its assembler (defaults.py) or the trainer, and config.py imports
+    no component (it is handed their parts)."""
+    graph = import_graph()
+    upper = {"bt_jax.config", "bt_jax.defaults", "bt_jax.cli", "bt_jax.main", "bt_jax.train",
+             "bt_jax.evaluate"}
+    for module, targets in graph.items():
+        if module.startswith(("bt_jax.losses", "bt_jax.models", "bt_jax.evals",
+                              "bt_jax.data")):
+            back = {t for t in targets if t in upper or t.startswith("bt_jax.train.")}
+            assert not back, f"{module} imports {sorted(back)}"
+    assert not {t for t in graph["bt_jax.config"]
+                if t.startswith(("bt_jax.losses", "bt_jax.models", "bt_jax.evals"))}

@@ -59,13 +59,12 @@ def test_every_ablation_run_is_a_valid_config_at_both_scales():
     from bt_jax.defaults import validate
     ab = _ablations()
     for scale in ab.SCALES.values():
-        recipe = ab._load_recipe(scale.recipe)
         for sweep in ab.SWEEPS:
             runs = ab.sweep_runs(sweep, scale)
             assert "baseline" in [r.name for r in runs], sweep
             assert len({r.name for r in runs}) == len(runs), sweep
             for run in runs:
-                config = ab.apply_overrides(recipe, ab.run_overrides(scale, run, {}))
+                config = ab.run_config(scale.recipe, ab.run_overrides(scale, run, {}))
                 validate(config)
                 for key, value in run.overrides.items():   # the override really landed
                     node = config
@@ -91,16 +90,18 @@ def test_ablation_runs_switch_the_intended_fields():
     assert crop_only["data.augment.blur_prob"] == (0.0, 0.0)
     assert crop_only["data.augment.jitter_prob"] == 0.0
     with pytest.raises(SystemExit, match="unknown config field"):
-        ab.apply_overrides(ab._load_recipe(small.recipe), {"loss.lamda": 0.1})
+        ab.run_config(small.recipe, {"loss.lamda": 0.1})
+    with pytest.raises(SystemExit, match="eval.knn_k is now eval.knn.k"):
+        ab.run_config(small.recipe, {"eval.knn_k": 5})
 
 
 def test_small_scale_is_the_quick_recipe_and_every_batch_size_trains_one_epoch():
     ab = _ablations()
     small = ab.SCALES["small"]
     assert small.recipe == "configs/fashion_mnist_quick.py"
-    quick = ab._load_recipe(small.recipe)
+    quick = ab.recipe(small.recipe)
     for run in ab.sweep_runs("batch_size", small):
-        config = ab.apply_overrides(quick, ab.run_overrides(small, run, {}))
+        config = ab.run_config(small.recipe, ab.run_overrides(small, run, {}))
         assert config.num_epochs == 1 and config.num_steps == quick.num_steps, run.name
         assert config.eval.baselines is False    # the references are probed once, apart
     widths = {r.x: r for r in ab.sweep_runs("projector_width", small)}

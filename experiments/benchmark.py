@@ -190,17 +190,24 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
         host = {k: rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
                 for k in ("view_a", "view_b")}
     batch = parallel.host_to_global(host, mesh)
-    step = train.make_train_step(model, tx, config.loss, mesh, make_views=make_views,
-                                 xla_options=xla_options, fuse_views=fuse_views)
-    if hasattr(step, "views"):   # two programs: augmentation, then the update
-        views, views_s, views_flops = compile_and_count(step.views, batch)
-        update, compile_s, flops = compile_and_count(step.update, state, views(batch))
+    # The trainer's programs (`train.make_train_step`), composed here from its pieces so
+    # that the XLA options and the views' placement can vary.
+    body = train.train_step_body(model, tx, config.loss)
+    if make_views is not None and fuse_views:      # one program: views first in the step
+        def body(state, batch, inner=body):  # pylint: disable=function-redefined
+            return inner(state, train.update_inputs(make_views(batch), batch))
+    update = parallel.data_parallel(body, mesh, num_replicated_args=1, donate_state=True,
+                                    xla_options=xla_options)
+    if make_views is not None and not fuse_views:  # two programs: views, then the update
+        views = parallel.sharded_map(make_views, mesh, xla_options=xla_options)
+        views, views_s, views_flops = compile_and_count(views, batch)
+        update, compile_s, flops = compile_and_count(update, state, views(batch))
         compile_s, flops = compile_s + views_s, flops + views_flops
 
-        def step(state, batch):  # pylint: disable=function-redefined
+        def step(state, batch):
             return update(state, views(batch))
     else:
-        step, compile_s, flops = compile_and_count(step, state, batch)
+        step, compile_s, flops = compile_and_count(update, state, batch)
 
     holder = [state]
 

@@ -188,6 +188,31 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
     assert any("fits" in l for l in lines) and any("does not fit" in l for l in lines)
 
 
+def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
+    """XLA rematerialises near the limit: memory barely grows with the batch until it
+    jumps (v4:2x2x4's 28.95 GiB at 1,024 per chip, 28.72 at 1,056, 95.5 at 2,048). A
+    straight line through the bracket's ends then creeps up one step a try; the search
+    must bisect instead and finish in a handful of compiles."""
+    from bt_jax.plan import planner
+    from bt_jax.plan.compile import RunShape
+    gib = 2 ** 30
+    compiled = []
+
+    def fake_plan(config, topology, shape, **kwargs):
+        per_chip = config.batch_size // 4
+        compiled.append(per_chip)
+        need = (14 * gib + per_chip * 2 ** 20) if per_chip <= 1500 else 48 * gib
+        return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
+
+    monkeypatch.setattr(planner, "make_plan", fake_plan)
+    c = defaults.base_config()
+    c.batch_size = 4 * 1024
+    result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=32,
+                                    progress=lambda line: None)
+    assert result["max_per_chip_batch"] == 1472          # the largest multiple of 32 <= 1500
+    assert len(compiled) <= 10, compiled                 # the line alone would need ~15
+
+
 def _tiny_config():
     c = defaults.base_config()
     c.data.name = "cifar10"

@@ -96,6 +96,7 @@ def markdown(plan: dict) -> str:
         ms = plan["measured"]
         lines += [f"Measured here: {ms['step_seconds'] * 1e3:.1f} ms per step (median of "
                   f"{ms['steps']}); measured / estimate = {ms['ratio_to_estimate']:.2f}.", ""]
+    lines += max_batch_lines(plan.get("max_batch"))
     lines += ["## Collectives in the compiled HLO", "",
               "| program | kind | name | pass | operand shapes | MB | sent MB (ring) | group |",
               "|---|---|---|---|---|---|---|---|"]
@@ -112,6 +113,23 @@ def markdown(plan: dict) -> str:
               "and BatchNorm's backward statistics).", "",
               f"Chip figures: {plan['chip']['source']}.", ""]
     return "\n".join(lines)
+
+
+def max_batch_lines(search) -> list[str]:
+    """plan.md's section on `--max-batch`'s search (`planner.find_max_batch`), if it ran."""
+    if not search:
+        return []
+    lines = ["## The largest per-chip batch that fits", "",
+             "| try | per-chip batch | needed GiB | fits | compile s |", "|---|---|---|---|---|"]
+    for i, t in enumerate(search["tries"], 1):
+        need = "refused" if t["needed_bytes"] is None else _gib(t["needed_bytes"])
+        lines.append(f"| {i} | {t['per_chip_batch']} | {need} | "
+                     f"{'yes' if t['fits'] else 'no'} | {t['compile_seconds']:.0f} |")
+    lines += ["", f"Largest found: {search['max_per_chip_batch']} per chip (in multiples of "
+              f"{search['step']})" + (f"; {search['stopped']}" if search.get("stopped") else "")
+              + (f". Command: `{search['command']}`" if search.get("command") else "") + ".",
+              ""]
+    return lines
 
 
 def summary(plan: dict) -> str:

@@ -14,11 +14,13 @@ from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
 from bt_jax.train.state import (TrainState, create_optimizer, init_probe, init_state,
                                 learning_rate_schedules, online_probe_optimizer)
-from bt_jax.train.step import loss_and_grads, make_diagnose_fn, make_train_step, online_probe_step
+from bt_jax.train.step import (loss_and_grads, make_diagnose_fn, make_train_step,
+                               online_probe_step, train_step_body, update_inputs)
 from bt_jax.train.workdir import check_workdir, finished_results, write_run_config
 
 __all__ = ["MetricsLog", "Preempted", "PreemptionWatch", "TrainState", "backbone_variables",
            "check_workdir", "create_model", "create_optimizer", "finished_results", "init_probe",
            "init_state", "init_variables", "learning_rate_schedules", "loss_and_grads",
            "make_diagnose_fn", "make_train_step", "online_probe_optimizer", "online_probe_step",
-           "pretrain_num_classes", "train_and_evaluate", "write_run_config"]
+           "pretrain_num_classes", "train_and_evaluate", "train_step_body", "update_inputs",
+           "write_run_config"]

@@ -93,29 +93,21 @@ def online_probe_step(probe: dict, probe_tx: optax.GradientTransformation, featu
     return new, {"probe_loss": loss, "probe_top1": correct / count}
 
 
-def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
-                    loss_cfg: ml_collections.ConfigDict, mesh,
+def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
+                    loss_cfg: ml_collections.ConfigDict,
                     learning_rate: Optional[optax.Schedule] = None,
-                    make_views: Optional[Callable[[dict], dict]] = None,
                     bias_learning_rate: Optional[optax.Schedule] = None,
-                    probe_tx: Optional[optax.GradientTransformation] = None,
-                    xla_options: Optional[dict] = None,
-                    fuse_views: bool = False) -> Callable:
-    """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics).
+                    probe_tx: Optional[optax.GradientTransformation] = None) -> Callable:
+    """The per-device step, (TrainState, this device's batch) -> (TrainState, metrics), to
+    run inside shard_map over parallel.BATCH_AXIS (`make_train_step` wraps it).
 
     The model must be built with axis_name=parallel.BATCH_AXIS. The batch holds "view_a"
-    and "view_b", or whatever `make_views` (the on-device augmentation, a per-device
-    function of the batch) turns into them: it then runs as its own jit(shard_map) program
-    just before the step's (`parallel.sharded_map`), which XLA:CPU runs faster than one
-    fused program, and the returned function carries the two as `.views` and `.update`
-    (fuse_views=True: one program, views made first thing in the step, as a comparison).
-    Metrics are replicated scalars: loss, the objective's named scalars (Barlow Twins:
-    on_diag, off_diag, c_diag_mean, c_offdiag_rms; see `losses.barlow_twins_terms`),
-    grad_norm, learning_rate / bias_learning_rate (the rates of the weights and of
-    biases and BatchNorm at this step) where the schedules are given, and probe_loss /
-    probe_top1 when the state holds an online probe (then the batch needs "label" and
-    probe_tx is its optimiser). xla_options: XLA compiler options (None:
-    `parallel.compiler_options` of the mesh's platform; {}: XLA's defaults).
+    and "view_b" (and "label" where the state holds an online probe, whose optimiser is
+    probe_tx). Metrics are replicated scalars: loss, the objective's named scalars (Barlow
+    Twins: on_diag, off_diag, c_diag_mean, c_offdiag_rms; see
+    `losses.barlow_twins_terms`), grad_norm, learning_rate / bias_learning_rate (the rates
+    of the weights and of biases and BatchNorm at this step) where the schedules are
+    given, and probe_loss / probe_top1 with an online probe.
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
@@ -123,9 +115,6 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                          f"for cross-replica BatchNorm; got {model.axis_name!r}.")
 
     def step(state: TrainState, batch: dict):
-        labels = batch.get("label")
-        if fuse_views and make_views is not None:
-            batch = make_views(batch)
         loss, grads, new_stats, terms, features = loss_and_grads(
             state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
             axis_name=parallel.BATCH_AXIS)
@@ -134,8 +123,8 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
         metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
         probe = state.probe
         if probe is not None:
-            probe, probe_metrics = online_probe_step(probe, probe_tx, features, labels,
-                                                     parallel.BATCH_AXIS)
+            probe, probe_metrics = online_probe_step(probe, probe_tx, features,
+                                                     batch.get("label"), parallel.BATCH_AXIS)
             metrics.update(probe_metrics)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
@@ -145,17 +134,33 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                                opt_state=opt_state, probe=probe)
         return new_state, metrics
 
-    update = parallel.data_parallel(step, mesh, num_replicated_args=1, donate_state=True,
-                                    xla_options=xla_options)
-    if make_views is None or fuse_views:
+    return step
+
+
+def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
+                    loss_cfg: ml_collections.ConfigDict, mesh,
+                    learning_rate: Optional[optax.Schedule] = None,
+                    make_views: Optional[Callable[[dict], dict]] = None,
+                    bias_learning_rate: Optional[optax.Schedule] = None,
+                    probe_tx: Optional[optax.GradientTransformation] = None) -> Callable:
+    """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics), the step
+    of `train_step_body` over the mesh (state replicated and donated, batch split).
+
+    The batch holds "view_a" and "view_b", or whatever `make_views` (the on-device
+    augmentation, a per-device function of the batch) turns into them: it then runs as
+    its own jit(shard_map) program just before the step's (`parallel.sharded_map`), which
+    XLA:CPU runs faster than one fused program.
+    """
+    update = parallel.data_parallel(
+        train_step_body(model, tx, loss_cfg, learning_rate, bias_learning_rate, probe_tx),
+        mesh, num_replicated_args=1, donate_state=True)
+    if make_views is None:
         return update
-    views = parallel.sharded_map(make_views, mesh, xla_options=xla_options)
+    views = parallel.sharded_map(make_views, mesh)
 
     def augment_and_update(state: TrainState, batch: dict):
         return update(state, update_inputs(views(batch), batch))
 
-    augment_and_update.views = views
-    augment_and_update.update = update
     return augment_and_update
 
 

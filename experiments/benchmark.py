@@ -35,10 +35,7 @@ import argparse
 import csv
 import os
 import platform
-import resource
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -47,6 +44,9 @@ if ROOT not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench_timing import (PUBLISHED_PEAKS, compile_and_count, cpu_peak_flops,  # noqa: E402,F401
+                          device_peak, median_seconds, peak_memory)
 
 PRESETS = {
     # ResNet-18 with the CIFAR stem at 32 px, projector 2048-2048-2048 (the issue's CPU target).
@@ -64,80 +64,12 @@ PRESETS = {
                  projector=(64, 64, 64), batch=16),
 }
 
-# Published dense peak FLOP/s per device (no sparsity), by device_kind substring and dtype.
-PUBLISHED_PEAKS = {
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "H100": {"bfloat16": 989e12, "float32": 67e12},    # SXM; float32 without TF32
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
-    "V100": {"bfloat16": 125e12, "float32": 15.7e12},  # fp16 tensor cores for half precision
-    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
-    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
-    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 4},
-}
-
 CSV_FIELDS = ("what", "impl", "device", "devices", "threads", "model", "image_size",
               "projector", "batch", "dtype", "augment", "n", "d", "path", "median_ms",
               "pairs_per_s", "compile_s", "peak_memory_mb", "memory_kind", "flops_per_step",
               "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak",
               "floats_moved", "steps",
               "jax_version", "host")
-
-
-def median_seconds(fn, *, steps: int, warmup: int) -> tuple[float, float]:
-    """(first call's seconds, median seconds of `steps` calls after `warmup` more);
-    fn() must block until its work is done."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
-
-
-def compile_and_count(jitted, *args):
-    """(the compiled program, seconds to lower and compile it, FLOPs of one call from XLA's
-    cost analysis; 0 if the backend reports none). Timing runs the compiled program, so
-    nothing is compiled twice."""
-    t = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    seconds = time.perf_counter() - t
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    return compiled, seconds, float((analysis or {}).get("flops", 0.0))
-
-
-def cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-    """float32 FLOP/s of a [size, size] x [size, size] matmul on the default CPU device."""
-    a = jnp.ones((size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    _, sec = median_seconds(lambda: f(a).block_until_ready(), steps=repeats, warmup=1)
-    return 2 * size ** 3 / sec
-
-
-def device_peak(dtype: str) -> tuple[float, str]:
-    """(peak FLOP/s of one device for dtype, where the number comes from)."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return cpu_peak_flops(), "measured: float32 2048^3 matmul"
-    for name, peaks in PUBLISHED_PEAKS.items():
-        if name.lower() in device.device_kind.lower():
-            return peaks[dtype], f"published ({name} {dtype} dense)"
-    return 0.0, f"unknown device kind {device.device_kind!r}"
-
-
-def peak_memory() -> tuple[float, str]:
-    """(peak megabytes, what was measured): the device allocator's peak where the backend
-    reports it (GPU, TPU), else this process's peak resident set (CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2 ** 20, "device peak"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
 
 
 def step_config(args, conv_impl: str = "auto"):

@@ -71,8 +71,8 @@ def is_closed_loop_noise(exc_type, exc, tb) -> bool:
 
 
 def _without_closed_loop_noise(hook):
-    """sys.excepthook (through which TensorStore's threads print their uncaught errors),
-    less the noise of `is_closed_loop_noise`; every other exception reaches `hook`."""
+    """sys.excepthook, less the noise of `is_closed_loop_noise`; every other exception
+    reaches `hook`."""
     def excepthook(exc_type, exc, tb):
         if not is_closed_loop_noise(exc_type, exc, tb):
             hook(exc_type, exc, tb)
@@ -80,11 +80,25 @@ def _without_closed_loop_noise(hook):
     return excepthook
 
 
+def _unraisable_without_closed_loop_noise(hook):
+    """sys.unraisablehook (where a callback that TensorStore's threads run reports what it
+    raised: "Exception ignored in: None"), less the same noise."""
+    def unraisablehook(unraisable):
+        if not is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value,
+                                    unraisable.exc_traceback):
+            hook(unraisable)
+    unraisablehook.drops_closed_loop_noise = True
+    return unraisablehook
+
+
 def _drop_closed_loop_tracebacks() -> None:
-    """Filters the exception hook (not sys.stderr) from now on; idempotent. Set when a
-    CheckpointManager is made, since the noise starts before the failure is seen."""
+    """Filters the two hooks through which TensorStore's threads print their errors (not
+    sys.stderr) from now on; idempotent. Set when a CheckpointManager is made, since the
+    noise starts before the failure is seen."""
     if not getattr(sys.excepthook, "drops_closed_loop_noise", False):
         sys.excepthook = _without_closed_loop_noise(sys.excepthook)
+    if not getattr(sys.unraisablehook, "drops_closed_loop_noise", False):
+        sys.unraisablehook = _unraisable_without_closed_loop_noise(sys.unraisablehook)
 
 
 class CheckpointManager:

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -194,14 +195,24 @@ def test_the_closed_loop_noise_of_a_failed_save_is_dropped_at_the_exception_hook
     except ValueError:
         hook(*sys.exc_info())
     assert seen == [RuntimeError, ValueError]           # everything else reaches the hook
-    stderr, excepthook = sys.stderr, sys.excepthook
+    reported = []   # the same through sys.unraisablehook's record
+    unraisable = ckpt_lib._unraisable_without_closed_loop_noise(reported.append)
+    record = types.SimpleNamespace(exc_type=noise[0], exc_value=noise[1],
+                                   exc_traceback=noise[2], err_msg=None, object=None)
+    unraisable(record)
+    other_record = types.SimpleNamespace(exc_type=other[0], exc_value=other[1],
+                                         exc_traceback=other[2], err_msg=None, object=None)
+    unraisable(other_record)
+    assert reported == [other_record]
+    stderr, excepthook, unraisablehook = sys.stderr, sys.excepthook, sys.unraisablehook
     try:
         manager = ckpt_lib.CheckpointManager(str(tmp_path / "c"), every_steps=1)
         manager.close()
         assert sys.stderr is stderr                     # no process-wide stream swap
         assert sys.excepthook.drops_closed_loop_noise
-        installed = sys.excepthook
+        assert sys.unraisablehook.drops_closed_loop_noise
+        installed = sys.excepthook, sys.unraisablehook
         ckpt_lib.CheckpointManager(str(tmp_path / "d"), every_steps=1).close()
-        assert sys.excepthook is installed              # idempotent
+        assert (sys.excepthook, sys.unraisablehook) == installed     # idempotent
     finally:
-        sys.excepthook = excepthook
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook

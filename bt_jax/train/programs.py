@@ -20,7 +20,7 @@ from bt_jax.data import device_augment
 from bt_jax.data.views import batch_shapes, view_configs
 from bt_jax.models import BarlowTwins
 from bt_jax.models.factory import create_model
-from bt_jax.train.state import (TrainState, create_optimizer, init_state,
+from bt_jax.train.state import (TrainState, init_state, lars_of,
                                 learning_rate_schedules, online_probe_optimizer)
 from bt_jax.train.step import make_train_step
 
@@ -51,9 +51,9 @@ def build_programs(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int
     """The run's model, optimiser and step for `mesh`. stats: the views' normalisation
     (mean [3], std [3])."""
     model = create_model(config, axis_name=parallel.BATCH_AXIS)
-    tx = create_optimizer(config, steps_per_epoch, total_steps)
-    probe_tx = online_probe_optimizer(config)
     weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
+    tx = lars_of(config.optim, weight_lr, bias_lr)      # the schedules, built once
+    probe_tx = online_probe_optimizer(config)
     make_views = None
     if config.data.augment_on == "device":
         make_views = device_augment.make_view_fn(config.seed, *view_configs(config), *stats)

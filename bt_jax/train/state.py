@@ -45,13 +45,18 @@ def learning_rate_schedules(config: ml_collections.ConfigDict, steps_per_epoch: 
     return sched(o.lr_weights), sched(o.lr_biases)
 
 
+def lars_of(optim_cfg, weight_lr: optax.Schedule,
+            bias_lr: optax.Schedule) -> optax.GradientTransformation:
+    """LARS with config.optim's decay, momentum, eta and clipping at the given rates."""
+    o = optim_cfg
+    return optim.lars(weight_lr, bias_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                      eta=o.eta, clip_trust_ratio=o.clip_trust_ratio)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                      total_steps: int) -> optax.GradientTransformation:
     """LARS with the warm-up + cosine schedules of config.optim."""
-    o = config.optim
-    weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
-    return optim.lars(weight_lr, bias_lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                      eta=o.eta, clip_trust_ratio=o.clip_trust_ratio)
+    return lars_of(config.optim, *learning_rate_schedules(config, steps_per_epoch, total_steps))
 
 
 def online_probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

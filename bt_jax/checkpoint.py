@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sys
-import traceback
+import threading
 from typing import Any
 
 import jax
@@ -60,45 +60,68 @@ class _QuietFailedSaves(logging.Filter):
 _QUIET = _QuietFailedSaves()
 
 
-def is_closed_loop_noise(exc_type, exc, tb) -> bool:
-    """Whether an uncaught exception is the bare "RuntimeError: Event loop is closed" that
-    TensorStore's threads raise inside asyncio once a save has failed: the failed save's
-    other writes finish after Orbax has closed that save's event loop. The failure itself
-    is reported once, as a SaveError."""
-    frames = traceback.extract_tb(tb)
-    return (exc_type is RuntimeError and str(exc) == "Event loop is closed" and bool(frames)
-            and all("asyncio" in f.filename for f in frames))
+class _WithoutClosedLoopTracebacks:
+    """sys.stderr, less the bare "RuntimeError: Event loop is closed" tracebacks that
+    TensorStore prints from its own threads, as soon as a save fails and for as long as
+    the process lives: the failed save's other writes finish after Orbax has closed that
+    save's event loop. The failure itself is reported once, as a SaveError.
 
+    Text is split into lines per writing thread (several threads print at once, piece by
+    piece); every other line passes through unchanged, and a held traceback that turns
+    out to be anything else is written out whole.
+    """
 
-def _without_closed_loop_noise(hook):
-    """sys.excepthook, less the noise of `is_closed_loop_noise`; every other exception
-    reaches `hook`."""
-    def excepthook(exc_type, exc, tb):
-        if not is_closed_loop_noise(exc_type, exc, tb):
-            hook(exc_type, exc, tb)
-    excepthook.drops_closed_loop_noise = True
-    return excepthook
+    _START = "Traceback (most recent call last):\n"
+    _END = "RuntimeError: Event loop is closed\n"
 
+    def __init__(self, stream):
+        self.stream = stream
+        self._lock = threading.Lock()
+        self._partial = {}     # thread id -> its text after its last newline
+        self._held = {}        # thread id -> the lines of a traceback that may be noise
 
-def _unraisable_without_closed_loop_noise(hook):
-    """sys.unraisablehook (where a callback that TensorStore's threads run reports what it
-    raised: "Exception ignored in: None"), less the same noise."""
-    def unraisablehook(unraisable):
-        if not is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value,
-                                    unraisable.exc_traceback):
-            hook(unraisable)
-    unraisablehook.drops_closed_loop_noise = True
-    return unraisablehook
+    def _line(self, thread: int, line: str) -> None:
+        held = self._held.get(thread)
+        if held is None:
+            if line == self._START:
+                self._held[thread] = [line]
+            else:
+                self.stream.write(line)
+            return
+        held.append(line)
+        frames = [l for l in held if l.startswith("  File ")]
+        if line == self._END and all("asyncio" in f for f in frames):
+            del self._held[thread]                   # the noise: dropped
+        elif not line.startswith("  "):
+            self.stream.write("".join(held))         # a real traceback
+            del self._held[thread]
+
+    def write(self, text: str) -> int:
+        thread = threading.get_ident()
+        with self._lock:
+            lines = (self._partial.pop(thread, "") + text).split("\n")
+            rest = lines.pop()
+            for line in lines:
+                self._line(thread, line + "\n")
+            if rest and thread not in self._held and not self._START.startswith(rest):
+                self.stream.write(rest)
+            elif rest:
+                self._partial[thread] = rest
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def _drop_closed_loop_tracebacks() -> None:
-    """Filters the two hooks through which TensorStore's threads print their errors (not
-    sys.stderr) from now on; idempotent. Set when a CheckpointManager is made, since the
-    noise starts before the failure is seen."""
-    if not getattr(sys.excepthook, "drops_closed_loop_noise", False):
-        sys.excepthook = _without_closed_loop_noise(sys.excepthook)
-    if not getattr(sys.unraisablehook, "drops_closed_loop_noise", False):
-        sys.unraisablehook = _unraisable_without_closed_loop_noise(sys.unraisablehook)
+    """Filters sys.stderr from now on (see _WithoutClosedLoopTracebacks); idempotent. Set
+    when a CheckpointManager is made, since the noise starts before the failure is
+    seen."""
+    if not isinstance(sys.stderr, _WithoutClosedLoopTracebacks):
+        sys.stderr = _WithoutClosedLoopTracebacks(sys.stderr)
 
 
 class CheckpointManager:

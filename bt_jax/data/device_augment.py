@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bt_jax.data.views import CROPS, IMAGE, VIEWS, ViewConfig, gaussian_kernel_size
 
-LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+# A NumPy constant: a jnp array here would start JAX's backend on import, before a
+# multi-process run's jax.distributed.initialize.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def example_keys(seed: int, epoch: jax.Array, index: jax.Array) -> jax.Array:

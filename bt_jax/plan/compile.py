@@ -184,7 +184,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
                                         shape.channels, mesh)
     stats, executables, arguments = [], [], []
     if built.make_views is not None:
-        views = built.train_step.views
+        views = built.views_step
         compiled, s = compile_program("views (on-device augmentation)", views, batch,
                                       num_devices=mesh.size, progress=progress)
         stats.append(s)
@@ -192,7 +192,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
         arguments.append((batch,))
         made = _with_sharding(jax.eval_shape(views, batch), parallel.batch_sharded(mesh))
         batch = update_inputs(made, batch)
-        update = built.train_step.update
+        update = built.update_step
     else:
         update = built.train_step
     compiled, s = compile_program("train step", update, state, batch, num_devices=mesh.size,

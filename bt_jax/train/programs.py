@@ -22,7 +22,7 @@ from bt_jax.models import BarlowTwins
 from bt_jax.models.factory import create_model
 from bt_jax.train.state import (TrainState, init_state, lars_of,
                                 learning_rate_schedules, online_probe_optimizer)
-from bt_jax.train.step import make_train_step
+from bt_jax.train.step import compose_step, make_step_programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,9 @@ class TrainPrograms:
     weight_lr: optax.Schedule
     bias_lr: optax.Schedule
     make_views: Optional[Callable[[dict], dict]]
-    train_step: Callable
+    views_step: Optional[Callable]     # jit(shard_map(make_views)), or None
+    update_step: Callable              # jit(shard_map(the step body))
+    train_step: Callable               # the two chained: what the loop calls
 
 
 def build_programs(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int,
@@ -57,12 +59,14 @@ def build_programs(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int
     make_views = None
     if config.data.augment_on == "device":
         make_views = device_augment.make_view_fn(config.seed, *view_configs(config), *stats)
-    train_step = make_train_step(model, tx, config.loss, mesh, learning_rate=weight_lr,
-                                 make_views=make_views, bias_learning_rate=bias_lr,
-                                 probe_tx=probe_tx)
+    views_step, update_step = make_step_programs(
+        model, tx, config.loss, mesh, learning_rate=weight_lr, make_views=make_views,
+        bias_learning_rate=bias_lr, probe_tx=probe_tx)
     return TrainPrograms(model=model, plain_model=create_model(config), tx=tx,
                          probe_tx=probe_tx, weight_lr=weight_lr, bias_lr=bias_lr,
-                         make_views=make_views, train_step=train_step)
+                         make_views=make_views, views_step=views_step,
+                         update_step=update_step,
+                         train_step=compose_step(views_step, update_step))
 
 
 def initial_state(programs: TrainPrograms, seed: int, image_size: int,

@@ -137,6 +137,39 @@ def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
     return step
 
 
+def make_step_programs(model: BarlowTwins, tx: optax.GradientTransformation,
+                       loss_cfg: ml_collections.ConfigDict, mesh,
+                       learning_rate: Optional[optax.Schedule] = None,
+                       make_views: Optional[Callable[[dict], dict]] = None,
+                       bias_learning_rate: Optional[optax.Schedule] = None,
+                       probe_tx: Optional[optax.GradientTransformation] = None
+                       ) -> tuple[Optional[Callable], Callable]:
+    """(views, update): the two jitted programs of a step over the mesh.
+
+    update: jit(shard_map(`train_step_body`)), (TrainState, global batch of "view_a",
+    "view_b" [and "label"]) -> (TrainState, metrics), state replicated and donated.
+    views: jit(shard_map(make_views)), the on-device augmentation (a per-device function
+    of the pipeline's batch), or None without one. Run apart, before the update (XLA:CPU
+    runs the two faster than one fused program); `compose_step` chains them.
+    """
+    update = parallel.data_parallel(
+        train_step_body(model, tx, loss_cfg, learning_rate, bias_learning_rate, probe_tx),
+        mesh, num_replicated_args=1, donate_state=True)
+    views = None if make_views is None else parallel.sharded_map(make_views, mesh)
+    return views, update
+
+
+def compose_step(views: Optional[Callable], update: Callable) -> Callable:
+    """(TrainState, pipeline batch) -> (TrainState, metrics): the views, then the update."""
+    if views is None:
+        return update
+
+    def augment_and_update(state: TrainState, batch: dict):
+        return update(state, update_inputs(views(batch), batch))
+
+    return augment_and_update
+
+
 def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     loss_cfg: ml_collections.ConfigDict, mesh,
                     learning_rate: Optional[optax.Schedule] = None,
@@ -144,24 +177,10 @@ def make_train_step(model: BarlowTwins, tx: optax.GradientTransformation,
                     bias_learning_rate: Optional[optax.Schedule] = None,
                     probe_tx: Optional[optax.GradientTransformation] = None) -> Callable:
     """jit(shard_map(step)): (TrainState, global batch) -> (TrainState, metrics), the step
-    of `train_step_body` over the mesh (state replicated and donated, batch split).
-
-    The batch holds "view_a" and "view_b", or whatever `make_views` (the on-device
-    augmentation, a per-device function of the batch) turns into them: it then runs as
-    its own jit(shard_map) program just before the step's (`parallel.sharded_map`), which
-    XLA:CPU runs faster than one fused program.
-    """
-    update = parallel.data_parallel(
-        train_step_body(model, tx, loss_cfg, learning_rate, bias_learning_rate, probe_tx),
-        mesh, num_replicated_args=1, donate_state=True)
-    if make_views is None:
-        return update
-    views = parallel.sharded_map(make_views, mesh)
-
-    def augment_and_update(state: TrainState, batch: dict):
-        return update(state, update_inputs(views(batch), batch))
-
-    return augment_and_update
+    of `train_step_body` over the mesh, after the on-device augmentation `make_views`
+    where there is one (`make_step_programs`, `compose_step`)."""
+    return compose_step(*make_step_programs(model, tx, loss_cfg, mesh, learning_rate,
+                                            make_views, bias_learning_rate, probe_tx))
 
 
 def update_inputs(views: dict, batch: dict) -> dict:

@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 import ml_collections
 
+from bt_jax.data.layout import AUGMENT_ON
 from bt_jax.errors import ConfigError
 
-__all__ = ["ConfigError", "Part", "run_sections", "assemble", "check_parts", "check_run",
-           "check_names", "RENAMED", "translate_saved", "flatten", "diff"]
+__all__ = ["ConfigError", "Part", "run_sections", "run_parts", "assemble", "check_parts",
+           "check_length", "check_names", "RENAMED", "translate_saved", "flatten", "diff"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,18 +157,18 @@ def assemble(parts) -> ml_collections.ConfigDict:
     return c
 
 
-def sub_config(config, path: str):
-    """config's section at a dotted path ("eval.knn")."""
-    node = config
+def sub_config(tree, path: str):
+    """The section of a config (any ConfigDict or dict tree) at a dotted path ("eval.knn")."""
+    node = tree
     for name in path.split("."):
         node = node[name]
     return node
 
 
-def check_parts(config, parts) -> None:
-    """Each part's own check, on its own sub-config."""
+def check_parts(tree, parts) -> None:
+    """Each part's own check, on its own sub-config of `tree` (the whole config)."""
     for part in parts:
-        part.check(sub_config(config, part.path))
+        part.check(sub_config(tree, part.path))
 
 
 # Fields that moved, old dotted name -> new.
@@ -209,12 +210,12 @@ def renamed_message(old: str) -> str:
             f"c.{RENAMED[old]} = ... in a recipe).")
 
 
-def check_names(config, reference) -> None:
-    """ConfigError for a field `config` has and `reference` (the assembled defaults) does
-    not: an old name gets one line naming the new one, an unknown one the section's
-    fields. A recipe can add fields to an unlocked ConfigDict without noticing."""
+def check_names(tree, reference) -> None:
+    """ConfigError for a field `tree` (a whole config) has and `reference` (the assembled
+    defaults) does not: an old name gets one line naming the new one, an unknown one the
+    section's fields. A recipe can add fields to an unlocked ConfigDict without noticing."""
     known = flatten(reference)
-    for name in flatten(config):
+    for name in flatten(tree):
         if name in known:
             continue
         if name in RENAMED:
@@ -257,64 +258,93 @@ def unflatten(flat: dict) -> dict:
     return out
 
 
-def check_run(config) -> None:
-    """The run's own fields (run_sections); raises ConfigError naming the field and the fix."""
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
 
-    need(config.batch_size > 0, f"batch_size must be positive; got {config.batch_size}.")
-    need(config.num_steps >= 0, f"num_steps must be >= 0 (0: from num_epochs); got "
-         f"{config.num_steps}.")
-    need(config.num_steps > 0 or config.num_epochs > 0,
-         "set num_epochs or num_steps to a positive number.")
-    need(config.data.image_size > 0, f"data.image_size must be positive; got "
-         f"{config.data.image_size}.")
-    o = config.optim
+def check_length(*, batch_size: int, num_epochs: float, num_steps: int,
+                 log_every_steps: int) -> None:
+    """The run's top-level fields: how long it runs and how often it logs."""
+    _need(batch_size > 0, f"batch_size must be positive; got {batch_size}.")
+    _need(num_steps >= 0, f"num_steps must be >= 0 (0: from num_epochs); got {num_steps}.")
+    _need(num_steps > 0 or num_epochs > 0, "set num_epochs or num_steps to a positive number.")
+    _need(log_every_steps > 0, "log_every_steps must be positive.")
+
+
+def check_data(d) -> None:
+    """config.data's shared fields (each source checks its own when it loads)."""
+    _need(d.image_size > 0, f"data.image_size must be positive; got {d.image_size}.")
+    _need(d.augment_on in AUGMENT_ON, f"data.augment_on must be one of {AUGMENT_ON}; got "
+          f"{d.augment_on!r}.")
+    _need(d.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle buffer, "
+          "record files still shuffled).")
+    _need(d.prefetch_batches >= 1, "data.prefetch_batches must be >= 1.")
+    _need(d.validation_examples >= 0, "data.validation_examples must be >= 0 (0: no "
+          f"validation hold-out); got {d.validation_examples}.")
+
+
+def check_optim(o) -> None:
+    """config.optim: LARS and its schedules."""
     for field in ("lr_weights", "lr_biases", "weight_decay", "warmup_epochs"):
-        need(o[field] >= 0, f"optim.{field} must be >= 0; got {o[field]}. Learning rates, "
-             "weight decay and warm-up are magnitudes: a negative rate would climb the loss.")
-    need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}.")
-    need(o.eta > 0, f"optim.eta (LARS's trust coefficient) must be positive; got {o.eta}.")
-    need(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction must be in [0, 1]; got "
-         f"{o.end_lr_fraction}.")
-    need(config.loss.scale > 0, f"loss.scale must be positive; got {config.loss.scale}.")
-    need(config.log_every_steps > 0, "log_every_steps must be positive.")
-    need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be positive.")
-    need(config.data.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0 (0: no shuffle "
-         "buffer, record files still shuffled).")
-    need(config.data.prefetch_batches >= 1, "data.prefetch_batches must be >= 1.")
-    need(config.data.validation_examples >= 0, "data.validation_examples must be >= 0 (0: "
-         f"no validation hold-out); got {config.data.validation_examples}.")
-    m, e = config.monitor, config.eval
-    need(m.knn_every_epochs >= 0, "monitor.knn_every_epochs must be >= 0 (0: no kNN "
-         f"monitor); got {m.knn_every_epochs}.")
-    need(m.diagnostics_every_steps >= 0, "monitor.diagnostics_every_steps must be >= 0 (0: "
-         "only at the end).")
-    need(m.online_probe_lr > 0, "monitor.online_probe_lr must be positive; got "
-         f"{m.online_probe_lr}.")
-    need(e.linear_protocol not in _OLD_LINEAR_PROTOCOLS,
-         f"eval.linear_protocol={e.linear_protocol!r} is now "
-         f"{_OLD_LINEAR_PROTOCOLS.get(e.linear_protocol)!r}: the protocol's name.")
-    need(e.probe_train_examples >= 0, "eval.probe_train_examples must be >= 0 (0: every "
-         f"labelled training image); got {e.probe_train_examples}.")
-    need(e.tsne_points >= 0, f"eval.tsne_points must be >= 0 (0: no plot); got "
-         f"{e.tsne_points}.")
+        _need(o[field] >= 0, f"optim.{field} must be >= 0; got {o[field]}. Learning rates, "
+              "weight decay and warm-up are magnitudes: a negative rate would climb the loss.")
+    _need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}.")
+    _need(o.eta > 0, f"optim.eta (LARS's trust coefficient) must be positive; got {o.eta}.")
+    _need(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction must be in [0, 1]; got "
+          f"{o.end_lr_fraction}.")
 
 
-def knn_monitor_epochs(config) -> float:
+def check_loss_scale(loss) -> None:
+    """config.loss's field every objective shares."""
+    _need(loss.scale > 0, f"loss.scale must be positive; got {loss.scale}.")
+
+
+def check_checkpoint(ckpt) -> None:
+    """config.checkpoint."""
+    _need(ckpt.every_steps > 0, "checkpoint.every_steps must be positive.")
+
+
+def check_monitor(m) -> None:
+    """config.monitor: what runs beside pretraining."""
+    _need(m.knn_every_epochs >= 0, "monitor.knn_every_epochs must be >= 0 (0: no kNN "
+          f"monitor); got {m.knn_every_epochs}.")
+    _need(m.diagnostics_every_steps >= 0, "monitor.diagnostics_every_steps must be >= 0 (0: "
+          "only at the end).")
+    _need(m.online_probe_lr > 0, "monitor.online_probe_lr must be positive; got "
+          f"{m.online_probe_lr}.")
+
+
+def check_eval_shared(e) -> None:
+    """config.eval's fields every protocol shares (each protocol checks eval.<name>)."""
+    _need(e.linear_protocol not in _OLD_LINEAR_PROTOCOLS,
+          f"eval.linear_protocol={e.linear_protocol!r} is now "
+          f"{_OLD_LINEAR_PROTOCOLS.get(e.linear_protocol)!r}: the protocol's name.")
+    _need(e.probe_train_examples >= 0, "eval.probe_train_examples must be >= 0 (0: every "
+          f"labelled training image); got {e.probe_train_examples}.")
+    _need(e.tsne_points >= 0, f"eval.tsne_points must be >= 0 (0: no plot); got "
+          f"{e.tsne_points}.")
+
+
+def run_parts() -> list[Part]:
+    """The checks of the run's own sections (their defaults are `run_sections`')."""
+    return [Part("data", {}, check_data), Part("optim", {}, check_optim),
+            Part("loss", {}, check_loss_scale), Part("checkpoint", {}, check_checkpoint),
+            Part("monitor", {}, check_monitor), Part("eval", {}, check_eval_shared)]
+
+
+def knn_monitor_epochs(monitor_cfg, eval_cfg) -> float:
     """monitor.knn_every_epochs, or 0 (off) where eval.enabled is False."""
-    return config.monitor.knn_every_epochs if config.eval.enabled else 0.0
+    return monitor_cfg.knn_every_epochs if eval_cfg.enabled else 0.0
 
 
-def evaluations_off_line(config) -> str:
+def evaluations_off_line(monitor_cfg, eval_cfg) -> str:
     """The one line a run with eval.enabled=False prints: what it turns off, or ""."""
-    if config.eval.enabled:
+    if eval_cfg.enabled:
         return ""
     line = ("eval.enabled=False: no evaluation runs (no protocol, no results.json"
-            + (", no kNN monitor" if config.monitor.knn_every_epochs > 0 else "") + ")")
-    if config.monitor.online_probe:   # part of the train state: a resume must restore it
+            + (", no kNN monitor" if monitor_cfg.knn_every_epochs > 0 else "") + ")")
+    if monitor_cfg.online_probe:   # part of the train state: a resume must restore it
         line += "; the online probe still trains (monitor.online_probe=False stops it)"
     return line + "."
 
@@ -332,10 +362,11 @@ def flatten(tree, prefix: str = "") -> dict:
     return out
 
 
-def diff(reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
-    """["field: old -> new", ...] for every leaf field where config differs from reference
-    (sorted by name; fields only one of them has show "(absent)")."""
-    a, b = flatten(reference), flatten(config)
+def diff(reference, other) -> list[str]:
+    """["field: old -> new", ...] for every leaf field where `other` differs from
+    `reference` (two ConfigDict or dict trees; sorted by name; fields only one of them
+    has show "(absent)")."""
+    a, b = flatten(reference), flatten(other)
     lines = []
     for name in sorted(set(a) | set(b)):
         old, new = a.get(name, "(absent)"), b.get(name, "(absent)")

@@ -31,7 +31,11 @@ def parts() -> list:
 
 def base_config() -> ml_collections.ConfigDict:
     """Paper defaults (ImageNet recipe); recipes in configs/ override what differs."""
-    c = config_lib.assemble(parts())
+    return _assembled(parts())
+
+
+def _assembled(component_parts: list) -> ml_collections.ConfigDict:
+    c = config_lib.assemble(component_parts)
     c.eval.protocols = evals.PROTOCOLS
     return c
 
@@ -39,14 +43,23 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the field and the fix for values that cannot work: a
     field that does not exist (an old name names its new one), the run's own fields, then
-    each component's, on its own sub-config."""
-    config_lib.check_names(config, base_config())
-    config_lib.check_run(config)
+    each component's, each check on its own sub-config."""
+    component_parts = parts()
+    config_lib.check_names(config, _assembled(component_parts))
+    config_lib.check_length(batch_size=config.batch_size, num_epochs=config.num_epochs,
+                            num_steps=config.num_steps, log_every_steps=config.log_every_steps)
+    config_lib.check_parts(config, config_lib.run_parts())
     factory.check_image_size(config.model, config.data.image_size)
     if config.loss.kind not in losses.OBJECTIVES:
         raise ConfigError(f"loss.kind must be one of {sorted(losses.OBJECTIVES)}; got "
                           f"{config.loss.kind!r}.")
-    e = config.eval
+    check_protocol_choice(config.eval)
+    config_lib.check_parts(config, component_parts)
+
+
+def check_protocol_choice(e: ml_collections.ConfigDict) -> None:
+    """config.eval's choice of protocols: each known, and the one linear_top1 reports
+    (eval.linear_protocol) among them and set to run."""
     unknown = [p for p in e.protocols if p not in evals.PROTOCOLS]
     if unknown:
         raise ConfigError(f"eval.protocols: unknown protocol(s) {unknown}; choose from "
@@ -62,4 +75,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if e.linear_protocol == "linear_sgd" and e.linear_sgd.epochs == 0:
         raise ConfigError("eval.linear_protocol='linear_sgd' needs eval.linear_sgd.epochs > 0 "
                           "(or set eval.linear_protocol='linear_fast').")
-    config_lib.check_parts(config, parts())

@@ -35,12 +35,14 @@ from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables, create_model, init_variables
 
 
-def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str]:
+def load_run(workdir: str, model_cfg, image_size: int
+             ) -> tuple[nn.Module, dict, Optional[dict], str]:
     """(backbone, its variables, the online probe's params or None, what was read) of a
-    run: its newest readable checkpoint, else its exported backbone.msgpack. Nothing in
-    the workdir is written or deleted."""
+    run whose model is config.model (`model_cfg`), trained at image_size px: its newest
+    readable checkpoint, else its exported backbone.msgpack. Nothing in the workdir is
+    written or deleted."""
     ckpt_dir = run_dir.checkpoints(workdir)
-    model = create_model(config)
+    model = create_model(model_cfg)
     if run_dir.saved_steps(ckpt_dir):
         manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
         try:
@@ -49,7 +51,7 @@ def load_run(workdir: str, config) -> tuple[nn.Module, dict, Optional[dict], str
             manager.close()
         variables = backbone_variables(state)
         want = backbone_variables(init_variables(
-            model, jax.random.key(0), config.data.image_size))
+            model, jax.random.key(0), image_size))
         if jax.tree.structure(want) != jax.tree.structure(variables) or any(
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(want),
                                                    jax.tree.leaves(variables))):
@@ -87,12 +89,13 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     train_split, test_split = sources.labelled_splits(d, config.seed)
     stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
     random_init = backbone_variables(init_variables(
-        create_model(config), jax.random.key(config.seed), d.image_size))
+        create_model(config.model), jax.random.key(config.seed), d.image_size))
     if workdir is not None and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)   # tsne.png and results.json go there
-    results = evaluate_all(config, create_model(config).backbone, variables,
+    results = evaluate_all(config.eval, create_model(config.model).backbone, variables,
                            jax.device_get(random_init), train_split, test_split, stats,
-                           workdir=workdir)
+                           seed=config.seed, image_size=d.image_size,
+                           split_name=sources.eval_split_name(d), workdir=workdir)
     results["evaluated"] = os.path.abspath(path)
     if workdir is not None and jax.process_index() == 0:
         write_results(results, workdir)
@@ -103,15 +106,17 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
 def evaluate_workdir(workdir: str, config) -> dict:
     """Evaluates a finished or running run and writes/updates its results.json."""
     defaults.validate(config)
-    backbone, variables, probe, what = load_run(workdir, config)
+    backbone, variables, probe, what = load_run(workdir, config.model, config.data.image_size)
     print(f"Evaluating {what} of {workdir!r}.", flush=True)
     d = config.data
     train_split, test_split = sources.labelled_splits(d, config.seed)
     stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
     random_init = backbone_variables(init_variables(
-        create_model(config), jax.random.key(config.seed), d.image_size))
-    results = evaluate_all(config, backbone, variables, jax.device_get(random_init),
-                           train_split, test_split, stats, online_probe=probe, workdir=workdir)
+        create_model(config.model), jax.random.key(config.seed), d.image_size))
+    results = evaluate_all(config.eval, backbone, variables, jax.device_get(random_init),
+                           train_split, test_split, stats, seed=config.seed,
+                           image_size=d.image_size, split_name=sources.eval_split_name(d),
+                           online_probe=probe, workdir=workdir)
     results["evaluated"] = what
     if jax.process_index() == 0:
         write_results(results, workdir)

@@ -61,21 +61,24 @@ class Preprocessing:
         return normalize(x, self.mean, self.std)
 
 
-def write_backbone(workdir: str, variables: dict, config, stats) -> None:
+def write_backbone(workdir: str, variables: dict, model_cfg, stats, *, image_size: int,
+                   dataset: str) -> None:
     """Writes backbone.msgpack (the backbone's {"params", "batch_stats"}) and backbone.json
-    (its preprocessing and model fields) into workdir, each atomically.
+    (its preprocessing and the model fields of config.model, `model_cfg`) into workdir,
+    each atomically.
 
-    stats: (mean [3], std [3]) the run normalised its images with."""
+    stats: (mean [3], std [3]) the run normalised its images with; image_size: the
+    pretraining views' (config.data.image_size); dataset: config.data.name."""
     mean, std = (np.asarray(v, np.float64).reshape(-1).tolist() for v in stats)
-    model = {k: config.model[k] for k in MODEL_FIELDS}
+    model = {k: model_cfg[k] for k in MODEL_FIELDS}
     num_features = make_backbone(model.pop("backbone"), **model).num_features
-    meta = {"image_size": int(config.data.image_size), "mean": mean, "std": std,
+    meta = {"image_size": int(image_size), "mean": mean, "std": std,
             "input": INPUT_LAYOUT, "num_features": num_features,
-            "model": {k: config.model[k] for k in MODEL_FIELDS},
-            "dataset": config.data.name}
-    run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE), flax.serialization.to_bytes(variables))
+            "model": {k: model_cfg[k] for k in MODEL_FIELDS}, "dataset": dataset}
+    run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE),
+                         flax.serialization.to_bytes(variables))
     run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
-                  (json.dumps(meta, indent=2) + "\n").encode())
+                         (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _require(path: str, workdir: str) -> None:

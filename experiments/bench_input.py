@@ -191,11 +191,15 @@ def time_tf(source, size: int, batch: int, repeats: int, augment_on: str) -> lis
     """augment_on="host": the whole transform; "device": the host's part of the device
     path (decode, crop and resize to uint8 crops; in-memory images pass through)."""
     from bt_jax.data import sources, pipeline
+    from bt_jax.data.layout import batch_layout
+    from bt_jax.data.views import view_configs
     c = _config(size, batch, augment_on)
     stats = (np.asarray(sources.IMAGENET_MEAN, np.float32),
              np.asarray(sources.IMAGENET_STD, np.float32))
     steps = pipeline.steps_per_epoch(source, batch)
-    stream = pipeline.train_batches(c, source, stats=stats)
+    stream = pipeline.train_batches(source, batch_layout(augment_on, source.gather_on_host),
+                                    view_configs(c.data), seed=c.seed, global_batch=batch,
+                                    stats=stats)
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
@@ -252,7 +256,7 @@ def time_device(size: int, batch: int, repeats: int) -> tuple[str, float]:
     from bt_jax.data import device_augment
     from bt_jax.data.views import view_configs
     c = _config(size, batch)
-    fn = jax.jit(device_augment.make_view_fn(0, *view_configs(c), MEAN, STD))
+    fn = jax.jit(device_augment.make_view_fn(0, *view_configs(c.data), MEAN, STD))
     rng = np.random.default_rng(0)
     idx = {"index": np.arange(batch, dtype=np.int32), "epoch": np.zeros(batch, np.int32)}
     if size < 64:

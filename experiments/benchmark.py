@@ -100,10 +100,10 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
     config = step_config(args, conv_impl)
     mesh = parallel.make_mesh(jax.devices()[:args.devices])
     parallel.per_device_batch_size(args.batch, mesh)
-    model = train.create_model(config, axis_name=parallel.BATCH_AXIS)
+    model = train.create_model(config.model, axis_name=parallel.BATCH_AXIS)
     total = args.steps + args.warmup + 1
-    tx = train.create_optimizer(config, steps_per_epoch=total, total_steps=total)
-    state = train.init_state(train.create_model(config), tx, jax.random.key(0),
+    tx = train.create_optimizer(config.optim, config.batch_size, steps_per_epoch=total, total_steps=total)
+    state = train.init_state(train.create_model(config.model), tx, jax.random.key(0),
                              args.image_size)
     state = parallel.replicate(state, mesh)
     rng = np.random.default_rng(0)
@@ -113,7 +113,7 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
         from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
         from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
         config.data.augment_on = "device"
-        make_views = device_augment.make_view_fn(0, *view_configs(config), [0.5] * 3,
+        make_views = device_augment.make_view_fn(0, *view_configs(config.data), [0.5] * 3,
                                                  [0.25] * 3)
         host = {"image": rng.integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8),
                 "index": np.arange(args.batch, dtype=np.int32),
@@ -218,7 +218,7 @@ def bench_augment(args) -> dict:
     c = base_config()
     c.data.image_size = args.image_size
     c.data.augment_on = "device"
-    views = jax.jit(device_augment.make_view_fn(0, *view_configs(c), [0.5] * 3, [0.25] * 3))
+    views = jax.jit(device_augment.make_view_fn(0, *view_configs(c.data), [0.5] * 3, [0.25] * 3))
     rng = np.random.default_rng(0)
     s = args.image_size
     batch = {"image": jnp.asarray(rng.integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8)),

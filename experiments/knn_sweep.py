@@ -54,7 +54,7 @@ def sweep_run(workdir: str) -> list[dict]:
     from bt_jax.evals import common  # pylint: disable=import-outside-toplevel
     from bt_jax.data import sources, pipeline  # pylint: disable=import-outside-toplevel
     config = evaluate.config_of_workdir(workdir)
-    backbone, variables, _, _ = evaluate.load_run(workdir, config)
+    backbone, variables, _, _ = evaluate.load_run(workdir, config.model, config.data.image_size)
     train, test = sources.labelled_splits(config.data, config.seed)
     stats = pipeline.normalization_stats(sources.pretrain_split(config.data, config.seed))
     train_img, test_img = (pipeline.eval_arrays(s, *stats) for s in (train, test))

@@ -71,12 +71,12 @@ def test_model_switches_change_the_parameters():
     c = tiny_config()
     c.model.projector_bn = False
     c.model.predictor_dims = (16, 16)
-    v = train.init_variables(train.create_model(c), jax.random.key(0), 8)
+    v = train.init_variables(train.create_model(c.model), jax.random.key(0), 8)
     assert not any(k.startswith("bn") for k in v["params"]["projector"])
     assert set(v["params"]["predictor"]) == {"linear0", "linear1"}
-    out = train.create_model(c).apply(v, jnp.zeros((4, 8, 8, 3)), train=False)
+    out = train.create_model(c.model).apply(v, jnp.zeros((4, 8, 8, 3)), train=False)
     assert out["prediction"].shape == (4, 16)
-    assert "prediction" not in train.create_model(c).apply(v, jnp.zeros((4, 8, 8, 3)),
+    assert "prediction" not in train.create_model(c.model).apply(v, jnp.zeros((4, 8, 8, 3)),
                                                            train=False, predict=False)
 
 
@@ -90,7 +90,7 @@ def test_every_ablation_trains_one_step_with_the_loss_it_names(ablation):
     for key, value in ablation.items():
         section, field = key.split(".")
         c[section][field] = value
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     v = train.init_variables(model, jax.random.key(0), 8)
     batch = jax.tree.map(jnp.asarray, _batch(c))
     loss, grads, _, terms, _ = train.loss_and_grads(v["params"], v["batch_stats"], batch,
@@ -119,7 +119,7 @@ def test_stop_gradient_drops_view_b_gradient():
     view B's embedding was computed outside the differentiated function."""
     c = tiny_config()
     c.loss.stop_gradient = True
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     v = train.init_variables(model, jax.random.key(0), 8)
     batch = jax.tree.map(jnp.asarray, _batch(c))
     _, grads, _, _, _ = train.loss_and_grads(v["params"], v["batch_stats"], batch, model=model,

@@ -20,7 +20,7 @@ def _tiny_backbone():
     c = defaults.base_config()
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
     c.model.projector_dims = (32, 32)
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
     return model.backbone, jax.device_get(variables)
 

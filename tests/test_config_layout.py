@@ -142,8 +142,9 @@ def test_an_old_runs_config_json_still_resumes_and_evaluates(tmp_path, capsys):
     (run / "checkpoints" / "100").mkdir(parents=True)
     (run / "config.json").write_text(open(OLD_CONFIG_JSON).read())
     recipe = cli.load_recipe(os.path.join(ROOT, "configs", "digits.py"))
-    workdir_lib.check_resumable(str(run), recipe)       # the same model: no refusal
-    workdir_lib.write_run_config(str(run), recipe)      # resuming: prints what changed
+    workdir_lib.check_resumable(str(run), recipe.model)  # the same model: no refusal
+    # resuming: write_run_config prints what changed (nothing, translated)
+    workdir_lib.write_run_config(str(run), recipe.to_json_best_effort(indent=2))
     assert "Resuming with a changed config" not in capsys.readouterr().out
     assert "linear_fast" in json.load(open(run / "config.json"))["eval"]   # rewritten
     (run / "config.json").write_text(open(OLD_CONFIG_JSON).read())

@@ -28,11 +28,11 @@ def load(path):
 def test_recipe_is_valid(path):
     c = load(path)
     defaults.validate(c)
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     shapes = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0),
                                                          c.data.image_size))
     assert jax.tree.leaves(shapes["params"])
-    train.create_optimizer(c, steps_per_epoch=10, total_steps=100)
+    train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=10, total_steps=100)
 
 
 @pytest.mark.parametrize("path", STEP_RECIPES, ids=[os.path.basename(p) for p in RECIPES])
@@ -47,10 +47,10 @@ def test_recipe_runs_one_train_step_with_tiny_overrides(path):
     c.batch_size, c.data.image_size = 16, max(16, min_image_size(c.model.stem))
     c.model.width, c.model.projector_dims = 0.0625, (32, 32)
     mesh = parallel.make_mesh()
-    tx = train.create_optimizer(c, steps_per_epoch=10, total_steps=100)
-    state = parallel.replicate(train.init_state(train.create_model(c), tx, jax.random.key(0),
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=10, total_steps=100)
+    state = parallel.replicate(train.init_state(train.create_model(c.model), tx, jax.random.key(0),
                                                 c.data.image_size), mesh)
-    step = train.make_train_step(train.create_model(c, axis_name=parallel.BATCH_AXIS), tx,
+    step = train.make_train_step(train.create_model(c.model, axis_name=parallel.BATCH_AXIS), tx,
                                  c.loss, mesh)
     s = c.data.image_size
     x = np.random.default_rng(0).normal(size=(16, s, s, 3)).astype(np.float32)
@@ -74,14 +74,14 @@ def test_learning_rates_scale_with_batch_and_follow_the_schedule():
     c = defaults.base_config()     # paper: weights 0.2, biases 0.0048, times batch/256
     c.batch_size = 1024
     c.optim.warmup_epochs = 10
-    w, b = train.learning_rate_schedules(c, steps_per_epoch=100, total_steps=10_000)
+    w, b = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100, total_steps=10_000)
     assert float(w(0)) == 0.0
     assert float(w(500)) == pytest.approx(0.2 * 4 * 0.5)
     assert float(w(1000)) == pytest.approx(0.8)
     assert float(b(1000)) == pytest.approx(0.0048 * 4)
     assert float(w(10_000)) == pytest.approx(0.8e-3, rel=1e-3)
     c.optim.scale_lr_by_batch = False
-    w, _ = train.learning_rate_schedules(c, steps_per_epoch=100, total_steps=10_000)
+    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100, total_steps=10_000)
     assert float(w(1000)) == pytest.approx(0.2)
 
 
@@ -89,7 +89,7 @@ def test_warm_up_may_be_a_fraction_of_an_epoch():
     c = defaults.base_config()
     c.batch_size = 256
     c.optim.warmup_epochs = 0.05       # 12 of 234 steps (the small ablation scale)
-    w, _ = train.learning_rate_schedules(c, steps_per_epoch=234, total_steps=120)
+    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=234, total_steps=120)
     assert float(w(6)) == pytest.approx(0.2 * 6 / 12)
     assert float(w(12)) == pytest.approx(0.2)
     assert float(w(13)) < 0.2

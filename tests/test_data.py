@@ -10,6 +10,7 @@ from bt_jax import config as config_lib
 from bt_jax import defaults
 from bt_jax.data import augment, sources, pipeline
 from numpy_reference import gaussian_blur, torchvision_mean_crop_area
+from batches import config_batches
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +165,12 @@ def _config(batch_size=32):
 def test_train_batches_resume_exactly_and_split_over_processes(digits):
     c = _config()
     spe = len(digits) // 32
-    stream = pipeline.train_batches(c, digits)
+    stream = config_batches(c, digits)
     first = [next(stream) for _ in range(spe + 2)]     # crosses an epoch boundary
     b = first[0]
     assert b["view_a"].shape == (32, 16, 16, 3) and b["view_a"].dtype == np.float32
     assert not np.allclose(b["view_a"], b["view_b"])
-    resumed = next(pipeline.train_batches(c, digits, start_step=spe + 1))
+    resumed = next(config_batches(c, digits, start_step=spe + 1))
     np.testing.assert_array_equal(resumed["view_a"], first[spe + 1]["view_a"])
     np.testing.assert_array_equal(resumed["index"], first[spe + 1]["index"])
     # Each epoch visits distinct examples, in a new order.
@@ -177,7 +178,7 @@ def test_train_batches_resume_exactly_and_split_over_processes(digits):
     assert len(set(epoch0)) == spe * 32
     assert not np.array_equal(first[0]["index"], first[spe]["index"])
     # Two processes each get half of every global batch.
-    halves = [next(pipeline.train_batches(c, digits, process_index=p, process_count=2))
+    halves = [next(config_batches(c, digits, process_index=p, process_count=2))
               for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate([h["view_b"] for h in halves]), b["view_b"])
 
@@ -185,25 +186,25 @@ def test_train_batches_resume_exactly_and_split_over_processes(digits):
 def test_pipeline_config_errors(digits):
     c = _config(batch_size=len(digits) + 1)
     with pytest.raises(config_lib.ConfigError, match="larger than"):
-        next(pipeline.train_batches(c, digits))
+        next(config_batches(c, digits))
     c = _config()
     c.data.augment_on = "gpu"
     with pytest.raises(config_lib.ConfigError, match="augment_on"):
-        next(pipeline.train_batches(c, digits))
+        next(config_batches(c, digits))
 
 
 def test_device_mode_yields_raw_images_with_their_epoch_and_index(digits):
     c = _config()
     c.data.augment_on = "device"
     spe = len(digits) // 32
-    stream = pipeline.train_batches(c, digits, start_step=spe - 1)
+    stream = config_batches(c, digits, start_step=spe - 1)
     last, nxt = next(stream), next(stream)
     assert set(last) == {"image", "index", "epoch", "label"}
     assert last["image"].dtype == np.uint8 and last["image"].shape == (32, 16, 16, 1)
     np.testing.assert_array_equal(last["image"], digits.images[last["index"]])
     np.testing.assert_array_equal(last["label"], digits.labels[last["index"]])
     assert set(last["epoch"]) == {0} and set(nxt["epoch"]) == {1}
-    host = next(pipeline.train_batches(_config(), digits, start_step=spe - 1))
+    host = next(config_batches(_config(), digits, start_step=spe - 1))
     np.testing.assert_array_equal(host["index"], last["index"])  # same order either way
 
 
@@ -215,9 +216,9 @@ def test_device_mode_batches_resume_and_split_over_processes_without_tensorflow(
     c = _config()
     c.data.augment_on = "device"
     spe = len(digits) // 32
-    full = [next(s) for s in [pipeline.train_batches(c, digits)] for _ in range(spe + 2)]
+    full = [next(s) for s in [config_batches(c, digits)] for _ in range(spe + 2)]
     assert len(set(np.concatenate([b["index"] for b in full[:spe]]))) == spe * 32
-    resumed = pipeline.train_batches(c, digits, start_step=spe - 1)
+    resumed = config_batches(c, digits, start_step=spe - 1)
     for want in full[spe - 1:]:
         got = next(resumed)
         for key in ("image", "index", "label", "epoch"):

@@ -110,12 +110,13 @@ def test_the_readmes_python_snippets_run_as_written(tmp_path, monkeypatch):
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
     c.model.projector_dims = (32, 32)
     variables = train.backbone_variables(train.init_variables(
-        train.create_model(c), jax.random.key(0), 16))
+        train.create_model(c.model), jax.random.key(0), 16))
     os.makedirs(tmp_path / "runs" / "demo")
     import json
     (tmp_path / "runs" / "demo" / "config.json").write_text(c.to_json_best_effort())
-    export.write_backbone(str(tmp_path / "runs" / "demo"), jax.device_get(variables), c,
-                          (np.full(3, 0.5), np.full(3, 0.25)))
+    export.write_backbone(str(tmp_path / "runs" / "demo"), jax.device_get(variables), c.model,
+                          (np.full(3, 0.5), np.full(3, 0.25)), image_size=c.data.image_size,
+                          dataset=c.data.name)
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     namespace = {"z_a": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),

@@ -294,7 +294,7 @@ def _weights_file(tmp_path, c, name="w.safetensors", width=None, projector=True)
 def _fresh_state(c):
     """A TrainState of c's model, every variable zero (built from shapes: no compilation)."""
     from bt_jax import train
-    shapes = jax.eval_shape(lambda: train.create_model(c).init(
+    shapes = jax.eval_shape(lambda: train.create_model(c.model).init(
         jax.random.key(0), jnp.zeros((2, 16, 16, 3)), train=False))
     v = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return train.TrainState(step=jnp.zeros([], jnp.int32), params=v["params"],
@@ -306,20 +306,20 @@ def test_init_from_loads_the_backbone_and_a_fitting_projector(tmp_path):
     c = _digits_config()
     path, want = _weights_file(tmp_path, c)
     c.model.init_from = path
-    loaded = train.state.init_from_file(_fresh_state(c), c)
+    loaded = train.state.init_from_file(_fresh_state(c), c.model)
     got = {"params": loaded.params, "batch_stats": loaded.batch_stats}
     assert _equal(jax.device_get(got), want)
     # a projector of another width stays as initialised; a backbone of another width is refused
     c.model.projector_dims = (16, 16)
     state = _fresh_state(c)
-    loaded = train.state.init_from_file(state, c)
+    loaded = train.state.init_from_file(state, c.model)
     assert _equal(jax.device_get(loaded.params["backbone"]), want["params"]["backbone"])
     assert _equal(jax.device_get(loaded.params["projector"]), jax.device_get(
         state.params["projector"]))
     c.model.width = 0.125
     with pytest.raises(ConfigError, match=r"holds another network: model.width: 0.125 "
                        r"\(weights: 0.0625\)"):
-        train.state.init_from_file(_fresh_state(c), c)
+        train.state.init_from_file(_fresh_state(c), c.model)
 
 
 def test_init_from_that_does_not_exist_is_a_config_error():
@@ -361,10 +361,11 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     r.model.width, r.data.image_size, r.eval.baselines = 0.0625, 16, False
     r.eval.finetune.fractions, r.eval.knn.k = (), 20
     train_split, test_split = sources.labelled_splits(r.data, r.seed)
-    backbone = train.create_model(r).backbone
-    ref = runner.evaluate_all(r, backbone, convert.backbone_of(want), convert.backbone_of(want),
-                              train_split, test_split,
-                              sources.pretrain_split(r.data, r.seed).normalization_stats())
+    backbone = train.create_model(r.model).backbone
+    ref = runner.evaluate_all(r.eval, backbone, convert.backbone_of(want),
+                              convert.backbone_of(want), train_split, test_split,
+                              sources.pretrain_split(r.data, r.seed).normalization_stats(),
+                              seed=r.seed, image_size=r.data.image_size)
     assert got["knn_top1"] == ref["knn_top1"] and got["linear_top1"] == ref["linear_top1"]
     # training from the same file: with learning rates 0 the weights stay the file's
     c = _digits_config()

@@ -79,12 +79,13 @@ def test_train_and_evaluate_writes_every_artifact_and_resumes(tmp_path, capsys):
         assert r["on_diag"] >= d * (1 - r["c_diag_mean"]) ** 2 - 1e-3
         assert r["off_diag"] == pytest.approx(d * (d - 1) * r["c_offdiag_rms"] ** 2, rel=1e-4)
     assert "(epoch 0.14)" in out
-    lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[0]
+    tiny = _tiny(3)
+    lr, bias_lr = train.learning_rate_schedules(tiny.optim, tiny.batch_size,
+                                                steps_per_epoch=22, total_steps=3)
     assert rows[0]["learning_rate"] == pytest.approx(float(lr(1)))  # rate used by step 2
-    bias_lr = train.learning_rate_schedules(_tiny(3), steps_per_epoch=22, total_steps=3)[1]
     assert rows[0]["bias_learning_rate"] == pytest.approx(float(bias_lr(1)))
     # backbone.msgpack holds the backbone's params and batch_stats.
-    model = train.create_model(_tiny(3))
+    model = train.create_model(_tiny(3).model)
     target = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
     with open(os.path.join(workdir, "backbone.msgpack"), "rb") as f:
         restored = flax.serialization.from_bytes(target, f.read())

@@ -58,10 +58,10 @@ def test_the_train_step_is_compiled_without_ynnpack_convolutions():
     c = tiny_config()
     c.model.width = 0.5                                     # 32 to 256 channels
     mesh = parallel.make_mesh()
-    tx = train.create_optimizer(c, steps_per_epoch=2, total_steps=2)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=2, total_steps=2)
     state = parallel.replicate(
-        train.init_state(train.create_model(c), tx, jax.random.key(0), 8), mesh)
-    model = train.create_model(c, parallel.BATCH_AXIS)
+        train.init_state(train.create_model(c.model), tx, jax.random.key(0), 8), mesh)
+    model = train.create_model(c.model, parallel.BATCH_AXIS)
     batch = parallel.host_to_global(_batch(c), mesh)
     assert not _uses_ynnpack(train.make_train_step(model, tx, c.loss, mesh), state, batch)
     # xla_options={} is the way back to XLA's defaults (the benchmark's baseline, which

@@ -14,6 +14,7 @@ from bt_jax import defaults
 from bt_jax.errors import ConfigError
 from bt_jax.plan import chips, hlo, planner, report
 from bt_jax.plan.compile import RunShape, compile_run, parse_out_of_memory, run_shape
+from batches import config_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,15 +124,18 @@ def test_a_plan_that_does_not_fit_says_what_and_how_to_lower_it():
     c = defaults.base_config()
     plan = {"memory": {"needed_bytes": 20.5 * 2 ** 30, "hbm_bytes": 16 * 2 ** 30,
                        "fits": False},
-            "chip": {"name": "TPU v5e"}, "run": {"num_devices": 16}}
+            "chip": {"name": "TPU v5e"},
+            "run": {"num_devices": 16, "global_batch": c.batch_size, "dtype": c.model.dtype,
+                    "projector_dims": list(c.model.projector_dims),
+                    "augment_on": c.data.augment_on}}
     with pytest.raises(planner.DoesNotFit) as e:
-        planner.check_fits(plan, c)
+        planner.check_fits(plan)
     msg = str(e.value)
     assert "20.50 GiB" in msg and "16.00 GiB" in msg and "TPU v5e" in msg
     assert "--config.batch_size=1024" in msg and "model.dtype=bfloat16" in msg
     assert "\n" not in msg
     plan["memory"]["fits"] = True
-    planner.check_fits(plan, c)          # fits: nothing raised
+    planner.check_fits(plan)          # fits: nothing raised
 
 
 def test_the_compilers_out_of_memory_message_is_read():
@@ -245,16 +249,16 @@ def test_cli_bad_input_is_one_line(tmp_path, args, expected):
 
 @pytest.mark.parametrize("augment_on", ["device", "host"])
 def test_batch_shapes_state_the_pipelines_own_layout(augment_on):
-    """The planner compiles for `views.batch_shapes`: it must be what the pipeline yields."""
-    from bt_jax.data import pipeline, sources
-    from bt_jax.data.views import batch_shapes
+    """The planner compiles for `BatchLayout.shapes`: it must be what the pipeline yields."""
+    from bt_jax.data import sources
+    from bt_jax.data.layout import batch_layout
     c = defaults.base_config()
     c.data.name, c.data.image_size, c.data.augment_on, c.batch_size = "digits", 16, augment_on, 8
     c.data.augment.blur_prob = (0.0, 0.0)
     source = sources.pretrain_split(c.data, c.seed)
-    batch = next(pipeline.train_batches(c, source))
-    expected = batch_shapes(augment_on, source.gather_on_host, 8, 16,
-                            sources.get_source("digits").shape.channels)
+    batch = next(config_batches(c, source))
+    expected = batch_layout(augment_on, source.gather_on_host).shapes(
+        8, 16, sources.get_source("digits").shape.channels)
     assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == expected
 
 
@@ -407,11 +411,9 @@ def test_a_tpu_plan_compiles_the_convolutions_a_tpu_run_picks():
     """conv_impl="auto" picks from the backend the model is traced on, the CPU here: a plan
     for a TPU must compile the TPU's choice ("xla"), and leave an explicit choice alone."""
     from bt_jax.models.conv import choose_conv_impl
-    from bt_jax.plan.compile import for_platform
-    c = _tiny_config()
+    from bt_jax.plan.compile import conv_impl_for
     assert choose_conv_impl((8, 2, 2, 64), (3, 3, 64, 64), 1, 1, backend="cpu") == "dense"
     assert choose_conv_impl((8, 2, 2, 64), (3, 3, 64, 64), 1, 1, backend="tpu") == "xla"
-    assert for_platform(c, "tpu").model.conv_impl == "xla" and c.model.conv_impl == "auto"
-    assert for_platform(c, "cpu").model.conv_impl == "auto"
-    c.model.conv_impl = "im2col"
-    assert for_platform(c, "tpu").model.conv_impl == "im2col"
+    assert _tiny_config().model.conv_impl == "auto"
+    assert conv_impl_for("auto", "tpu") == "xla" and conv_impl_for("auto", "cpu") == "auto"
+    assert conv_impl_for("im2col", "tpu") == "im2col"

@@ -101,9 +101,9 @@ def test_a_failed_first_run_leaves_nothing(tmp_path):
 def test_write_run_config_names_the_changes_of_a_resumed_run(tmp_path, capsys):
     workdir = str(tmp_path)
     os.makedirs(os.path.join(workdir, "checkpoints", "2"))
-    train.write_run_config(workdir, _config(4))
+    train.write_run_config(workdir, _config(4).to_json_best_effort(indent=2))
     capsys.readouterr()
-    train.write_run_config(workdir, _config(8))
+    train.write_run_config(workdir, _config(8).to_json_best_effort(indent=2))
     assert "Resuming with a changed config" in capsys.readouterr().out
     assert json.load(open(os.path.join(workdir, "config.json")))["num_steps"] == 8
     assert not os.path.exists(os.path.join(workdir, "config.json.tmp"))
@@ -174,7 +174,8 @@ def test_the_export_carries_its_preprocessing_and_encodes_uint8_images(tmp_path)
     workdir = str(tmp_path)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
-    export.write_backbone(workdir, variables, config, (mean, std))
+    export.write_backbone(workdir, variables, config.model, (mean, std),
+                          image_size=config.data.image_size, dataset=config.data.name)
     meta = json.load(open(os.path.join(workdir, export.PREPROCESSING_FILE)))
     assert meta["image_size"] == 16 and meta["num_features"] == backbone.num_features
     np.testing.assert_allclose(meta["mean"], mean, rtol=1e-7)
@@ -284,9 +285,10 @@ def test_the_evaluation_reports_each_representation_and_protocol_with_its_time(c
     c.eval.knn.k = 10
     c.eval.linear_fast.max_iter = 20
     train_split, test_split = sources.labelled_splits(c.data, seed=0)
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(0), 16))
-    runner.evaluate_all(c, model.backbone, variables, variables, train_split, test_split)
+    runner.evaluate_all(c.eval, model.backbone, variables, variables, train_split, test_split,
+                        seed=c.seed, image_size=c.data.image_size)
     lines = [line for line in capsys.readouterr().out.splitlines()
              if line.startswith("Evaluation | ")]
     assert "trained encoder, random init, raw pixels" in lines[0]

@@ -13,8 +13,10 @@ import tiny_tfds
 from bt_jax import config as config_lib
 from bt_jax import defaults
 from bt_jax import parallel
-from bt_jax.data import augment, sources, device_augment, pipeline, views
+from bt_jax.data import augment, sources, device_augment, pipeline
 from bt_jax.data.views import ViewConfig
+from batches import config_batches
+from bt_jax.data.layout import batch_layout
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_train_batches_two_processes_split_each_global_batch(tiny_dir):
     assert isinstance(source, sources.TFDSSplit)
     spe = pipeline.steps_per_epoch(source, c.batch_size, 2)
     assert spe == 32 // 4   # each process's share: 32 examples, local batches of 4
-    streams = [pipeline.train_batches(c, source, process_index=p, process_count=2)
+    streams = [config_batches(c, source, process_index=p, process_count=2)
                for p in range(2)]
     epoch = [[next(s)["index"] for _ in range(spe)] for s in streams]
     for step in range(spe):
@@ -99,7 +101,7 @@ def test_train_batches_two_processes_split_each_global_batch(tiny_dir):
     # online probe: the same labels the records hold.
     want = {int(ex["index"]): int(ex["label"]) for ex in source.stream(
         shuffle_seed=0, shuffle_buffer=0).as_numpy_iterator()}
-    batch = next(pipeline.train_batches(c, source))
+    batch = next(config_batches(c, source))
     assert [want[i] for i in batch["index"]] == batch["label"].tolist()
     assert sorted(set(want.values())) == [-1, 0, 1, 2]
 
@@ -109,9 +111,9 @@ def test_tfds_stream_resumes_bit_exactly(tiny_dir, augment_on):
     c = _config("tfds:" + tiny_tfds.NAME, tiny_dir, augment_on=augment_on)
     source = sources.pretrain_split(c.data)
     spe = pipeline.steps_per_epoch(source, c.batch_size)   # 40 // 8 = 5
-    full = _take(pipeline.train_batches(c, source), 2 * spe + 2)
+    full = _take(config_batches(c, source), 2 * spe + 2)
     for start in (3, spe, spe + 2):   # mid-epoch, at an epoch boundary, in epoch 2
-        resumed = _take(pipeline.train_batches(c, source, start_step=start), len(full) - start)
+        resumed = _take(config_batches(c, source, start_step=start), len(full) - start)
         _assert_batches_equal(resumed, full[start:])
     keys = {"host": {"view_a", "view_b", "index", "label"},
             "device": {"crop_a", "crop_b", "index", "epoch", "label"}}[augment_on]
@@ -130,9 +132,9 @@ def test_streamed_tfds_sources_through_mock_data(name, pretrain, num_classes, tm
         source = sources.pretrain_split(c.data)
         assert isinstance(source, sources.TFDSSplit)
         assert (source.split, source.num_classes, len(source)) == (pretrain, num_classes, 9)
-        host = next(pipeline.train_batches(c, source))
+        host = next(config_batches(c, source))
         c.data.augment_on = "device"
-        dev = next(pipeline.train_batches(c, source))
+        dev = next(config_batches(c, source))
         test = sources.load_split(name, "test", image_size=24, path=str(tmp_path))
     assert host["view_a"].shape == (4, 16, 16, 3) and np.isfinite(host["view_a"]).all()
     assert dev["crop_b"].shape == (4, 16, 16, 3) and dev["crop_b"].dtype == np.uint8
@@ -192,7 +194,7 @@ def test_folder_streams_labelled_and_unlabelled_files(tmp_path, capsys):
     flat = sources.pretrain_split(_config("folder", str(tmp_path / "unlabelled"),
                                            split=".").data)
     assert len(flat) == 8 and set(flat.labels.tolist()) == {-1}
-    batches = _take(pipeline.train_batches(c, source), 3)
+    batches = _take(config_batches(c, source), 3)
     assert batches[0]["view_a"].shape == (8, 16, 16, 3)
     for b in batches:   # labels for the online probe, -1 for the unlabelled files
         np.testing.assert_array_equal(b["label"], source.labels[b["index"]])
@@ -203,10 +205,10 @@ def test_folder_two_processes_and_resume(tmp_path):
     c = _config("folder", str(tmp_path), batch=4, split="train+unlabelled")
     source = sources.pretrain_split(c.data)
     spe = pipeline.steps_per_epoch(source, c.batch_size)   # 20 // 4
-    full = _take(pipeline.train_batches(c, source), spe + 2)
-    _assert_batches_equal(_take(pipeline.train_batches(c, source, start_step=spe - 1), 3),
+    full = _take(config_batches(c, source), spe + 2)
+    _assert_batches_equal(_take(config_batches(c, source, start_step=spe - 1), 3),
                           full[spe - 1:])
-    halves = [_take(pipeline.train_batches(c, source, process_index=p, process_count=2), spe)
+    halves = [_take(config_batches(c, source, process_index=p, process_count=2), spe)
               for p in range(2)]
     seen = np.concatenate([b["index"] for h in halves for b in h])
     assert sorted(seen.tolist()) == list(range(20))   # disjoint, and together the split
@@ -226,7 +228,7 @@ def test_folder_bad_files_strict_and_unverified(tmp_path):
     c.batch_size = 13   # the whole train split: every batch holds the truncated file
     source = sources.pretrain_split(c.data)
     with pytest.raises(config_lib.ConfigError, match=r"Cannot decode .*cut\.jpg.*verify_files"):
-        next(pipeline.train_batches(c, source))
+        next(config_batches(c, source))
     with pytest.raises(config_lib.ConfigError, match=r"does not exist"):
         sources.pretrain_split(_config("folder", str(tmp_path), split="val").data)
     os.makedirs(tmp_path / "void")
@@ -302,7 +304,7 @@ def test_prefetch_to_mesh_yields_every_batch_in_order_as_global_arrays():
 
 @pytest.mark.parametrize("augment_on", ["host", "device"])
 def test_every_split_kind_yields_the_batch_layout_views_names(tmp_path, tiny_dir, augment_on):
-    """views.batch_keys is the one statement of the pipeline's batch layout: in memory,
+    """bt_jax.data.layout is the one statement of the pipeline's batch layout: in memory,
     files and TFDS, augmented on the host or the device."""
     _write_image_tree(tmp_path, broken=False)
     configs = [_config("digits", augment_on=augment_on),
@@ -310,6 +312,7 @@ def test_every_split_kind_yields_the_batch_layout_views_names(tmp_path, tiny_dir
                _config("tfds:" + tiny_tfds.NAME, tiny_dir, augment_on=augment_on)]
     for c in configs:
         source = sources.pretrain_split(c.data)
-        batch = next(pipeline.train_batches(c, source))
-        assert set(batch) == set(views.batch_keys(augment_on, source.gather_on_host)), c.data.name
+        batch = next(config_batches(c, source))
+        layout = batch_layout(augment_on, source.gather_on_host)
+        assert set(batch) == set(layout.keys), c.data.name
         assert all(v.shape[0] == c.batch_size for v in batch.values())

@@ -33,7 +33,7 @@ def _batch(c, seed=0):
 
 
 def _sharded_loss_and_grads(c, variables, batch, mesh):
-    model = train.create_model(c, axis_name=parallel.BATCH_AXIS)
+    model = train.create_model(c.model, axis_name=parallel.BATCH_AXIS)
 
     def fn(params, batch_stats, batch):
         return train.loss_and_grads(params, batch_stats, batch, model=model, loss_cfg=c.loss,
@@ -57,7 +57,7 @@ def test_init_variables_is_the_models_own_init_in_one_fast_program():
     """The same values as flax's model.init (compiled with XLA's default options), from one
     program; and still traceable inside a user's eval_shape."""
     c = tiny_config()
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     got = train.init_variables(model, jax.random.key(3), c.data.image_size)
     x = jnp.zeros((2, c.data.image_size, c.data.image_size, 3))
     want = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(3))
@@ -75,7 +75,7 @@ def test_init_variables_is_the_models_own_init_in_one_fast_program():
 def test_eight_devices_equal_one_device_loss_and_every_gradient():
     """Cross-replica BN and the psum'd loss give the single-device global-batch gradient."""
     c = tiny_config()
-    variables = train.init_variables(train.create_model(c), jax.random.key(0), 8)
+    variables = train.init_variables(train.create_model(c.model), jax.random.key(0), 8)
     batch = _batch(c)
     mesh8 = parallel.make_mesh()
     mesh1 = parallel.make_mesh(jax.devices()[:1])
@@ -85,7 +85,7 @@ def test_eight_devices_equal_one_device_loss_and_every_gradient():
     # The same global batch without shard_map at all, as a user would run it on one device.
     loss0, grads0, stats0, _, _ = train.loss_and_grads(
         variables["params"], variables["batch_stats"], jax.tree.map(jnp.asarray, batch),
-        model=train.create_model(c), loss_cfg=c.loss, axis_name=None)
+        model=train.create_model(c.model), loss_cfg=c.loss, axis_name=None)
 
     np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
     np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-5)
@@ -104,13 +104,13 @@ def test_eight_devices_equal_one_device_loss_and_every_gradient():
 @pytest.mark.slow   # ~40 s on a 2-core CPU
 def test_full_train_steps_agree_between_eight_and_one_device():
     c = tiny_config()
-    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=4, total_steps=4)
     results = []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = parallel.make_mesh(devices)
         state = parallel.replicate(
-            train.init_state(train.create_model(c), tx, jax.random.key(0), 8), mesh)
-        step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss, mesh)
+            train.init_state(train.create_model(c.model), tx, jax.random.key(0), 8), mesh)
+        step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss, mesh)
         losses = []
         for i in range(3):
             state, metrics = step(state, parallel.host_to_global(_batch(c, seed=i), mesh))
@@ -128,11 +128,11 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     c = tiny_config()
     c.optim.lr_weights = 2.0
     c.optim.eta = 0.02
-    tx = train.create_optimizer(c, steps_per_epoch=30, total_steps=30)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=30, total_steps=30)
     mesh = parallel.make_mesh()
-    state = parallel.replicate(train.init_state(train.create_model(c), tx, jax.random.key(1), 8),
+    state = parallel.replicate(train.init_state(train.create_model(c.model), tx, jax.random.key(1), 8),
                                mesh)
-    step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss, mesh)
+    step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss, mesh)
     batch = parallel.host_to_global(_batch(c), mesh)
     losses = []
     for _ in range(30):
@@ -161,9 +161,9 @@ def test_host_to_global_shards_along_the_batch():
 
 def test_train_step_refuses_a_model_without_the_batch_axis():
     c = tiny_config()
-    tx = train.create_optimizer(c, steps_per_epoch=1, total_steps=1)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=1, total_steps=1)
     with pytest.raises(ValueError, match="axis_name='batch'"):
-        train.make_train_step(train.create_model(c), tx, c.loss, parallel.make_mesh())
+        train.make_train_step(train.create_model(c.model), tx, c.loss, parallel.make_mesh())
 
 
 @pytest.mark.slow    # a whole training run: over a minute on this 2-core CPU; `make test-slow` (and CI) runs it
@@ -171,7 +171,7 @@ def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_cou
     from bt_jax.data import device_augment
     from bt_jax.data.views import ViewConfig
     c = tiny_config()
-    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=4, total_steps=4)
     cfg = ViewConfig(8, blur_sigma=(0.1, 1.0))
     make_views = device_augment.make_view_fn(0, cfg, cfg, [0.5] * 3, [0.25] * 3)
     rng = np.random.default_rng(0)
@@ -181,8 +181,8 @@ def test_on_device_augmentation_inside_the_step_is_independent_of_the_device_cou
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = parallel.make_mesh(devices)
         state = parallel.replicate(
-            train.init_state(train.create_model(c), tx, jax.random.key(0), 8), mesh)
-        step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss,
+            train.init_state(train.create_model(c.model), tx, jax.random.key(0), 8), mesh)
+        step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss,
                                      mesh, make_views=make_views)
         _, metrics = step(state, parallel.host_to_global(batch, mesh))
         losses.append(float(metrics["loss"]))
@@ -198,8 +198,8 @@ def test_views_as_their_own_program_equal_views_inside_the_step():
     from bt_jax.data import device_augment
     from bt_jax.data.views import ViewConfig
     c = tiny_config()
-    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
-    probe_tx = train.online_probe_optimizer(c)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=4, total_steps=4)
+    probe_tx = train.online_probe_optimizer(c.monitor)
     make_views = device_augment.make_view_fn(0, ViewConfig(8), ViewConfig(8, solarize_prob=0.5),
                                              [0.5] * 3, [0.25] * 3)
     rng = np.random.default_rng(1)
@@ -207,8 +207,8 @@ def test_views_as_their_own_program_equal_views_inside_the_step():
              "index": np.arange(16, dtype=np.int32), "epoch": np.full(16, 2, np.int32),
              "label": np.arange(16, dtype=np.int32) % 3}
     mesh = parallel.make_mesh()
-    model = train.create_model(c, parallel.BATCH_AXIS)
-    init = jax.device_get(train.init_state(train.create_model(c), tx, jax.random.key(0), 8,
+    model = train.create_model(c.model, parallel.BATCH_AXIS)
+    init = jax.device_get(train.init_state(train.create_model(c.model), tx, jax.random.key(0), 8,
                                            num_classes=3, probe_tx=probe_tx))  # donated: copy
     separate = train.make_train_step(model, tx, c.loss, mesh, make_views=make_views,
                                      probe_tx=probe_tx)
@@ -241,9 +241,9 @@ def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
     c = tiny_config()
     c.model.dtype = "bfloat16"
     mesh = parallel.make_mesh()
-    model = train.create_model(c, axis_name=parallel.BATCH_AXIS)
-    tx = train.create_optimizer(c, steps_per_epoch=10, total_steps=10)
-    state = parallel.replicate(train.init_state(train.create_model(c), tx, jax.random.key(0),
+    model = train.create_model(c.model, axis_name=parallel.BATCH_AXIS)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=10, total_steps=10)
+    state = parallel.replicate(train.init_state(train.create_model(c.model), tx, jax.random.key(0),
                                                 c.data.image_size), mesh)
     step = train.make_train_step(model, tx, c.loss, mesh)
     state, metrics = step(state, parallel.host_to_global(_batch(c), mesh))
@@ -251,9 +251,9 @@ def test_bfloat16_computes_the_network_in_bf16_and_keeps_float32_state():
         assert {leaf.dtype for leaf in jax.tree.leaves(tree)
                 if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
     assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
-    variables = train.init_variables(train.create_model(c), jax.random.key(0), 8)
+    variables = train.init_variables(train.create_model(c.model), jax.random.key(0), 8)
     jaxpr = jax.make_jaxpr(lambda p, s, b: train.loss_and_grads(
-        p, s, b, model=train.create_model(c), loss_cfg=c.loss, axis_name=None))(
+        p, s, b, model=train.create_model(c.model), loss_cfg=c.loss, axis_name=None))(
         variables["params"], variables["batch_stats"], _batch(c))
     matmuls = ("conv_general_dilated", "dot_general")
     eqns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in matmuls]
@@ -269,19 +269,19 @@ def test_online_probe_matches_one_device_and_never_reaches_the_backbone():
     unlabelled examples (-1) are ignored; the backbone's update is the same with or
     without the probe (labels reach only the classifier)."""
     c = tiny_config()
-    tx = train.create_optimizer(c, steps_per_epoch=4, total_steps=4)
-    probe_tx = train.online_probe_optimizer(c)
+    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=4, total_steps=4)
+    probe_tx = train.online_probe_optimizer(c.monitor)
     batch = _batch(c)
     labels = np.arange(c.batch_size, dtype=np.int32) % 3
     labels[::4] = -1
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     mesh = parallel.make_mesh()
     outcomes = {}
     for with_probe in (True, False):
         state = train.init_state(model, tx, jax.random.key(0), 8,
                                  num_classes=3 if with_probe else 0, probe_tx=probe_tx)
         assert (state.probe is None) != with_probe
-        step = train.make_train_step(train.create_model(c, parallel.BATCH_AXIS), tx, c.loss,
+        step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss,
                                      mesh, probe_tx=probe_tx)
         new, metrics = step(parallel.replicate(state, mesh),
                             parallel.host_to_global({**batch, "label": labels}, mesh))

@@ -65,7 +65,7 @@ def test_monitor_steps():
 
 def test_monitor_on_a_fixed_encoder_equals_the_end_of_run_knn():
     c = _digits_config(0)
-    model = train.create_model(c)
+    model = train.create_model(c.model)
     variables = train.backbone_variables(train.init_variables(model, jax.random.key(1), 16))
     train_split, test_split = sources.labelled_splits(c.data, seed=0)
     stats = sources.channel_stats(train_split)
@@ -116,12 +116,13 @@ def test_eval_disabled_turns_off_the_monitor_in_one_line():
     c.eval.enabled = False
     c.monitor.knn_every_epochs = 1
     defaults.validate(c)     # a recipe with a monitor, run with evaluation off: no error
-    assert config_lib.knn_monitor_epochs(c) == 0     # the loop's monitor: off
-    line = config_lib.evaluations_off_line(c)
+    assert config_lib.knn_monitor_epochs(c.monitor, c.eval) == 0     # the loop's monitor: off
+    line = config_lib.evaluations_off_line(c.monitor, c.eval)
     assert "\n" not in line and line.startswith("eval.enabled=False")
     assert "no kNN monitor" in line and "online probe still trains" in line
     c.monitor.knn_every_epochs, c.monitor.online_probe = 0, False
-    assert "monitor" not in config_lib.evaluations_off_line(c)
-    assert config_lib.evaluations_off_line(c).endswith("no results.json).")
+    assert "monitor" not in config_lib.evaluations_off_line(c.monitor, c.eval)
+    assert config_lib.evaluations_off_line(c.monitor, c.eval).endswith("no results.json).")
     c.eval.enabled, c.monitor.knn_every_epochs = True, 1
-    assert config_lib.evaluations_off_line(c) == "" and config_lib.knn_monitor_epochs(c) == 1
+    assert config_lib.evaluations_off_line(c.monitor, c.eval) == ""
+    assert config_lib.knn_monitor_epochs(c.monitor, c.eval) == 1

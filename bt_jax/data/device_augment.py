@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.data.views import CROPS, IMAGE, VIEWS, ViewConfig, gaussian_kernel_size
+from bt_jax.data.layout import CROPS, IMAGE, VIEWS
+from bt_jax.data.views import ViewConfig, gaussian_kernel_size
 
 # A NumPy constant: a jnp array here would start JAX's backend on import, before a
 # multi-process run's jax.distributed.initialize.
@@ -225,7 +226,7 @@ def augment_cropped_batch(crops_a, crops_b, keys, cfg_a: ViewConfig, cfg_b: View
 def make_view_fn(seed: int, cfg_a: ViewConfig, cfg_b: ViewConfig, mean, std):
     """The per-device batch transform of data.augment_on = "device".
 
-    Returns a function of a batch in one of the two on-device layouts of `views.batch_keys`
+    Returns a function of a batch in one of the two on-device layouts of `bt_jax.data.layout`
     ("image": uint8 [B, H, W, C], crop and all else on device; or "crop_a", "crop_b": uint8
     [B, S, S, 3], decoded and cropped on the host; both with "index", "epoch": int [B]) ->
     {"view_a": float32 [B, S, S, 3], "view_b": same}, normalised with mean and std ([3]).

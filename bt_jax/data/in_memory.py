@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from bt_jax.data.views import IMAGE
+from bt_jax.data.layout import IMAGE
 from bt_jax.errors import ConfigError
 
 

@@ -1,15 +1,6 @@
 """What the two views are: the augmentation settings shared by the host (tf) and device
-(JAX) implementations, and the layout of the batches that pass from the input pipeline to
-the train step, which data.augment_on decides. No TensorFlow here.
-
-Batch layouts (`batch_keys`), every array with leading dimension B_local:
-- augment_on="host": {"view_a", "view_b": float32 [B, S, S, 3] normalised views,
-  "index", "label": int32 [B]}; the step trains on them as they are.
-- augment_on="device", in-memory split: {"image": uint8 [B, H, W, C], "index", "label",
-  "epoch": int32 [B]}; `device_augment.make_view_fn` crops and augments on the device.
-- augment_on="device", streamed split (files, TFDS): {"crop_a", "crop_b": uint8
-  [B, S, S, 3] (decoded and cropped on the host), "index", "label", "epoch"}; the device
-  does the rest.
+(JAX) implementations, and the evaluation view. No TensorFlow here. The layout of the
+batches that carry them to the train step is `bt_jax.data.layout`'s.
 """
 from __future__ import annotations
 
@@ -19,33 +10,6 @@ import math
 import numpy as np
 
 from bt_jax.errors import ConfigError
-
-AUGMENT_ON = ("host", "device")
-VIEWS = ("view_a", "view_b")        # what the train step consumes
-IMAGE = "image"                     # uncropped in-memory images, for on-device views
-CROPS = ("crop_a", "crop_b")        # host crops of streamed images, for on-device views
-
-
-def batch_keys(augment_on: str, gather_on_host: bool) -> tuple[str, ...]:
-    """The keys of a pipeline batch (module docstring) for data.augment_on and a split that
-    is (gather_on_host) or is not an in-memory array."""
-    if augment_on == "host":
-        return VIEWS + ("index", "label")
-    return ((IMAGE,) if gather_on_host else CROPS) + ("index", "label", "epoch")
-
-
-def batch_shapes(augment_on: str, gather_on_host: bool, batch: int, image_size: int,
-                 channels: int = 3) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{key: (shape, dtype name)} of a pipeline batch of `batch` rows in the layout of
-    `batch_keys` (module docstring): what the train step (or the on-device augmentation
-    ahead of it) receives. channels: C of an in-memory split's stored uint8 images (1 for
-    grayscale sources), which only the "image" layout keeps."""
-    shapes = {"index": ((batch,), "int32"), "label": ((batch,), "int32"),
-              "epoch": ((batch,), "int32")}
-    shapes.update({k: ((batch, image_size, image_size, 3), "float32") for k in VIEWS})
-    shapes.update({k: ((batch, image_size, image_size, 3), "uint8") for k in CROPS})
-    shapes[IMAGE] = ((batch, image_size, image_size, channels), "uint8")
-    return {k: shapes[k] for k in batch_keys(augment_on, gather_on_host)}
 
 
 def gaussian_kernel_size(max_sigma: float) -> int:
@@ -90,13 +54,13 @@ class ViewConfig:
             raise ConfigError(f"hue must be in [0, 0.5]; got {self.hue}.")
 
 
-def view_configs(config) -> tuple[ViewConfig, ViewConfig]:
-    """The two views' augmentation settings from config.data (augment.*)."""
-    aug = config.data.augment
+def view_configs(data_cfg) -> tuple[ViewConfig, ViewConfig]:
+    """The two views' augmentation settings from config.data (image_size, augment.*)."""
+    aug = data_cfg.augment
 
     def view(k: int) -> ViewConfig:
         return ViewConfig(
-            image_size=config.data.image_size,
+            image_size=data_cfg.image_size,
             crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio),
             flip_prob=aug.flip_prob, jitter_prob=aug.jitter_prob,
             brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation,
@@ -104,9 +68,6 @@ def view_configs(config) -> tuple[ViewConfig, ViewConfig]:
             blur_prob=aug.blur_prob[k], blur_sigma=tuple(aug.blur_sigma),
             solarize_prob=aug.solarize_prob[k])
 
-    if config.data.augment_on not in AUGMENT_ON:
-        raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}; got "
-                          f"{config.data.augment_on!r}.")
     return view(0), view(1)
 
 

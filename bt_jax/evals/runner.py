@@ -49,15 +49,19 @@ def probe_representation(ctx: Context, rep: Representation, protocols: list,
     return r
 
 
-def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
-                 train_split, test_split, stats=None, *, online_probe: Optional[dict] = None,
+def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict,
+                 train_split, test_split, stats=None, *, seed: int, image_size: int,
+                 split_name: str = "test", online_probe: Optional[dict] = None,
                  workdir: Optional[str] = None,
                  trained_features: Optional[tuple[np.ndarray, np.ndarray]] = None) -> dict:
     """Trained encoder, randomly initialised encoder and raw pixels, probed the same way: by
-    the protocols of config.eval.protocols that their settings want run
+    the protocols of config.eval.protocols (`eval_cfg`) that their settings want run
     (`selected_protocols`; fine-tuning on the trained encoder only).
 
     Args:
+      eval_cfg: config.eval; seed: the run's; image_size: config.data.image_size, the
+        pretraining views' (the fine-tuning's and SGD probe's views).
+      split_name: what test_split is ("test", or "validation": `sources.eval_split_name`).
       backbone: the Flax backbone; trained, random_init: its {"params", "batch_stats"}
         (never changed: the probes only read them).
       train_split, test_split: labelled in-memory splits.
@@ -76,10 +80,10 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
        "eval_seconds": {"trained", "random_init", "pixels"}: wall time of each part}.
     """
     stats = sources.channel_stats(train_split) if stats is None else stats
-    e = config.eval
-    ctx = Context(train=probe_subset(train_split, e.probe_train_examples, config.seed),
-                  test=test_split, labelled=train_split, stats=stats, seed=config.seed,
-                  image_size=config.data.image_size)
+    e = eval_cfg
+    ctx = Context(train=probe_subset(train_split, e.probe_train_examples, seed),
+                  test=test_split, labelled=train_split, stats=stats, seed=seed,
+                  image_size=image_size)
     train_img = pipeline.eval_arrays(ctx.train, *stats)
     test_img = pipeline.eval_arrays(test_split, *stats)
     encode = classifier.backbone_encoder(backbone)
@@ -88,7 +92,7 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     def features(variables, label):
         n, q = len(train_img), len(test_img)
         ticker = progress.Ticker(f"{label}: features of {n:,} training and {q:,} "
-                                 f"{sources.eval_split_name(config.data)} images", n + q,
+                                 f"{split_name} images", n + q,
                                  "images")
         out = (extract_features(backbone, variables, train_img, e.batch_size, ticker=ticker),
                extract_features(backbone, variables, test_img, e.batch_size, ticker=ticker,
@@ -117,9 +121,9 @@ def evaluate_all(config, backbone: nn.Module, trained: dict, random_init: dict,
     if workdir is not None and e.tsne_points > 0:
         diagnostics.plot_embedding_2d(test_x, test_split.labels,
                                       os.path.join(workdir, "tsne.png"),
-                                      max_points=e.tsne_points, seed=config.seed)
+                                      max_points=e.tsne_points, seed=seed)
     results.update(num_train=len(ctx.train), num_test=len(test_split),
-                   eval_split=sources.eval_split_name(config.data))
+                   eval_split=split_name)
     seconds["trained"] = time.perf_counter() - start
     if e.baselines:
         on_baselines = [p for p in protocols if p.baselines]

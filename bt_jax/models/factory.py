@@ -75,19 +75,18 @@ def check_image_size(model_cfg, image_size: int) -> None:
             f"({stem_minimums()}).")
 
 
-def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> BarlowTwins:
-    """The BarlowTwins network of config.model; axis_name for cross-replica BatchNorm."""
-    dtype = DTYPES[config.model.dtype]
-    backbone = make_backbone(config.model.backbone, stem=config.model.stem,
-                             width=config.model.width,
-                             zero_init_residual=config.model.zero_init_residual,
-                             axis_name=axis_name, dtype=dtype,
-                             conv_impl=config.model.conv_impl)
-    return BarlowTwins(backbone=backbone, projector_dims=tuple(config.model.projector_dims),
-                       projector_bn=config.model.projector_bn,
-                       predictor_dims=tuple(config.model.predictor_dims),
-                       axis_name=axis_name, dtype=dtype,
-                       projector_init=config.model.projector_init)
+def create_model(model_cfg: ml_collections.ConfigDict,
+                 axis_name: Optional[str] = None) -> BarlowTwins:
+    """The BarlowTwins network of config.model (`model_cfg`); axis_name for cross-replica
+    BatchNorm."""
+    m = model_cfg
+    dtype = DTYPES[m.dtype]
+    backbone = make_backbone(m.backbone, stem=m.stem, width=m.width,
+                             zero_init_residual=m.zero_init_residual,
+                             axis_name=axis_name, dtype=dtype, conv_impl=m.conv_impl)
+    return BarlowTwins(backbone=backbone, projector_dims=tuple(m.projector_dims),
+                       projector_bn=m.projector_bn, predictor_dims=tuple(m.predictor_dims),
+                       axis_name=axis_name, dtype=dtype, projector_init=m.projector_init)
 
 
 # XLA options for one-off programs on the CPU: without LLVM's optimisation passes, the

@@ -94,7 +94,7 @@ def main(argv):
                   f"{plan['max_batch']['max_per_chip_batch']}", flush=True)
         paths = report.write(plan, FLAGS.out)
         print(report.summary(plan) + f"\nWrote {paths[0]} and {paths[1]}.", flush=True)
-        planner.check_fits(plan, config)
+        planner.check_fits(plan)
     except ConfigError as e:
         cli.fail(str(e))
 

@@ -21,6 +21,7 @@ import numpy as np
 from bt_jax import defaults
 from bt_jax import parallel
 from bt_jax.data import in_memory, sources
+from bt_jax.data.layout import batch_layout
 from bt_jax.data.sources.base import imagenet_stats
 from bt_jax.errors import ConfigError
 from bt_jax.plan import hlo
@@ -147,17 +148,12 @@ class CompiledRun:
     num_devices: int
 
 
-def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
-    """The config as a run on `platform` resolves it. model.conv_impl="auto" picks each
-    layer's form from `jax.default_backend()` when the model is traced, which is this
-    machine's CPU when planning for a TPU: it is set to "xla", what "auto" gives off the
-    CPU (`models.conv.choose_conv_impl`), so the plan compiles the TPU trainer's program."""
-    if platform == "cpu" or config.model.conv_impl != "auto":
-        return config
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        config.model.conv_impl = "xla"
-    return config
+def conv_impl_for(conv_impl: str, platform: str) -> str:
+    """model.conv_impl as a run on `platform` resolves it. "auto" picks each layer's form
+    from `jax.default_backend()` when the model is traced, which is this machine's CPU
+    when planning for a TPU: off the CPU it is "xla", what "auto" gives there
+    (`models.conv.choose_conv_impl`), so the plan compiles the TPU trainer's program."""
+    return "xla" if conv_impl == "auto" and platform != "cpu" else conv_impl
 
 
 def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
@@ -170,17 +166,22 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
       OutOfMemory: the compiler found that a program does not fit a device.
     """
     defaults.validate(config)
-    config = for_platform(config, devices[0].platform)
+    model_cfg = copy.deepcopy(config.model)
+    model_cfg.conv_impl = conv_impl_for(model_cfg.conv_impl, devices[0].platform)
     mesh = parallel.make_mesh(devices)
     per_device = parallel.per_device_batch_size(config.batch_size, mesh)
     spe = in_memory.full_batches(shape.examples, config.batch_size)
     total_steps = config.num_steps or config.num_epochs * spe
+    layout = batch_layout(config.data.augment_on, shape.gather_on_host)
     # The views' normalisation: a constant in the program, whose value changes no cost.
-    built = programs_lib.build_programs(config, mesh, spe, total_steps, imagenet_stats())
+    make_views = programs_lib.view_program(layout, config.data, config.seed, imagenet_stats())
+    built = programs_lib.build_programs(
+        model_cfg, config.optim, config.loss, config.monitor, mesh,
+        global_batch=config.batch_size, steps_per_epoch=spe, total_steps=total_steps,
+        make_views=make_views)
     probe = shape.num_classes if config.monitor.online_probe else 0
     state = programs_lib.abstract_state(built, config.seed, config.data.image_size, probe, mesh)
-    batch = programs_lib.abstract_batch(config.data.augment_on, shape.gather_on_host,
-                                        config.batch_size, config.data.image_size,
+    batch = programs_lib.abstract_batch(layout, config.batch_size, config.data.image_size,
                                         shape.channels, mesh)
     stats, executables, arguments = [], [], []
     if built.make_views is not None:

@@ -24,26 +24,21 @@ class DoesNotFit(ConfigError):
     """The plan needs more memory per chip than the chip has."""
 
 
-def lowering_advice(config: ml_collections.ConfigDict, num_devices: int) -> str:
-    """Which settings would lower the memory per chip, for the error of a plan that does
-    not fit."""
-    per = config.batch_size // max(num_devices, 1)
-    tips = [f"a smaller per-chip batch (--config.batch_size={max(per // 2, 1) * num_devices} "
+def lowering_advice(run: dict) -> str:
+    """Which settings would lower the memory per chip of a plan's run (`plan["run"]`), for
+    the error of a plan that does not fit."""
+    n = max(run["num_devices"], 1)
+    per = run["global_batch"] // n
+    tips = [f"a smaller per-chip batch (--config.batch_size={max(per // 2, 1) * n} "
             "here, or the same global batch on more chips)"]
-    if config.model.dtype != "bfloat16":
+    if run["dtype"] != "bfloat16":
         tips.append("--config.model.dtype=bfloat16")
-    if max(config.model.projector_dims) > 2048:
+    if max(run["projector_dims"]) > 2048:
         tips.append("a narrower projector (model.projector_dims)")
-    if config.data.augment_on == "device":
+    if run["augment_on"] == "device":
         tips.append("--config.data.augment_on=host")
     tips.append("a chip with more HBM (--topology v5p:..., v4:...)")
     return "; ".join(tips)
-
-
-def _with_batch(config: ml_collections.ConfigDict, global_batch: int):
-    c = copy.deepcopy(config)
-    c.batch_size = global_batch
-    return c
 
 
 def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
@@ -95,7 +90,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
     return plan, run
 
 
-def check_fits(plan: dict, config: ml_collections.ConfigDict) -> None:
+def check_fits(plan: dict) -> None:
     """Raises DoesNotFit (one line: needed, available, what would lower it)."""
     m = plan["memory"]
     if m["fits"]:
@@ -105,7 +100,7 @@ def check_fits(plan: dict, config: ml_collections.ConfigDict) -> None:
     have = "?" if m["hbm_bytes"] is None else f"{m['hbm_bytes'] / 2 ** 30:.2f} GiB"
     raise DoesNotFit(
         f"The plan does not fit: it needs {needed} per chip and a {plan['chip']['name']} has "
-        f"{have}. Lower it with {lowering_advice(config, plan['run']['num_devices'])}.")
+        f"{have}. Lower it with {lowering_advice(plan['run'])}.")
 
 
 def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
@@ -144,8 +139,10 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
         if per_chip in memo:
             return memo[per_chip]["fits"]
         t = time.perf_counter()
-        plan, _ = make_plan(_with_batch(config, per_chip * n), topology, shape,
-                            progress=lambda *_: None, devices_and_chip=(devices, chip))
+        tried = copy.deepcopy(config)
+        tried.batch_size = per_chip * n
+        plan, _ = make_plan(tried, topology, shape, progress=lambda *_: None,
+                            devices_and_chip=(devices, chip))
         m = plan["memory"]
         row = {"per_chip_batch": per_chip, "needed_bytes": m["needed_bytes"],
                "fits": m["fits"], "compile_seconds": time.perf_counter() - t}

@@ -13,13 +13,15 @@ from bt_jax import config as config_lib
 from bt_jax import defaults
 from bt_jax import diagnostics, export, losses, parallel, plots
 from bt_jax.data import sources, pipeline
+from bt_jax.data.layout import batch_layout
+from bt_jax.data.views import view_configs
 from bt_jax.evals import monitor as monitor_lib
 from bt_jax.evals.common import probe_subset
 from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
-from bt_jax.train.programs import build_programs, initial_state
+from bt_jax.train.programs import build_programs, initial_state, view_program
 from bt_jax.train.state import init_from_file
 from bt_jax.train.step import make_diagnose_fn
 from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results, saved_steps,
@@ -55,11 +57,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     defaults.validate(config)
     chief = jax.process_index() == 0   # the one process that writes files on a cluster
     check_workdir(workdir)
-    check_resumable(workdir, config)
+    check_resumable(workdir, config.model)
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
     source = sources.pretrain_split(config.data, config.seed)
-    pipeline.require_packages(config, source)
+    layout = batch_layout(config.data.augment_on, source.gather_on_host)
+    pipeline.require_packages(layout, source)
     spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
     stats = pipeline.normalization_stats(source)
@@ -74,26 +77,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               flush=True)
         return finished
     resuming = bool(saved_steps(workdir))
+    config_json = config.to_json_best_effort(indent=2)
     if chief and not resuming:   # a new run: its workdir and config.json first
-        write_run_config(workdir, config)
+        write_run_config(workdir, config_json)
 
-    off = config_lib.evaluations_off_line(config)
+    off = config_lib.evaluations_off_line(config.monitor, config.eval)
     if off:
         print(off, flush=True)
-    programs = build_programs(config, mesh, spe, total_steps, stats)
+    programs = build_programs(
+        config.model, config.optim, config.loss, config.monitor, mesh,
+        global_batch=config.batch_size, steps_per_epoch=spe, total_steps=total_steps,
+        make_views=view_program(layout, config.data, config.seed, stats))
     probe_classes = pretrain_num_classes(source) if config.monitor.online_probe else 0
     state = initial_state(programs, config.seed, config.data.image_size, probe_classes)
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
     if config.model.init_from and not resuming:
-        state = init_from_file(state, config)
+        state = init_from_file(state, config.model)
 
     manager = ckpt_lib.CheckpointManager(run_dir.checkpoints(workdir),
                                          every_steps=config.checkpoint.every_steps,
                                          keep=config.checkpoint.keep)
     state = manager.restore_or(state)   # a checkpoint that does not fit changes nothing
     if chief and resuming:
-        write_run_config(workdir, config)
+        write_run_config(workdir, config_json)
     start = int(state.step)
     if start:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
@@ -102,16 +109,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = programs.train_step
     diagnose = make_diagnose_fn(programs.plain_model, programs.make_views, mesh=mesh)
     diag_every = config.monitor.diagnostics_every_steps
-    batches = pipeline.train_batches(config, source, start_step=start,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(), stats=stats)
+    batches = pipeline.train_batches(
+        source, layout, view_configs(config.data), seed=config.seed,
+        global_batch=config.batch_size, shuffle_buffer=config.data.shuffle_buffer,
+        start_step=start, process_index=jax.process_index(),
+        process_count=jax.process_count(), stats=stats)
     batches = parallel.prefetch_to_mesh(batches, mesh, config.data.prefetch_batches)
     objective = losses.get_objective(config.loss.kind)
+    eval_split = sources.eval_split_name(config.data)
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
-                     write_files=chief, eval_split=sources.eval_split_name(config.data),
-                     progress=objective.progress)
-    monitor, monitor_at = None, monitor_lib.monitor_steps(config_lib.knn_monitor_epochs(config),
-                                                          spe, total_steps)
+                     write_files=chief, eval_split=eval_split, progress=objective.progress)
+    monitor, monitor_at = None, monitor_lib.monitor_steps(
+        config_lib.knn_monitor_epochs(config.monitor, config.eval), spe, total_steps)
     if monitor_at:
         probe_train = probe_subset(train_split, config.eval.probe_train_examples,
                                    config.seed)
@@ -167,14 +176,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "embeddings": last_diagnosis["embedding"]["singular_values"],
                 "backbone features": last_diagnosis["features"]["singular_values"]},
                 c=last_diagnosis["c_block"])
-        export.write_backbone(workdir, trained_backbone, config, stats)
+        export.write_backbone(workdir, trained_backbone, config.model, stats,
+                              image_size=config.data.image_size, dataset=config.data.name)
 
     if not config.eval.enabled:
         return {}
     probe = None if state.probe is None else jax.device_get(state.probe["params"])
-    results = evaluate_all(config, programs.plain_model.backbone, trained_backbone,
-                           init_backbone, train_split, test_split, stats, online_probe=probe,
-                           workdir=workdir if chief else None,
+    results = evaluate_all(config.eval, programs.plain_model.backbone, trained_backbone,
+                           init_backbone, train_split, test_split, stats, seed=config.seed,
+                           image_size=config.data.image_size, split_name=eval_split,
+                           online_probe=probe, workdir=workdir if chief else None,
                            trained_features=monitor and monitor.last_features)
     results["train_seconds"] = train_seconds
     if chief:

@@ -1,5 +1,5 @@
-"""The programs a run compiles, built once from the config: the model, LARS and its
-schedules, the online probe's optimiser, the on-device augmentation and the train step.
+"""The programs a run compiles, built once from their sub-configs: the model, LARS and
+its schedules, the online probe's optimiser, the on-device augmentation and the train step.
 
 The trainer (`train.loop`) runs them; the pod planner (`bt_jax.plan`) compiles the same
 objects for compile-only TPU devices, from shapes alone (`abstract_state`,
@@ -17,7 +17,8 @@ import optax
 
 from bt_jax import parallel
 from bt_jax.data import device_augment
-from bt_jax.data.views import batch_shapes, view_configs
+from bt_jax.data.layout import BatchLayout
+from bt_jax.data.views import view_configs
 from bt_jax.models import BarlowTwins
 from bt_jax.models.factory import create_model
 from bt_jax.train.state import (TrainState, init_state, lars_of,
@@ -32,9 +33,10 @@ class TrainPrograms:
     model: the BarlowTwins network with cross-replica BatchNorm (axis "batch"), which the
       step runs; plain_model: the same network without the axis (initialisation,
       diagnostics, evaluation).
-    make_views: the per-device on-device augmentation, or None (data.augment_on="host").
-    train_step: (TrainState, global batch) -> (TrainState, metrics); with make_views it
-      runs two programs, `.views` then `.update` (`step.make_train_step`).
+    make_views: the per-device augmentation (`view_program`), or None where the host makes
+      the views.
+    views_step, update_step: the two compiled programs (`step.make_step_programs`);
+      train_step: (TrainState, global batch) -> (TrainState, metrics), the two chained.
     """
     model: BarlowTwins
     plain_model: BarlowTwins
@@ -48,21 +50,31 @@ class TrainPrograms:
     train_step: Callable               # the two chained: what the loop calls
 
 
-def build_programs(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int,
-                   total_steps: int, stats) -> TrainPrograms:
-    """The run's model, optimiser and step for `mesh`. stats: the views' normalisation
-    (mean [3], std [3])."""
-    model = create_model(config, axis_name=parallel.BATCH_AXIS)
-    weight_lr, bias_lr = learning_rate_schedules(config, steps_per_epoch, total_steps)
-    tx = lars_of(config.optim, weight_lr, bias_lr)      # the schedules, built once
-    probe_tx = online_probe_optimizer(config)
-    make_views = None
-    if config.data.augment_on == "device":
-        make_views = device_augment.make_view_fn(config.seed, *view_configs(config), *stats)
+def view_program(layout: BatchLayout, data_cfg: ml_collections.ConfigDict, seed: int,
+                 stats) -> Optional[Callable[[dict], dict]]:
+    """The per-device augmentation of a batch in `layout` (config.data's views, normalised
+    with stats: mean [3], std [3]), or None where the host makes the views."""
+    if not layout.views_on_device:
+        return None
+    return device_augment.make_view_fn(seed, *view_configs(data_cfg), *stats)
+
+
+def build_programs(model_cfg: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
+                   loss_cfg: ml_collections.ConfigDict, monitor_cfg: ml_collections.ConfigDict,
+                   mesh, *, global_batch: int, steps_per_epoch: int, total_steps: int,
+                   make_views: Optional[Callable[[dict], dict]] = None) -> TrainPrograms:
+    """The run's model (config.model), LARS and its schedules (config.optim, global_batch),
+    the online probe's optimiser (config.monitor) and the train step of config.loss for
+    `mesh`, after `make_views` (`view_program`) where the device makes the views."""
+    model = create_model(model_cfg, axis_name=parallel.BATCH_AXIS)
+    weight_lr, bias_lr = learning_rate_schedules(optim_cfg, global_batch, steps_per_epoch,
+                                                 total_steps)
+    tx = lars_of(optim_cfg, weight_lr, bias_lr)      # the schedules, built once
+    probe_tx = online_probe_optimizer(monitor_cfg)
     views_step, update_step = make_step_programs(
-        model, tx, config.loss, mesh, learning_rate=weight_lr, make_views=make_views,
+        model, tx, loss_cfg, mesh, learning_rate=weight_lr, make_views=make_views,
         bias_learning_rate=bias_lr, probe_tx=probe_tx)
-    return TrainPrograms(model=model, plain_model=create_model(config), tx=tx,
+    return TrainPrograms(model=model, plain_model=create_model(model_cfg), tx=tx,
                          probe_tx=probe_tx, weight_lr=weight_lr, bias_lr=bias_lr,
                          make_views=make_views, views_step=views_step,
                          update_step=update_step,
@@ -86,11 +98,11 @@ def abstract_state(programs: TrainPrograms, seed: int, image_size: int, probe_cl
                         shapes)
 
 
-def abstract_batch(augment_on: str, gather_on_host: bool, global_batch: int, image_size: int,
-                   channels: int, mesh) -> dict:
-    """The pipeline's global batch (`views.batch_shapes`) as jax.ShapeDtypeStructs split
-    over the mesh's "batch" axis."""
+def abstract_batch(layout: BatchLayout, global_batch: int, image_size: int, channels: int,
+                   mesh) -> dict:
+    """The pipeline's global batch in `layout` (`BatchLayout.shapes`) as
+    jax.ShapeDtypeStructs split over the mesh's "batch" axis."""
     sharding = parallel.batch_sharded(mesh)
     return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
-            for k, (shape, dtype) in batch_shapes(augment_on, gather_on_host, global_batch,
-                                                  image_size, channels).items()}
+            for k, (shape, dtype) in layout.shapes(global_batch, image_size,
+                                                   channels).items()}

@@ -32,14 +32,16 @@ class TrainState:
     probe: Any = None
 
 
-def learning_rate_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
+def learning_rate_schedules(optim_cfg: ml_collections.ConfigDict, global_batch: int,
+                            steps_per_epoch: int,
                             total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
-    """(weights, biases) warm-up + cosine schedules; peaks scaled by batch/256 if configured."""
-    o = config.optim
+    """(weights, biases) warm-up + cosine schedules of config.optim (`optim_cfg`); peaks
+    scaled by global_batch/256 if optim.scale_lr_by_batch."""
+    o = optim_cfg
     warmup = min(int(round(o.warmup_epochs * steps_per_epoch)), total_steps)
 
     def sched(base):
-        peak = optim.scale_lr_by_batch(base, config.batch_size) if o.scale_lr_by_batch else base
+        peak = optim.scale_lr_by_batch(base, global_batch) if o.scale_lr_by_batch else base
         return optim.warmup_cosine_schedule(peak, total_steps, warmup, o.end_lr_fraction)
 
     return sched(o.lr_weights), sched(o.lr_biases)
@@ -53,16 +55,18 @@ def lars_of(optim_cfg, weight_lr: optax.Schedule,
                       eta=o.eta, clip_trust_ratio=o.clip_trust_ratio)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                     total_steps: int) -> optax.GradientTransformation:
-    """LARS with the warm-up + cosine schedules of config.optim."""
-    return lars_of(config.optim, *learning_rate_schedules(config, steps_per_epoch, total_steps))
+def create_optimizer(optim_cfg: ml_collections.ConfigDict, global_batch: int,
+                     steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+    """LARS with the warm-up + cosine schedules of config.optim (`optim_cfg`)."""
+    return lars_of(optim_cfg, *learning_rate_schedules(optim_cfg, global_batch,
+                                                       steps_per_epoch, total_steps))
 
 
-def online_probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam at monitor.online_probe_lr: robust to the scale of unnormalised backbone features,
-    which changes by orders of magnitude as pretraining goes."""
-    return optax.adam(config.monitor.online_probe_lr)
+def online_probe_optimizer(monitor_cfg: ml_collections.ConfigDict
+                           ) -> optax.GradientTransformation:
+    """Adam at config.monitor.online_probe_lr: robust to the scale of unnormalised backbone
+    features, which changes by orders of magnitude as pretraining goes."""
+    return optax.adam(monitor_cfg.online_probe_lr)
 
 
 def init_probe(feature_dim: int, num_classes: int,
@@ -87,8 +91,8 @@ def init_state(model: BarlowTwins, tx: optax.GradientTransformation, rng: jax.Ar
                       probe=probe)
 
 
-def init_from_file(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
-    """The state with the weights of config.model.init_from: the backbone's, and the
+def init_from_file(state: TrainState, model_cfg: ml_collections.ConfigDict) -> TrainState:
+    """The state with the weights of config.model.init_from (`model_cfg`): the backbone's, and the
     projector's where the file holds one of this model's shapes (else the projector keeps
     its fresh initialisation, as when fine-tuning a backbone). The optimiser's state is
     value-free at step 0 (zero momentum), so it is kept.
@@ -96,9 +100,9 @@ def init_from_file(state: TrainState, config: ml_collections.ConfigDict) -> Trai
     Raises:
       ConfigError where the file's ResNet is not config.model's (naming the fields).
     """
-    path = config.model.init_from
+    path = model_cfg.init_from
     variables, arch = convert.read_variables(path)
-    bad = convert.mismatched_fields(config.model, convert.model_fields(variables, arch))
+    bad = convert.mismatched_fields(model_cfg, convert.model_fields(variables, arch))
     if bad:
         raise ConfigError(f"model.init_from={path!r} holds another network: "
                           f"{'; '.join(bad)}. Set those fields to the weights' values.")

@@ -111,7 +111,7 @@ def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
-                         f"{parallel.BATCH_AXIS!r} (create_model(config, parallel.BATCH_AXIS)) "
+                         f"{parallel.BATCH_AXIS!r} (create_model(config.model, parallel.BATCH_AXIS)) "
                          f"for cross-replica BatchNorm; got {model.axis_name!r}.")
 
     def step(state: TrainState, batch: dict):

@@ -17,14 +17,15 @@ from bt_jax import defaults
 NOT_THE_MODEL = ("init_from",)
 
 
-def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume checkpoints written for another model (shapes would not fit)."""
+def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
+    """Refuses to resume checkpoints written for another model than config.model
+    (`model_cfg`): their shapes would not fit."""
     saved_path = run_dir.path(workdir, run_dir.CONFIG)
     if not (os.path.exists(saved_path) and saved_steps(workdir)):
         return
     with open(saved_path) as f:
         saved = config_lib.translate_saved(json.load(f))
-    now = json.loads(config.to_json_best_effort())
+    now = {"model": json.loads(model_cfg.to_json_best_effort())}
     # Fields added to the model since the run was saved held their defaults then.
     model_defaults = json.loads(defaults.base_config().to_json_best_effort())["model"]
     saved_model = {**model_defaults, **saved.get("model", {})}
@@ -77,16 +78,18 @@ def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optiona
     return results if "linear_top1" in results else None
 
 
-def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_run_config(workdir: str, config_json: str) -> None:
     """Creates workdir and writes config.json (atomically), printing what a resumed run
-    changes against the config.json it had. An unwritable workdir is one ConfigError."""
+    changes against the config.json it had. An unwritable workdir is one ConfigError.
+
+    config_json: the run's config as JSON (`ConfigDict.to_json_best_effort(indent=2)`)."""
     path = run_dir.path(workdir, run_dir.CONFIG)
     if saved_steps(workdir) and os.path.exists(path):
         try:
             with open(path) as f:
                 saved = ml_collections.ConfigDict(config_lib.translate_saved(json.load(f)))
             changes = config_lib.diff(saved, ml_collections.ConfigDict(
-                json.loads(config.to_json_best_effort())))
+                json.loads(config_json)))
         except (OSError, ValueError):
             changes = []
         if changes:
@@ -94,7 +97,7 @@ def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                   + "\n  ".join(changes), flush=True)
     try:
         os.makedirs(workdir, exist_ok=True)
-        run_dir.atomic_write(path, config.to_json_best_effort(indent=2))
+        run_dir.atomic_write(path, config_json)
     except OSError as e:
         raise config_lib.ConfigError(
             f"Cannot write into --workdir {workdir!r} ({e.strerror or e}): choose a "

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from bt_jax.data import import_tensorflow, in_memory
-from bt_jax.data.views import IMAGE
+from bt_jax.data.layout import IMAGE
 from bt_jax.errors import ConfigError
 
 SPLITS = ("train", "test")

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sys
-import threading
+import traceback
 from typing import Any
 
 import jax
@@ -60,68 +60,34 @@ class _QuietFailedSaves(logging.Filter):
 _QUIET = _QuietFailedSaves()
 
 
-class _WithoutClosedLoopTracebacks:
-    """sys.stderr, less the bare "RuntimeError: Event loop is closed" tracebacks that
-    TensorStore prints from its own threads, as soon as a save fails and for as long as
-    the process lives: the failed save's other writes finish after Orbax has closed that
-    save's event loop. The failure itself is reported once, as a SaveError.
-
-    Text is split into lines per writing thread (several threads print at once, piece by
-    piece); every other line passes through unchanged, and a held traceback that turns
-    out to be anything else is written out whole.
-    """
-
-    _START = "Traceback (most recent call last):\n"
-    _END = "RuntimeError: Event loop is closed\n"
-
-    def __init__(self, stream):
-        self.stream = stream
-        self._lock = threading.Lock()
-        self._partial = {}     # thread id -> its text after its last newline
-        self._held = {}        # thread id -> the lines of a traceback that may be noise
-
-    def _line(self, thread: int, line: str) -> None:
-        held = self._held.get(thread)
-        if held is None:
-            if line == self._START:
-                self._held[thread] = [line]
-            else:
-                self.stream.write(line)
-            return
-        held.append(line)
-        frames = [l for l in held if l.startswith("  File ")]
-        if line == self._END and all("asyncio" in f for f in frames):
-            del self._held[thread]                   # the noise: dropped
-        elif not line.startswith("  "):
-            self.stream.write("".join(held))         # a real traceback
-            del self._held[thread]
-
-    def write(self, text: str) -> int:
-        thread = threading.get_ident()
-        with self._lock:
-            lines = (self._partial.pop(thread, "") + text).split("\n")
-            rest = lines.pop()
-            for line in lines:
-                self._line(thread, line + "\n")
-            if rest and thread not in self._held and not self._START.startswith(rest):
-                self.stream.write(rest)
-            elif rest:
-                self._partial[thread] = rest
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
+def _is_closed_loop_noise(unraisable) -> bool:
+    """Whether an unraisable exception is TensorStore's "Event loop is closed": once a save
+    fails, Orbax closes that save's event loop while its other writes are still in flight,
+    and each of them, on finishing, calls back into the closed loop from a TensorStore
+    thread, which can only report it as unraisable (a bare traceback on stderr), for as
+    long as the process lives. The failure itself is reported once, as a SaveError."""
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (unraisable.exc_type is RuntimeError and unraisable.object is None
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and bool(frames) and all("asyncio" in f.filename for f in frames))
 
 
-def _drop_closed_loop_tracebacks() -> None:
-    """Filters sys.stderr from now on (see _WithoutClosedLoopTracebacks); idempotent. Set
-    when a CheckpointManager is made, since the noise starts before the failure is
-    seen."""
-    if not isinstance(sys.stderr, _WithoutClosedLoopTracebacks):
-        sys.stderr = _WithoutClosedLoopTracebacks(sys.stderr)
+def _without_closed_loop_noise(previous):
+    """An unraisable-exception hook that drops `_is_closed_loop_noise` and hands every
+    other exception to `previous` unchanged."""
+    def hook(unraisable):
+        if not _is_closed_loop_noise(unraisable):
+            previous(unraisable)
+    hook.drops_closed_loop_noise = True
+    return hook
+
+
+def _drop_closed_loop_noise() -> None:
+    """Chains `_without_closed_loop_noise` in front of sys.unraisablehook (once). Set when
+    a CheckpointManager is made: the noise can start with its first save and outlive it.
+    Nothing else is filtered; sys.stderr is left alone."""
+    if not getattr(sys.unraisablehook, "drops_closed_loop_noise", False):
+        sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
 
 
 class CheckpointManager:
@@ -139,7 +105,7 @@ class CheckpointManager:
         for name in ("absl", "asyncio"):
             if _QUIET not in logging.getLogger(name).filters:
                 logging.getLogger(name).addFilter(_QUIET)
-        _drop_closed_loop_tracebacks()
+        _drop_closed_loop_noise()
 
     def _save_failed(self, e: BaseException) -> SaveError:
         complete = [s for s in self._manager.all_steps() if s != self._pending]

@@ -102,7 +102,8 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
     parallel.per_device_batch_size(args.batch, mesh)
     model = train.create_model(config.model, axis_name=parallel.BATCH_AXIS)
     total = args.steps + args.warmup + 1
-    tx = train.create_optimizer(config.optim, config.batch_size, steps_per_epoch=total, total_steps=total)
+    tx = train.create_optimizer(config.optim, config.batch_size, steps_per_epoch=total,
+                                total_steps=total)
     state = train.init_state(train.create_model(config.model), tx, jax.random.key(0),
                              args.image_size)
     state = parallel.replicate(state, mesh)

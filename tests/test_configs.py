@@ -35,28 +35,78 @@ def test_recipe_is_valid(path):
     train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=10, total_steps=100)
 
 
+# torchvision's parameter counts less the fc head: resnet18 11,689,512 - 513,000 and
+# resnet50 25,557,032 - 2,049,000, with its 7x7 stem conv (9,408 weights); the CIFAR stems'
+# 3x3 conv has 1,728. Last-stage channels: 512 and 2048.
+TORCHVISION_BACKBONE_PARAMS = {"resnet18": 11_176_512, "resnet50": 23_508_032}
+LAST_STAGE_CHANNELS = {"resnet18": 512, "resnet50": 2048}
+STEM_CONV_WEIGHTS = {"imagenet": 9_408, "cifar": 1_728, "cifar_pool": 1_728}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
+def test_recipe_builds_the_model_it_states(path):
+    """The recipe's own model, not shrunk, at its own image size (shapes only): the
+    backbone's features and parameter count (torchvision's at width 1), and the
+    projector's layers as model.projector_dims lists them."""
+    import jax.numpy as jnp
+    import numpy as np
+    c = load(path)
+    m, s = c.model, c.data.image_size
+    model = train.create_model(m)
+    v = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0), s))
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, s, s, 3)), train=False), v)
+    features = int(LAST_STAGE_CHANNELS[m.backbone] * m.width)
+    assert out["features"].shape == (2, features)
+    assert out["embedding"].shape == (2, m.projector_dims[-1])
+    proj = v["params"]["projector"]
+    widths = [features] + list(m.projector_dims)
+    assert [proj[f"linear{i}"]["kernel"].shape for i in range(len(m.projector_dims))] == \
+        list(zip(widths[:-1], widths[1:]))
+    if m.width == 1.0:
+        count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v["params"]["backbone"]))
+        assert count == (TORCHVISION_BACKBONE_PARAMS[m.backbone] - STEM_CONV_WEIGHTS["imagenet"]
+                         + STEM_CONV_WEIGHTS[m.stem])
+
+
 @pytest.mark.parametrize("path", STEP_RECIPES, ids=[os.path.basename(p) for p in RECIPES])
-def test_recipe_runs_one_train_step_with_tiny_overrides(path):
-    """The recipe's loss, optimiser (clipping, schedules) and model settings, shrunk in width,
-    image size and batch: one data-parallel step on the 8 CPU devices gives finite metrics."""
+def test_recipe_loss_and_optimiser_train_one_step_on_a_shrunk_model(path):
+    """The recipe's loss and optimiser settings (objective, scale, LARS clipping, the
+    schedules and their batch scaling) on its model shrunk in width, projector, image
+    size and batch: one data-parallel step on the 8 CPU devices uses the recipe's
+    learning rate, gives the loss of the same batch on one device, and moves the
+    weights once the warm-up's rate is above 0."""
     import numpy as np
     from bt_jax import parallel
-    c = load(path)
     from bt_jax.models.resnet import min_image_size
+    c = load(path)
     # The smallest images the recipe's stem accepts (16 px, or 32 for the ImageNet stem).
     c.batch_size, c.data.image_size = 16, max(16, min_image_size(c.model.stem))
     c.model.width, c.model.projector_dims = 0.0625, (32, 32)
     mesh = parallel.make_mesh()
-    tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=10, total_steps=100)
-    state = parallel.replicate(train.init_state(train.create_model(c.model), tx, jax.random.key(0),
-                                                c.data.image_size), mesh)
-    step = train.make_train_step(train.create_model(c.model, axis_name=parallel.BATCH_AXIS), tx,
-                                 c.loss, mesh)
+    weight_lr, bias_lr = train.learning_rate_schedules(c.optim, c.batch_size,
+                                                       steps_per_epoch=10, total_steps=100)
+    tx = train.state.lars_of(c.optim, weight_lr, bias_lr)
+    fresh = train.init_state(train.create_model(c.model), tx, jax.random.key(0),
+                             c.data.image_size)
+    step = train.make_train_step(train.create_model(c.model, axis_name=parallel.BATCH_AXIS),
+                                 tx, c.loss, mesh, learning_rate=weight_lr)
     s = c.data.image_size
-    x = np.random.default_rng(0).normal(size=(16, s, s, 3)).astype(np.float32)
-    state, metrics = step(state, parallel.host_to_global({"view_a": x, "view_b": x[::-1]},
-                                                         mesh))
-    assert int(state.step) == 1 and all(np.isfinite(float(v)) for v in metrics.values())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, s, s, 3)).astype(np.float32)
+    batch = {"view_a": x, "view_b": (x + 0.3 * rng.normal(size=x.shape)).astype(np.float32)}
+    one_device, *_ = train.loss_and_grads(fresh.params, fresh.batch_stats, batch,
+                                          model=train.create_model(c.model), loss_cfg=c.loss,
+                                          axis_name=None)
+    before = jax.device_get(fresh.params)      # the step donates the state's buffers
+    state, metrics = step(parallel.replicate(fresh, mesh), parallel.host_to_global(batch, mesh))
+    np.testing.assert_allclose(float(metrics["loss"]), float(one_device), rtol=1e-4)
+    # The warm-up starts at rate 0: the second step is the first that moves the weights.
+    state, metrics = step(state, parallel.host_to_global(batch, mesh))
+    assert int(state.step) == 2 and float(weight_lr(1)) > 0
+    assert float(metrics["learning_rate"]) == pytest.approx(float(weight_lr(1)))
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(before))]
+    assert max(moved) > 0
 
 
 def test_validate_names_the_bad_field():
@@ -74,14 +124,16 @@ def test_learning_rates_scale_with_batch_and_follow_the_schedule():
     c = defaults.base_config()     # paper: weights 0.2, biases 0.0048, times batch/256
     c.batch_size = 1024
     c.optim.warmup_epochs = 10
-    w, b = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100, total_steps=10_000)
+    w, b = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100,
+                                         total_steps=10_000)
     assert float(w(0)) == 0.0
     assert float(w(500)) == pytest.approx(0.2 * 4 * 0.5)
     assert float(w(1000)) == pytest.approx(0.8)
     assert float(b(1000)) == pytest.approx(0.0048 * 4)
     assert float(w(10_000)) == pytest.approx(0.8e-3, rel=1e-3)
     c.optim.scale_lr_by_batch = False
-    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100, total_steps=10_000)
+    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100,
+                                         total_steps=10_000)
     assert float(w(1000)) == pytest.approx(0.2)
 
 
@@ -89,7 +141,8 @@ def test_warm_up_may_be_a_fraction_of_an_epoch():
     c = defaults.base_config()
     c.batch_size = 256
     c.optim.warmup_epochs = 0.05       # 12 of 234 steps (the small ablation scale)
-    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=234, total_steps=120)
+    w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=234,
+                                         total_steps=120)
     assert float(w(6)) == pytest.approx(0.2 * 6 / 12)
     assert float(w(12)) == pytest.approx(0.2)
     assert float(w(13)) < 0.2

@@ -110,7 +110,8 @@ def test_full_train_steps_agree_between_eight_and_one_device():
         mesh = parallel.make_mesh(devices)
         state = parallel.replicate(
             train.init_state(train.create_model(c.model), tx, jax.random.key(0), 8), mesh)
-        step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss, mesh)
+        step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx,
+                                     c.loss, mesh)
         losses = []
         for i in range(3):
             state, metrics = step(state, parallel.host_to_global(_batch(c, seed=i), mesh))
@@ -130,9 +131,10 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     c.optim.eta = 0.02
     tx = train.create_optimizer(c.optim, c.batch_size, steps_per_epoch=30, total_steps=30)
     mesh = parallel.make_mesh()
-    state = parallel.replicate(train.init_state(train.create_model(c.model), tx, jax.random.key(1), 8),
-                               mesh)
-    step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss, mesh)
+    state = parallel.replicate(train.init_state(train.create_model(c.model), tx,
+                                                jax.random.key(1), 8), mesh)
+    step = train.make_train_step(train.create_model(c.model, parallel.BATCH_AXIS), tx, c.loss,
+                                 mesh)
     batch = parallel.host_to_global(_batch(c), mesh)
     losses = []
     for _ in range(30):

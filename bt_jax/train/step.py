@@ -111,8 +111,9 @@ def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
     """
     if model.axis_name != parallel.BATCH_AXIS:
         raise ValueError(f"make_train_step needs a model built with axis_name="
-                         f"{parallel.BATCH_AXIS!r} (create_model(config.model, parallel.BATCH_AXIS)) "
-                         f"for cross-replica BatchNorm; got {model.axis_name!r}.")
+                         f"{parallel.BATCH_AXIS!r} (create_model(config.model, "
+                         f"parallel.BATCH_AXIS)) for cross-replica BatchNorm; got "
+                         f"{model.axis_name!r}.")
 
     def step(state: TrainState, batch: dict):
         loss, grads, new_stats, terms, features = loss_and_grads(

@@ -88,11 +88,12 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     d = config.data
     train_split, test_split = sources.labelled_splits(d, config.seed)
     stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
+    model = create_model(config.model)
     random_init = backbone_variables(init_variables(
-        create_model(config.model), jax.random.key(config.seed), d.image_size))
+        model, jax.random.key(config.seed), d.image_size))
     if workdir is not None and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)   # tsne.png and results.json go there
-    results = evaluate_all(config.eval, create_model(config.model).backbone, variables,
+    results = evaluate_all(config.eval, model.backbone, variables,
                            jax.device_get(random_init), train_split, test_split, stats,
                            seed=config.seed, image_size=d.image_size,
                            split_name=sources.eval_split_name(d), workdir=workdir)

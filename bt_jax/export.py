@@ -71,10 +71,11 @@ def write_backbone(workdir: str, variables: dict, model_cfg, stats, *, image_siz
     pretraining views' (config.data.image_size); dataset: config.data.name."""
     mean, std = (np.asarray(v, np.float64).reshape(-1).tolist() for v in stats)
     model = {k: model_cfg[k] for k in MODEL_FIELDS}
-    num_features = make_backbone(model.pop("backbone"), **model).num_features
+    name, *rest = MODEL_FIELDS       # "backbone", then its keyword arguments
+    num_features = make_backbone(model[name], **{k: model[k] for k in rest}).num_features
     meta = {"image_size": int(image_size), "mean": mean, "std": std,
-            "input": INPUT_LAYOUT, "num_features": num_features,
-            "model": {k: model_cfg[k] for k in MODEL_FIELDS}, "dataset": dataset}
+            "input": INPUT_LAYOUT, "num_features": num_features, "model": model,
+            "dataset": dataset}
     run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE),
                          flax.serialization.to_bytes(variables))
     run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),

@@ -25,12 +25,12 @@ def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
         return
     with open(saved_path) as f:
         saved = config_lib.translate_saved(json.load(f))
-    now = {"model": json.loads(model_cfg.to_json_best_effort())}
+    now_model = json.loads(model_cfg.to_json_best_effort())
     # Fields added to the model since the run was saved held their defaults then.
     model_defaults = json.loads(defaults.base_config().to_json_best_effort())["model"]
     saved_model = {**model_defaults, **saved.get("model", {})}
-    changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now["model"]))
-               if saved_model.get(k) != now["model"].get(k) and k not in NOT_THE_MODEL]
+    changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now_model))
+               if saved_model.get(k) != now_model.get(k) and k not in NOT_THE_MODEL]
     if changed:
         raise config_lib.ConfigError(
             f"{workdir!r} holds checkpoints of another model ({', '.join(changed)} differ from "

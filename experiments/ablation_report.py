@@ -12,12 +12,42 @@ from typing import Optional
 from ablation_sweeps import PAPER_BASELINE, PAPER_NOTES, SCALES, Run
 
 
-CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "linear_top1", "linear_top5",
-              "knn_top1", "knn_top5", "online_top1", "effective_rank", "final_loss", "steps",
-              "seconds", "paper_top1", "paper_delta", "paper_expect", "delta_linear",
-              "delta_knn", "vs_noise", "paper_agreement")
-NOISE_Z = 2.0       # beyond noise: |delta| > NOISE_Z * std * sqrt(1 + 1/n)
+CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "runs", "per_run", "linear_top1",
+              "linear_top5", "knn_top1", "knn_top5", "online_top1", "effective_rank",
+              "final_loss", "steps", "seconds", "paper_top1", "paper_delta", "paper_expect",
+              "delta_linear", "delta_knn", "threshold_linear", "threshold_knn", "vs_noise",
+              "vs_noise_knn", "verdict_linear", "verdict_knn", "paper_agreement")
+NOISE_Z = 2.0       # beyond noise: |delta| > NOISE_Z * std * sqrt(1 / n_row + 1 / n_ref)
 PAPER_FLAT = 1.0    # the paper's rows within this many points of its baseline count as flat
+PROBES = ("linear", "knn")
+_MEAN_FIELDS = ("linear_top1", "linear_top5", "knn_top1", "knn_top5", "online_top1",
+                "effective_rank", "final_loss")
+
+
+def noise_threshold(std: float, n_row: int, n_ref: int) -> float:
+    """Beyond-noise threshold (points) of the difference between the mean of n_row runs
+    and the mean of n_ref runs, each run with seed standard deviation `std`: NOISE_Z x the
+    difference's standard deviation, std x sqrt(1 / n_row + 1 / n_ref). One run against
+    the 3 seeds' mean: sqrt(4/3); one run against one: sqrt(2); 3 runs against 3:
+    sqrt(2/3)."""
+    return NOISE_Z * std * math.sqrt(1 / n_row + 1 / n_ref)
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """One table row from the runs of one setting (its seeds): the mean of each accuracy
+    over the finished runs, their wall times summed, `runs` their number and `per_run`
+    each one's linear/kNN top-1. With no finished run, the first run's row as it is."""
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        return {**rows[0], "runs": 0, "per_run": ""}
+    out = dict(done[0]) if rows[0]["status"] == "done" else {**done[0], "run": rows[0]["run"]}
+    for key in _MEAN_FIELDS:
+        values = [float(r[key]) for r in done if r.get(key, "") != ""]
+        out[key] = round(statistics.mean(values), 2) if values else ""
+    seconds = [float(r["seconds"]) for r in rows if r.get("seconds", "") != ""]
+    out.update(runs=len(done), seconds=round(sum(seconds)) if seconds else "",
+               per_run=" ".join(f"{r['linear_top1']}/{r['knn_top1']}" for r in done))
+    return out
 
 
 def noise_floor(seed_rows: list[dict]) -> Optional[dict]:
@@ -33,18 +63,21 @@ def noise_floor(seed_rows: list[dict]) -> Optional[dict]:
         values = [float(r[f"{key}_top1"]) for r in done]
         floor[f"{key}_mean"] = statistics.mean(values)
         floor[f"{key}_std"] = statistics.stdev(values)
-        floor[f"{key}_threshold"] = (NOISE_Z * floor[f"{key}_std"]
-                                     * math.sqrt(1 + 1 / len(done)))
+        floor[f"{key}_threshold"] = noise_threshold(floor[f"{key}_std"], 1, len(done))
     return floor
 
 
 def paper_expectation(paper: Optional[float], base_paper: Optional[float],
                       expect: Optional[str]) -> Optional[str]:
-    """"lower" | "flat" | "higher" against the paper's baseline, from the row's paper number
-    (within PAPER_FLAT points: flat) or else its stated claim; None where it makes none."""
+    """"lower" | "flat" | "higher" against the paper's baseline: from the row's paper number
+    where it moves PAPER_FLAT points or more; within that, the direction the paper's text
+    states for it (`expect`, e.g. Table 6's "slightly decrease" for stop-gradient's -0.9),
+    else flat; with no number, the stated claim; None where it makes none."""
     if paper is not None and base_paper is not None:
         delta = paper - base_paper
-        return "lower" if delta <= -PAPER_FLAT else "higher" if delta >= PAPER_FLAT else "flat"
+        if abs(delta) >= PAPER_FLAT:
+            return "lower" if delta < 0 else "higher"
+        return expect or "flat"
     return expect
 
 
@@ -55,10 +88,11 @@ VISIBLE_FACTOR = 3.0
 
 def agreement(ours: Optional[str], paper: Optional[str], paper_delta: Optional[float] = None,
               threshold: Optional[float] = None) -> str:
-    """The paper column: ours and the paper's "lower" | "flat" | "higher" (ours "flat" =
+    """One probe's verdict: ours and the paper's "lower" | "flat" | "higher" (ours "flat" =
     within noise; None = no noise floor yet / no claim). paper_delta: the paper's change in
-    points, threshold: our beyond-noise threshold; a flat result against a paper change of
-    VISIBLE_FACTOR x threshold or more disagrees."""
+    points (linear top-1, the only probe it reports), threshold: this probe's beyond-noise
+    threshold; a flat result against a paper change of VISIBLE_FACTOR x threshold or more
+    disagrees."""
     if paper is None:
         return "no claim"
     if ours is None:
@@ -72,19 +106,43 @@ def agreement(ours: Optional[str], paper: Optional[str], paper_delta: Optional[f
     return "agrees" if ours == paper else "disagrees"
 
 
+def two_probe_verdict(linear: str, knn: str) -> str:
+    """The row's verdict from its two probes' verdicts (each `agreement`'s): the same
+    verdict where they agree; "mixed" where one agrees with the paper and the other
+    disagrees; where one cannot tell ("within noise") the other decides, since a probe that
+    cannot resolve the paper's change is evidence neither way. "no claim" and "noise
+    unknown" pass through."""
+    for passthrough in ("no claim", "noise unknown"):
+        if passthrough in (linear, knn):
+            return passthrough
+    if linear == knn:
+        return linear
+    pair = {linear, knn}
+    if pair == {"agrees", "disagrees"}:
+        return "mixed"
+    return "agrees" if "agrees" in pair else "disagrees"
+
+
+def direction(delta: float, threshold: float) -> str:
+    """"flat" (|delta| <= threshold), "higher" or "lower"."""
+    return "flat" if abs(delta) <= threshold else "higher" if delta > 0 else "lower"
+
+
 def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[dict]:
-    """Adds each trained row's change against its reference, whether it is beyond noise,
-    the paper's expectation and the verdict. The reference is the run's `control` row when
-    it names one (one run against another: the threshold is NOISE_Z x std x sqrt(2)), else
-    the mean over the seeds when the noise floor exists, else the seed-0 baseline run.
-    Reference rows pass through unchanged."""
+    """Adds each trained row's change against its reference on both probes, whether each
+    is beyond noise, the paper's expectation, each probe's verdict and the row's
+    (`two_probe_verdict`). A row is the mean of its `runs` finished runs (1 unless it was
+    repeated with other seeds). The reference is the run's `control` row when it names one
+    (the mean of that row's runs), else the mean over the seed sweep's runs when the noise
+    floor exists, else the seed-0 baseline run; the threshold is `noise_threshold` of the
+    seed std for the two means' run counts. Reference rows pass through unchanged."""
     by_name = {r.name: r for r in runs}
     by_row = {r["run"]: r for r in rows}
     base = by_row.get("baseline")
     base_paper = _num(base["paper_top1"]) if base else PAPER_BASELINE
     seeds_mean = {k: (floor[f"{k}_mean"] if floor else
                       (_num(base[f"{k}_top1"]) if base and base["status"] == "done" else None))
-                  for k in ("linear", "knn")}
+                  for k in PROBES}
     out = []
     for row in rows:
         row = dict(row)
@@ -100,25 +158,46 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
         expect = (None if row["run"] == "baseline" else
                   paper_expectation(paper, ref_paper, run.expect))
         row["paper_expect"] = expect or ""
-        ref, threshold = seeds_mean, floor["linear_threshold"] if floor else None
+        ref, n_ref = seeds_mean, floor["n"] if floor else None
         if run.control:
             control = by_row.get(run.control, {})
             ref = {k: (_num(control[f"{k}_top1"]) if control.get("status") == "done"
-                       else None) for k in ("linear", "knn")}
-            threshold = NOISE_Z * floor["linear_std"] * math.sqrt(2) if floor else None
-        if row["status"] == "done" and ref["linear"] is not None:
-            d_lin = float(row["linear_top1"]) - ref["linear"]
-            row["delta_linear"] = round(d_lin, 2)
-            row["delta_knn"] = round(float(row["knn_top1"]) - ref["knn"], 2)
-            ours = None
-            if threshold is not None:
-                ours = ("flat" if abs(d_lin) <= threshold
-                        else "higher" if d_lin > 0 else "lower")
-                row["vs_noise"] = "within" if ours == "flat" else "beyond"
-            if row["run"] != "baseline":
-                row["paper_agreement"] = agreement(ours, expect, delta, threshold)
+                       else None) for k in PROBES}
+            n_ref = int(control.get("runs") or 1)
+        if row["status"] != "done" or ref["linear"] is None:
+            out.append(row)
+            continue
+        n_row = int(row.get("runs") or 1)
+        verdicts = {}
+        for k, noise_col in zip(PROBES, ("vs_noise", "vs_noise_knn")):
+            d = float(row[f"{k}_top1"]) - ref[k]
+            row[f"delta_{k}"] = round(d, 2)
+            threshold = (noise_threshold(floor[f"{k}_std"], n_row, n_ref) if floor else None)
+            ours = None if threshold is None else direction(d, threshold)
+            if ours is not None:
+                row[f"threshold_{k}"] = round(threshold, 2)
+                row[noise_col] = "within" if ours == "flat" else "beyond"
+            verdicts[k] = agreement(ours, expect, delta, threshold)
+        if row["run"] != "baseline":
+            row["verdict_linear"], row["verdict_knn"] = verdicts["linear"], verdicts["knn"]
+            row["paper_agreement"] = two_probe_verdict(verdicts["linear"], verdicts["knn"])
         out.append(row)
     return out
+
+
+BORDERLINE_FACTOR = 1.5   # |delta| within this factor of its threshold: more seeds decide
+
+
+def is_borderline(row: dict) -> bool:
+    """An annotated row whose verdict one run cannot settle: on either probe its |delta|
+    lies within BORDERLINE_FACTOR of that probe's threshold (threshold / 1.5 <= |delta| <=
+    1.5 x threshold), or its two-probe verdict differs from its linear probe's alone."""
+    if row.get("paper_agreement", "") in ("", "no claim", "noise unknown"):
+        return False
+    if row["paper_agreement"] != row["verdict_linear"]:
+        return True
+    return any(row[f"threshold_{k}"] / BORDERLINE_FACTOR <= abs(float(row[f"delta_{k}"]))
+               <= BORDERLINE_FACTOR * row[f"threshold_{k}"] for k in PROBES)
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -133,21 +212,24 @@ def _num(v) -> Optional[float]:
 
 
 def noise_text(floor: Optional[dict]) -> str:
-    """The table's noise-floor line."""
+    """The table's noise-floor line and the verdict rule."""
     if floor is None:
         return ("Noise floor: not yet measured (the seed sweep at this scale has fewer than 2 "
                 "finished seeds); changes are against the seed-0 baseline run.")
     return (f"Noise floor (seed sweep, {floor['n']} seeds): linear "
             f"{floor['linear_mean']:.2f} ± {floor['linear_std']:.2f}, kNN "
             f"{floor['knn_mean']:.2f} ± {floor['knn_std']:.2f} (mean ± std). Changes are "
-            f"against the seeds' mean; a linear change is beyond noise when larger than "
-            f"{floor['linear_threshold']:.2f} points ({NOISE_Z:g} x std x sqrt(1 + 1/n); kNN: "
-            f"{floor['knn_threshold']:.2f}). Paper column: agrees (same direction beyond "
-            f"noise, or both flat), disagrees (the other direction, a change where the paper "
-            f"saw none, or none where the paper's exceeds "
-            f"{VISIBLE_FACTOR * floor['linear_threshold']:.1f} points), within noise (the "
-            f"paper saw a smaller change of {PAPER_FLAT:g}+ points, or stated one without a "
-            "number, and this scale cannot tell it from seed noise), no claim.")
+            f"against the seeds' mean (or the row's named control); a change is beyond "
+            f"noise when larger than {NOISE_Z:g} x std x sqrt(1/n_row + 1/n_ref), for one "
+            f"run against the seeds' mean {floor['linear_threshold']:.2f} points linear and "
+            f"{floor['knn_threshold']:.2f} kNN; `runs` is n_row. Each probe's verdict: "
+            f"agrees (same direction beyond noise, or both flat), disagrees (the other "
+            f"direction, a change where the paper saw none, or none where the paper's "
+            f"exceeds {VISIBLE_FACTOR:g}x that probe's threshold), within noise (the paper "
+            f"saw a smaller change of {PAPER_FLAT:g}+ points, or stated one without a "
+            "number, and this probe cannot tell it from seed noise), no claim. The row's "
+            "verdict: the probes' shared verdict; mixed where one agrees and the other "
+            "disagrees; where one is within noise, the other's.")
 
 
 def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str,
@@ -158,9 +240,10 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
              SCALES[scale_name].description, "", PAPER_NOTES[sweep], "",
              noise_text(floor), "",
              f"Command: `{command}`", "",
-             "| setting | linear top-1 | kNN top-1 | Δ linear | Δ kNN | vs noise "
-             "| effective rank | paper top-1 | paper Δ | paper |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | runs | linear top-1 | kNN top-1 | Δ linear | Δ kNN "
+             "| vs noise (linear / kNN) | effective rank | paper top-1 | paper Δ "
+             "| linear / kNN verdict | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lin, knn, paper = _num(r["linear_top1"]), _num(r["knn_top1"]), _num(r["paper_top1"])
         if r["status"] not in ("done", "reference"):
@@ -174,12 +257,17 @@ def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: st
         d_paper = _num(r.get("paper_delta"))
         paper_delta = "—" if d_paper is None else f"{d_paper:+.1f}"
         rank = "" if r["effective_rank"] == "" else f"{float(r['effective_rank']):.1f}"
-        lines.append(f"| {r['setting']} | {lin_txt} | {knn_txt} | {d_lin_txt} | {d_knn_txt} "
-                     f"| {r.get('vs_noise', '')} | {rank} | {paper_txt} | {paper_delta} "
-                     f"| {r.get('paper_agreement', '')} |")
+        noise = " / ".join(v for v in (r.get("vs_noise", ""), r.get("vs_noise_knn", "")) if v)
+        probes = " / ".join(v for v in (r.get("verdict_linear", ""), r.get("verdict_knn", ""))
+                            if v)
+        n_runs = ("" if r["status"] == "reference" else
+                  str(r["runs"]) if r.get("runs", "") != "" else "1")
+        lines.append(f"| {r['setting']} | {n_runs} | {lin_txt} | {knn_txt} | {d_lin_txt} "
+                     f"| {d_knn_txt} | {noise} | {rank} | {paper_txt} | {paper_delta} "
+                     f"| {probes} | {r.get('paper_agreement', '')} |")
     seconds = [float(r["seconds"]) for r in rows if r["seconds"] != ""]
-    runs = [r for r in rows if r["status"] != "reference"]
-    lines += ["", f"{len(runs)} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
+    n_runs = sum(int(r.get("runs") or 1) for r in rows if r["status"] != "reference")
+    lines += ["", f"{n_runs} runs, {sum(seconds) / 60:.1f} min of training and evaluation "
               "in all (each run's own wall time, summed; a run shared with another sweep "
               "counts in both)."]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ Scales:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -49,10 +50,11 @@ from typing import Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # What the tests and other scripts use from the sweep's parts, under one name.
-from ablation_report import (CSV_FIELDS, agreement, annotate, markdown_table,  # noqa: E402,F401
-                             noise_floor, noise_text, paper_expectation, plot_sweep, write_csv)
+from ablation_report import (CSV_FIELDS, agreement, annotate, is_borderline,  # noqa: E402,F401
+                             markdown_table, mean_row, noise_floor, noise_text, noise_threshold,
+                             paper_expectation, plot_sweep, two_probe_verdict, write_csv)
 from ablation_sweeps import (PAPER_NOTES, SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
-                             sweep_runs)
+                             repeat_runs, sweep_runs)
 from bt_jax.run_dir import read_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,9 +284,11 @@ def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir:
     scale_root = os.path.join(root, scale_name)
     ledger = read_ledger(results_dir)
 
-    def row(sweep_name: str, run: Run) -> dict:
-        return run_row(sweep_name, run, os.path.join(scale_root, run.name),
-                       run_overrides(scale, run, extra or {}), ledger)
+    def row(sweep_name: str, run: Run) -> dict:   # the mean over the row's runs (its seeds)
+        return mean_row([run_row(sweep_name, dataclasses.replace(r, x=run.x, paper=run.paper),
+                                 os.path.join(scale_root, r.name),
+                                 run_overrides(scale, r, extra or {}), ledger)
+                         for r in repeat_runs(run)])
     floor = noise_floor([row("seed", r) for r in sweep_runs("seed", scale)])
     rows = annotate([row(sweep, r) for r in runs], runs, floor)
     rows += reference_rows(sweep, os.path.join(scale_root, "baseline"), ledger)
@@ -342,7 +346,8 @@ def main(argv=None) -> int:
         unknown = [n for n in args.run if n not in names]
         if unknown and len(sweeps) == 1:
             raise SystemExit(f"error: sweep {sweep!r} has no run {unknown}; its runs: {names}.")
-        selected = [r for r in runs if not args.run or r.name in args.run]
+        selected = [one for r in runs if not args.run or r.name in args.run
+                    for one in repeat_runs(r)]
         for run in selected:
             workdir = os.path.join(args.root, args.scale, run.name)
             if args.print_commands:

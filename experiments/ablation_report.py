@@ -9,7 +9,8 @@ import statistics
 import textwrap
 from typing import Optional
 
-from ablation_sweeps import PAPER_BASELINE, PAPER_NOTES, SCALES, Run
+from ablation_paper import PAPER_BASELINE, PAPER_NOTES
+from ablation_sweeps import SCALES, Run
 
 
 CSV_FIELDS = ("sweep", "run", "setting", "x", "status", "runs", "per_run", "linear_top1",

@@ -53,7 +53,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from ablation_report import (CSV_FIELDS, agreement, annotate, is_borderline,  # noqa: E402,F401
                              markdown_table, mean_row, noise_floor, noise_text, noise_threshold,
                              paper_expectation, plot_sweep, two_probe_verdict, write_csv)
-from ablation_sweeps import (PAPER_NOTES, SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
+from ablation_paper import PAPER_NOTES  # noqa: E402,F401
+from ablation_sweeps import (SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
                              repeat_runs, sweep_runs)
 from bt_jax.run_dir import read_json  # noqa: E402
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 import textwrap
 from typing import Optional
@@ -186,6 +187,25 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
     return out
 
 
+def replace_block(path: str, name: str, text: str, append: bool = True) -> bool:
+    """Puts `text` between the <!-- NAME --> and <!-- end NAME --> lines of the markdown
+    file at `path` (replacing what was there; appended at the end where the markers are
+    missing and `append`). Returns whether the file was written."""
+    start, end = f"<!-- {name} -->", f"<!-- end {name} -->"
+    page = open(path).read() if os.path.exists(path) else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in page and end in page:
+        page = page[:page.index(start)] + block + page[page.index(end) + len(end):]
+    elif append:
+        page = page.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        return False
+    with open(path + ".tmp", "w") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
+    return True
+
+
 BORDERLINE_FACTOR = 1.5   # |delta| within this factor of its threshold: more seeds decide
 
 
@@ -234,12 +254,15 @@ def noise_text(floor: Optional[dict]) -> str:
 
 
 def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str,
-                   floor: Optional[dict] = None) -> str:
+                   floor: Optional[dict] = None, compact: bool = False) -> str:
     """The sweep's table: ours (linear, kNN, their changes, beyond noise or not) beside the
-    paper's top-1, its change and the verdict; rows as annotated by `annotate`."""
-    lines = [f"### Ablation: {sweep} ({scale_name} scale)", "",
-             SCALES[scale_name].description, "", PAPER_NOTES[sweep], "",
-             noise_text(floor), "",
+    paper's top-1, its change and the verdict; rows as annotated by `annotate`. compact:
+    without the title, the scale's description and the noise-floor text (for a page that
+    states them once: docs/ablations.md)."""
+    head = [] if compact else [f"### Ablation: {sweep} ({scale_name} scale)", "",
+                               SCALES[scale_name].description, "",
+                               PAPER_NOTES[sweep], "", noise_text(floor), ""]
+    lines = head + ([PAPER_NOTES[sweep], ""] if compact else []) + [
              f"Command: `{command}`", "",
              "| setting | runs | linear top-1 | kNN top-1 | Δ linear | Δ kNN "
              "| vs noise (linear / kNN) | effective rank | paper top-1 | paper Δ "

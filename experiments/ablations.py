@@ -39,6 +39,7 @@ Scales:
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -52,6 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # What the tests and other scripts use from the sweep's parts, under one name.
 from ablation_report import (CSV_FIELDS, agreement, annotate, is_borderline,  # noqa: E402,F401
                              markdown_table, mean_row, noise_floor, noise_text, noise_threshold,
+                             replace_block,
                              paper_expectation, plot_sweep, two_probe_verdict, write_csv)
 from ablation_paper import PAPER_NOTES  # noqa: E402,F401
 from ablation_sweeps import (SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
@@ -303,6 +305,38 @@ def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir:
     return rows, floor
 
 
+def plan_sweeps(sweeps: tuple, args, scale: Scale, extra: dict, results_dir: str) -> int:
+    """--plan: the budget of every run of `sweeps` on one TPU slice (ablation_budget)."""
+    import ablation_budget  # pylint: disable=import-outside-toplevel
+    from bt_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    from bt_jax.plan import chips  # pylint: disable=import-outside-toplevel
+    try:
+        chips.parse_topology(args.plan)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    entries = [(sweep, one.name, run.setting,
+                run_config(scale.recipe, run_overrides(scale, one, extra)))
+               for sweep in sweeps for run in sweep_runs(sweep, scale)
+               for one in repeat_runs(run)]
+    tag = args.plan.replace(":", "_")
+    rows = ablation_budget.plan_budget(entries, args.plan,
+                                       os.path.join(results_dir, f"budget_cache_{tag}.json"))
+    command = (f"python experiments/ablations.py --sweep {args.sweep} --scale {args.scale} "
+               f"--plan {args.plan}")
+    table = ablation_budget.budget_markdown(rows, args.plan, rows[0]["chip"], command)
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"budget_{tag}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ablation_budget.BUDGET_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(results_dir, f"budget_{tag}.md"), "w") as f:
+        f.write(table)
+    if args.docs:
+        replace_block(args.docs, f"budget {args.plan}", table)
+    print("\n" + table, flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,12 +356,22 @@ def main(argv=None) -> int:
     parser.add_argument("--references", action="store_true",
                         help="also probe a random-init encoder and raw pixels beside the "
                              "baseline (once; their rows join every table)")
+    parser.add_argument("--plan", metavar="TOPOLOGY", default="",
+                        help="train nothing: compile every run for this TPU slice (e.g. "
+                             "v5e:4x4) with bt_jax.plan and write its memory and estimated "
+                             "chip-hours (budget_TOPOLOGY.csv/.md, and into --docs)")
+    parser.add_argument("--docs", default="",
+                        help="the page whose tables (between <!-- table SWEEP --> markers; "
+                             "small scale) and budget (--plan) follow the results (default: "
+                             "docs/ablations.md where --results is the default, else none)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
                       help="print each run's `python -m bt_jax.main` command; train nothing")
     mode.add_argument("--report-only", action="store_true",
                       help="train nothing; build the tables from the workdirs")
     args = parser.parse_args(argv)
+    if not args.docs and args.results == parser.get_default("results"):
+        args.docs = os.path.join(ROOT, "docs", "ablations.md")
 
     scale = SCALES[args.scale]
     results_dir = (args.results if args.scale == "small"
@@ -340,6 +384,8 @@ def main(argv=None) -> int:
                          f"--scale {args.scale}"] + [f"--set {shlex.quote(s)}" for s in args.set]
                         + (["--references"] if args.references else []))
 
+    if args.plan:
+        return plan_sweeps(sweeps, args, scale, extra, results_dir)
     for sweep in sweeps:
         ledger = read_ledger(results_dir)
         runs = sweep_runs(sweep, scale)
@@ -376,6 +422,10 @@ def main(argv=None) -> int:
             evaluate_references(scale, extra, base_dir)
         rows, floor = report(sweep, runs, args.scale, args.root, results_dir, command(sweep),
                              extra)
+        if args.docs and args.scale == "small" and not extra:   # the page's tables
+            replace_block(args.docs, f"table {sweep}", markdown_table(
+                sweep, rows, scale_name=args.scale, command=command(sweep), floor=floor,
+                compact=True), append=False)
         print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
                                     floor=floor), flush=True)
     return 0

@@ -371,6 +371,89 @@ def test_paper_references_name_the_arxiv_tables_and_figures():
         k: v for k, v in aug["aug_crop_only"].items() if "blur" not in k}
 
 
+def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_fit(tmp_path):
+    """ablation_budget over the paper scale's runs, with a stand-in for the compiler: runs
+    that differ only in their length, seed, lambda or host augmentation share one compile;
+    chip-hours are step seconds x steps x chips; a run that does not fit says what it needs;
+    a second call compiles nothing (the cache)."""
+    import ablation_budget as budget
+    ab = _ablations()
+    paper = ab.SCALES["paper"]
+    entries = [(sweep, one.name, run.setting,
+                ab.run_config(paper.recipe, ab.run_overrides(paper, one, {})))
+               for sweep in ("loss", "batch_size", "augmentations", "followup")
+               for run in ab.sweep_runs(sweep, paper) for one in ab.repeat_runs(run)]
+    calls = []
+
+    def fake_plan(config, topology, shape, devices_and_chip):
+        calls.append(config.batch_size)
+        fits = config.batch_size <= 2048
+        return {"memory": {"fits": fits, "needed_bytes": config.batch_size * 2 ** 23,
+                           "hbm_bytes": 16 * 2 ** 30},
+                "estimate": {"step_seconds": 1e-4 * config.batch_size} if fits else None,
+                "compile_seconds": 1.0, "run": {"num_devices": 16},
+                "chip": {"name": "v5e"}}
+    cache = tmp_path / "cache.json"
+    rows = budget.plan_budget(entries, "v5e:4x4", str(cache), plan_fn=fake_plan,
+                              progress=lambda *_: None)
+    keys = {budget.program_key(c) for *_, c in entries}
+    assert len(calls) == len(keys) < len(entries)
+    by = {(r["sweep"], r["run"]): r for r in rows}
+    base, longer = by[("loss", "baseline")], by[("followup", "baseline_3x")]
+    lam = by[("loss", "invariance_only")]
+    assert base["steps"] == 300 * (1_281_167 // 2048) and longer["steps"] == 3 * base["steps"]
+    assert abs(base["chip_hours"] - 0.2048 * base["steps"] * 16 / 3600) < 1e-6
+    assert lam["step_seconds"] == base["step_seconds"]          # lambda: one program
+    assert by[("augmentations", "aug_crop_only")]["chip_hours"] == base["chip_hours"]
+    big = by[("batch_size", "batch_4096")]
+    assert (big["fits"], big["chip_hours"], big["needed_gib"], big["per_chip_batch"]) == (
+        False, None, 32.0, 256)
+    table = budget.budget_markdown(rows, "v5e:4x4", "v5e", "CMD")
+    assert "| batch_size | batch_4096 | 4096 (256) | 32.00 of 16.00 GiB | no |" in table
+    assert "does not fit" in table and "ESTIMATE" in table and "| all (each run once) |" in table
+    calls.clear()
+    assert budget.plan_budget(entries, "v5e:4x4", str(cache), plan_fn=fake_plan,
+                              progress=lambda *_: None) == rows and calls == []
+    docs = tmp_path / "ablations.md"
+    docs.write_text("# Ablations\n\ntext\n")
+    ab.replace_block(str(docs), "budget v5e:4x4", table)
+    ab.replace_block(str(docs), "budget v5e:4x4", table)      # replaced, not appended twice
+    text = docs.read_text()
+    assert text.startswith("# Ablations\n\ntext\n") and text.count("<!-- budget v5e:4x4 -->") == 1
+    assert not ab.replace_block(str(docs), "table loss", "T", append=False)   # no markers
+    with pytest.raises(SystemExit, match="topology"):
+        ab.main(["--sweep", "loss", "--scale", "paper", "--plan", "v9:1x1"])
+
+
+@pytest.mark.slow    # one real XLA:TPU compile of a tiny model: about 2 minutes on 2 cores
+def test_plan_flag_budgets_a_sweep_with_the_real_tpu_compiler(tmp_path, capsys):
+    """`ablations.py --plan v5e:2x2` on the seed sweep at the tiny scale: its three runs
+    (seeds) are one program, compiled once by libtpu; the budget lands in the CSV, the
+    markdown and the docs file."""
+    import csv
+    from bt_jax.plan import chips
+    if not chips.has_libtpu():
+        pytest.skip("libtpu is not installed: no TPU compiler to plan with")
+    ab = _ablations()
+    docs = tmp_path / "ablations.md"
+    docs.write_text("# Ablations\n")
+    args = ["--sweep", "seed", "--scale", "tiny", "--plan", "v5e:2x2",
+            "--results", str(tmp_path / "res"), "--docs", str(docs),
+            "--set", "data.image_size=32", "--set", "model.stem=cifar",
+            "--set", "model.projector_dims=(64, 64)", "--set", "monitor.online_probe=False",
+            "--set", "batch_size=32", "--set", "num_steps=12"]
+    assert ab.main(args) == 0
+    assert capsys.readouterr().out.count("[budget] compiling") == 1
+    with open(tmp_path / "res" / "tiny" / "budget_v5e_2x2.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["baseline", "seed_1", "seed_2"]
+    for r in rows:
+        assert r["fits"] == "True" and r["per_chip_batch"] == "8" and r["steps"] == "12"
+        assert float(r["needed_gib"]) > 0 and float(r["hbm_gib"]) == 16.0
+        assert float(r["chip_hours"]) == pytest.approx(float(r["step_seconds"]) * 12 * 4 / 3600)
+    assert "<!-- budget v5e:2x2 -->" in docs.read_text()
+
+
 def test_ablation_report_reads_seed_workdirs_and_draws_error_bars(tmp_path):
     """report() on finished workdirs (written here, no training): the seed sweep's runs give
     the noise floor of every table at that scale."""

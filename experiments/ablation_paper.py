@@ -81,10 +81,11 @@ PAPER_NOTES = {
     "augmentations": "Paper Fig. 3, \"Effect of progressively removing data augmentations\" "
                      "(values only in the figure; its steps: baseline, no grayscale + no "
                      "color jitter, crop + blur only, crop only): \"our model is not robust "
-                     "to removing some types of data augmentations\". The quick recipe has "
-                     "no blur, so crop + blur turns on the paper's (p 1.0 / 0.1, sigma "
-                     "0.1-2); crop only drops the flip too; Fashion-MNIST is grayscale, so "
-                     "its colour jitter is brightness and contrast only.",
+                     "to removing some types of data augmentations\". Crop + blur sets the "
+                     "paper's blur probabilities (1.0 / 0.1): the small scale's recipe has "
+                     "none (so its row adds blur, sigma 0.1-2 px), the tiny one's has them "
+                     "already (sigma 0.1-1 px); crop only drops the flip too; Fashion-MNIST "
+                     "is grayscale, so its colour jitter is brightness and contrast only.",
     "seed": "Not a paper ablation: the baseline with other seeds (initialisation, data order "
             "and augmentations all change), to show how far a single run moves by chance.",
     "followup": "Extra runs that test an explanation for a disagreement with the paper, "

@@ -305,6 +305,10 @@ def report(sweep: str, runs: list[Run], scale_name: str, root: str, results_dir:
     return rows, floor
 
 
+# The page holding each scale's tables (between <!-- table SWEEP --> markers).
+DOCS_PAGES = {"small": "ablations.md", "tiny": "ablations_tiny.md"}
+
+
 def plan_sweeps(sweeps: tuple, args, scale: Scale, extra: dict, results_dir: str) -> int:
     """--plan: the budget of every run of `sweeps` on one TPU slice (ablation_budget)."""
     import ablation_budget  # pylint: disable=import-outside-toplevel
@@ -361,9 +365,9 @@ def main(argv=None) -> int:
                              "v5e:4x4) with bt_jax.plan and write its memory and estimated "
                              "chip-hours (budget_TOPOLOGY.csv/.md, and into --docs)")
     parser.add_argument("--docs", default="",
-                        help="the page whose tables (between <!-- table SWEEP --> markers; "
-                             "small scale) and budget (--plan) follow the results (default: "
-                             "docs/ablations.md where --results is the default, else none)")
+                        help="the page whose tables (between <!-- table SWEEP --> markers) "
+                             "and budget (--plan) follow the results (default: the scale's "
+                             "page in docs/ where --results is the default, else none)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
                       help="print each run's `python -m bt_jax.main` command; train nothing")
@@ -371,7 +375,7 @@ def main(argv=None) -> int:
                       help="train nothing; build the tables from the workdirs")
     args = parser.parse_args(argv)
     if not args.docs and args.results == parser.get_default("results"):
-        args.docs = os.path.join(ROOT, "docs", "ablations.md")
+        args.docs = os.path.join(ROOT, "docs", DOCS_PAGES.get(args.scale, "ablations.md"))
 
     scale = SCALES[args.scale]
     results_dir = (args.results if args.scale == "small"
@@ -422,7 +426,7 @@ def main(argv=None) -> int:
             evaluate_references(scale, extra, base_dir)
         rows, floor = report(sweep, runs, args.scale, args.root, results_dir, command(sweep),
                              extra)
-        if args.docs and args.scale == "small" and not extra:   # the page's tables
+        if args.docs and args.scale in DOCS_PAGES and not extra:   # the page's tables
             replace_block(args.docs, f"table {sweep}", markdown_table(
                 sweep, rows, scale_name=args.scale, command=command(sweep), floor=floor,
                 compact=True), append=False)

@@ -23,7 +23,7 @@ from bt_jax.losses.common import (Array, AxisName, Objective, check_embeddings, 
 
 REDUNDANCY_MODES = ("cross", "auto")
 # How embeddings are normalised before C = Z_A^T Z_B / N: each feature over the batch (the
-# paper), each embedding over its features (the paper's Table 2 ablation), or not at all.
+# paper), each embedding over its features (the paper's Table 5 ablation), or not at all.
 NORMALIZATIONS = ("batch", "feature", "none")
 
 

@@ -1,6 +1,7 @@
-"""Cross-entropy with temperature (InfoNCE; van den Oord et al. 2018, SimCLR's NT-Xent):
-the Barlow Twins paper's Table 2 ablation "cross-entropy with temperature", on the same
-embeddings."""
+"""InfoNCE over the batch (van den Oord et al. 2018; SimCLR's NT-Xent) on the same
+embeddings: a stand-in for the Barlow Twins paper's Table 5 row "cross-entropy with
+temperature", which is taken over the entries of the cross-correlation matrix instead (its
+Sec. 4), with a temperature and weight the paper does not give."""
 from __future__ import annotations
 
 import jax
@@ -13,7 +14,7 @@ from bt_jax.losses.common import Array, AxisName, Objective, check_pair, global_
 def info_nce_loss(z_a: Array, z_b: Array, *, temperature: float = 0.1,
                   axis_name: AxisName = None) -> Array:
     """Symmetric cross-entropy with temperature over the batch (InfoNCE / NT-Xent-style):
-    the paper's Table 2 "cross-entropy with temperature" ablation on the same embeddings.
+    the stand-in for the paper's Table 5 "cross-entropy with temperature" row.
 
     Embeddings are L2-normalised; row i of view A must pick row i of view B among all N
     rows of view B (and vice versa), with logits cos / temperature. With axis_name, the

@@ -14,6 +14,7 @@ interrupted budget resumes where it stopped.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -62,11 +63,17 @@ def run_steps(config, epoch_examples: int) -> int:
     return config.num_steps or config.num_epochs * (epoch_examples // config.batch_size)
 
 
-def budget_row(sweep: str, run_name: str, setting: str, config, summary: dict,
+def budget_row(sweep: str, run_name: str, setting: str, config, summary: Optional[dict],
                epoch_examples: int) -> dict:
-    """One row of the budget: memory per chip, fits, estimated chip-hours of the run."""
+    """One row of the budget: memory per chip, fits, estimated chip-hours of the run.
+    summary None: its program is not compiled yet (fits and chip-hours None)."""
     gib = 2 ** 30
     steps = run_steps(config, epoch_examples)
+    if summary is None:
+        return {"sweep": sweep, "run": run_name, "setting": setting,
+                "global_batch": config.batch_size, "per_chip_batch": None, "fits": None,
+                "needed_gib": None, "hbm_gib": None, "step_seconds": None, "steps": steps,
+                "chip_hours": None, "compile_s": None, "chip": None}
     seconds = summary["step_seconds"]
     return {"sweep": sweep, "run": run_name, "setting": setting,
             "global_batch": config.batch_size,
@@ -82,10 +89,13 @@ def budget_row(sweep: str, run_name: str, setting: str, config, summary: dict,
 
 
 def plan_budget(entries: list[tuple], topology: str, cache_path: str, *,
-                plan_fn: Optional[Callable] = None, progress=print) -> list[dict]:
+                plan_fn: Optional[Callable] = None, progress=print,
+                max_compiles: Optional[int] = None) -> list[dict]:
     """Budget rows of `entries` ((sweep, run name, setting, config) each) on `topology`;
-    compiles each distinct program once (cached in cache_path across calls). plan_fn:
-    (config, topology, shape, devices_and_chip) -> plan dict; default: the planner's."""
+    compiles each distinct program once (cached in cache_path across calls), at most
+    max_compiles new ones in this call (None: all; the rest get rows that say "not
+    compiled", for a later call to fill). plan_fn: (config, topology, shape,
+    devices_and_chip) -> plan dict; default: the planner's."""
     from bt_jax.plan import chips  # pylint: disable=import-outside-toplevel
     from bt_jax.plan.compile import run_shape  # pylint: disable=import-outside-toplevel
     if plan_fn is None:
@@ -97,21 +107,23 @@ def plan_budget(entries: list[tuple], topology: str, cache_path: str, *,
     cache = read_json(cache_path) or {}
     keys = {program_key(c) for *_, c in entries}
     todo = [k for k in keys if k not in cache]
-    devices_and_chip = chips.devices_for(topology) if todo else None
+    budget = len(todo) if max_compiles is None else min(max_compiles, len(todo))
+    devices_and_chip = chips.devices_for(topology) if budget else None
     progress(f"[budget] {topology}: {len(entries)} runs, {len(keys)} distinct programs, "
-             f"{len(todo)} to compile")
+             f"{len(todo)} to compile" + (f", {budget} in this call" if budget < len(todo)
+                                          else ""))
     rows, compiled = [], 0
     for sweep, name, setting, config in entries:
         key, shape = program_key(config), run_shape(config.data)
-        if key not in cache:
+        if key not in cache and compiled < budget:
             compiled += 1
-            progress(f"[budget] compiling {sweep}/{name} ({compiled} of {len(todo)}) ...")
+            progress(f"[budget] compiling {sweep}/{name} ({compiled} of {budget}) ...")
             cache[key] = plan_summary(plan_fn(config, topology, shape, devices_and_chip))
             os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f, indent=1, sort_keys=True)
             os.replace(cache_path + ".tmp", cache_path)
-        rows.append(budget_row(sweep, name, setting, config, cache[key], shape.examples))
+        rows.append(budget_row(sweep, name, setting, config, cache.get(key), shape.examples))
     return rows
 
 
@@ -120,23 +132,34 @@ def budget_markdown(rows: list[dict], topology: str, chip: str, command: str) ->
     by_sweep: dict = {}
     for r in rows:
         by_sweep.setdefault(r["sweep"], []).append(r)
+    unique = {r["run"]: r for r in rows}
+    missing = sum(r["fits"] is None for r in unique.values())
     lines = [f"#### Paper-scale budget on {topology} ({chip}; estimate)", "",
              f"Command: `{command}`. Chip-hours: the roofline step-time ESTIMATE x the run's "
              "steps x chips, from the TPU compiler's FLOPs, bytes and collectives; not a "
              "measurement. A run shared by several sweeps counts in each; the total counts "
-             "it once.", "",
-             "| sweep | runs | fit | estimated chip-hours |", "|---|---|---|---|"]
-    for sweep, items in by_sweep.items():
-        fit = [r for r in items if r["fits"]]
-        hours = sum(r["chip_hours"] for r in fit)
-        lines.append(f"| {sweep} | {len(items)} | {len(fit)} | {hours:,.0f} |")
-    unique = {r["run"]: r for r in rows}
-    total = sum(r["chip_hours"] for r in unique.values() if r["fits"])
-    lines += [f"| all (each run once) | {len(unique)} | "
-              f"{sum(r['fits'] for r in unique.values())} | {total:,.0f} |", "",
+             "it once."]
+    if missing:
+        lines[-1] += (f" **Incomplete:** {missing} of {len(unique)} runs are not compiled "
+                      "yet; the same command compiles them (the cache keeps the rest), and "
+                      "the chip-hours below sum the compiled runs only.")
+    lines += ["", "| sweep | runs | compiled | fit | estimated chip-hours |",
+              "|---|---|---|---|---|"]
+
+    def summary_line(label: str, items: list) -> str:
+        done = [r for r in items if r["fits"] is not None]
+        fit = [r for r in done if r["fits"]]
+        return (f"| {label} | {len(items)} | {len(done)} | {len(fit)} | "
+                f"{sum(r['chip_hours'] for r in fit):,.0f} |")
+    lines += [summary_line(sweep, items) for sweep, items in by_sweep.items()]
+    lines += [summary_line("all (each run once)", list(unique.values())), "",
               "| sweep | run | batch (per chip) | memory per chip | fits | est. step | steps "
               "| est. chip-hours |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["fits"] is None:
+            lines.append(f"| {r['sweep']} | {r['run']} | {r['global_batch']} | not compiled "
+                         f"| — | — | {r['steps']:,} | — |")
+            continue
         need = "?" if r["needed_gib"] is None else f"{r['needed_gib']:.2f}"
         mem = f"{need} of {r['hbm_gib']:.2f} GiB" if r["hbm_gib"] else f"{need} GiB"
         step = "—" if r["step_seconds"] is None else f"{r['step_seconds']:.3f} s"
@@ -145,3 +168,23 @@ def budget_markdown(rows: list[dict], topology: str, chip: str, command: str) ->
                      f"({r['per_chip_batch']}) | {mem} | {'yes' if r['fits'] else 'no'} "
                      f"| {step} | {r['steps']:,} | {hours} |")
     return "\n".join(lines) + "\n"
+
+
+def write_budget(rows: list[dict], topology: str, results_dir: str, command: str,
+                 docs: str = "") -> str:
+    """budget_TAG.csv and .md into results_dir (TAG: the topology, ':' as '_'), and the
+    table between `<!-- budget TOPOLOGY -->` markers of the docs page; returns the table."""
+    from ablation_report import replace_block  # pylint: disable=import-outside-toplevel
+    tag = topology.replace(":", "_")
+    chip = next((r["chip"] for r in rows if r["chip"]), topology)
+    table = budget_markdown(rows, topology, chip, command)
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"budget_{tag}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BUDGET_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(results_dir, f"budget_{tag}.md"), "w") as f:
+        f.write(table)
+    if docs:
+        replace_block(docs, f"budget {topology}", table)
+    return table

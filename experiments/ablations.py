@@ -1,29 +1,19 @@
-"""The paper's ablations (Zbontar et al. 2021, Sec. 4 and Tables 2-4) as config sweeps.
+"""The paper's ablations (Zbontar et al. 2021, arXiv 2103.03230: Sec. 4, Tables 5 and 6,
+Figs. 2 to 5) as config sweeps.
 
   python experiments/ablations.py --sweep seed --scale small --references   # the noise floor first
   python experiments/ablations.py --sweep loss --scale small
-  python experiments/ablations.py --sweep all --scale small
-  python experiments/ablations.py --sweep batch_size --scale paper --print-commands
+  python experiments/ablations.py --sweep all --scale paper --plan v5e:4x4   # the pod budget
 
 Every run is the ordinary trainer (`bt_jax.train.train_and_evaluate`) on a recipe plus
-config overrides, in its own workdir ROOT/SCALE/RUN. Runs are shared between sweeps (the
-baseline is one run), resumable (an interrupted run resumes from its checkpoint) and
-skipped once finished (results.json holds its probes, or RESULTS/runs.json, the ledger
-committed beside the tables, records the same run: workdirs need not outlive a machine).
-Each run is evaluated with the
-recipe's standard probe (results.json's linear_top1) and kNN. The sweep then writes
-experiments/results/NAME.csv, NAME.md (the table, the paper's numbers beside ours) and
-NAME.png (at the small scale; experiments/results/SCALE/ for the others).
-
-Every table carries the noise floor and the paper's verdict per row. The noise floor is the
-seed sweep's spread at the same scale (the baseline with seeds 0, 1 and 2): a row's
-difference from the baseline's mean over the seeds is beyond noise when it exceeds
-2 x std x sqrt(1 + 1/n) (n seeds; about a 95% two-sided band for one run against the mean
-of n). The paper column reads agrees (the same direction beyond noise, or both flat),
-disagrees (the other direction, a change where the paper saw none, or none where the
-paper's change is over 3x that threshold), within noise (the paper saw a smaller change,
-or claimed one without a number, and this scale cannot tell it from seed noise), or no
-claim.
+config overrides, in its own workdir ROOT/SCALE/RUN: shared between sweeps, resumable, and
+skipped once finished (its results.json, or RESULTS/runs.json, the ledger committed beside
+the tables). Rows named in the scale's `repeated` list run with three seeds and report
+their mean. Each sweep writes NAME.csv, NAME.md and NAME.png into RESULTS (SCALE/ below it
+for scales other than small), and its table between markers of the scale's docs page.
+The noise floor, the verdict per probe and the row's verdict over both probes are
+ablation_report's (noise_threshold, agreement, two_probe_verdict); the paper's numbers
+and claims are ablation_paper's; the budget on a TPU slice is ablation_budget's.
 
 Scales:
   small  configs/fashion_mnist_quick.py as it is: one epoch of Fashion-MNIST (234 steps at
@@ -39,7 +29,6 @@ Scales:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -58,6 +47,7 @@ from ablation_report import (CSV_FIELDS, agreement, annotate, is_borderline,  # 
 from ablation_paper import PAPER_NOTES  # noqa: E402,F401
 from ablation_sweeps import (SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
                              repeat_runs, sweep_runs)
+from ablation_ledger import LEDGER, ledger_entry, read_ledger, write_ledger  # noqa: E402,F401
 from bt_jax.run_dir import read_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,41 +215,9 @@ def evaluate_references(scale: Scale, extra: dict, workdir: str) -> None:
     evaluate.evaluate_workdir(workdir, config)
 
 
-# The ledger: every finished (or failed) run's row, kept beside the tables in
-# RESULTS/runs.json, so that a sweep resumes where it stopped on another machine or after
-# the workdirs are gone (they are not part of the repository). A run whose workdir holds no
-# result is taken from the ledger when its overrides there are the same; its workdir wins
-# otherwise.
-LEDGER = "runs.json"
+# A run whose workdir holds no result is taken from the ledger (ablation_ledger) when its
+# overrides there are the same; its workdir wins otherwise.
 _RUN_FIELDS = ("sweep", "setting", "x", "paper_top1")   # the sweep's, not the run's
-
-
-def read_ledger(results_dir: str) -> dict:
-    """{run name: {"overrides", "row", ["references"]}} from results_dir/runs.json, with
-    overrides of fields that moved under their new names (bt_jax.config.RENAMED)."""
-    from bt_jax.config import RENAMED  # pylint: disable=import-outside-toplevel
-    ledger = read_json(os.path.join(results_dir, LEDGER)) or {}
-    for entry in ledger.values():
-        if "overrides" in entry:
-            entry["overrides"] = {RENAMED.get(k, k): v for k, v in entry["overrides"].items()}
-    return ledger
-
-
-def write_ledger(ledger: dict, results_dir: str) -> None:
-    os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, LEDGER)
-    with open(path + ".tmp", "w") as f:
-        json.dump(ledger, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
-def ledger_entry(ledger: dict, name: str, overrides: dict) -> Optional[dict]:
-    """The ledger's entry for a run with exactly these overrides, else None."""
-    entry = ledger.get(name)
-    if entry and entry.get("overrides") == json.loads(json.dumps(overrides)):
-        return entry
-    return None
 
 
 def run_row(sweep: str, run: Run, workdir: str, overrides: dict, ledger: dict) -> dict:
@@ -322,21 +280,13 @@ def plan_sweeps(sweeps: tuple, args, scale: Scale, extra: dict, results_dir: str
                 run_config(scale.recipe, run_overrides(scale, one, extra)))
                for sweep in sweeps for run in sweep_runs(sweep, scale)
                for one in repeat_runs(run)]
-    tag = args.plan.replace(":", "_")
-    rows = ablation_budget.plan_budget(entries, args.plan,
-                                       os.path.join(results_dir, f"budget_cache_{tag}.json"))
+    rows = ablation_budget.plan_budget(
+        entries, args.plan, os.path.join(results_dir,
+                                         f"budget_cache_{args.plan.replace(':', '_')}.json"),
+        max_compiles=args.plan_max_compiles)
     command = (f"python experiments/ablations.py --sweep {args.sweep} --scale {args.scale} "
-               f"--plan {args.plan}")
-    table = ablation_budget.budget_markdown(rows, args.plan, rows[0]["chip"], command)
-    os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, f"budget_{tag}.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ablation_budget.BUDGET_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(results_dir, f"budget_{tag}.md"), "w") as f:
-        f.write(table)
-    if args.docs:
-        replace_block(args.docs, f"budget {args.plan}", table)
+               f"--plan {args.plan}" + "".join(f" --set {shlex.quote(s)}" for s in args.set))
+    table = ablation_budget.write_budget(rows, args.plan, results_dir, command, args.docs)
     print("\n" + table, flush=True)
     return 0
 
@@ -364,6 +314,9 @@ def main(argv=None) -> int:
                         help="train nothing: compile every run for this TPU slice (e.g. "
                              "v5e:4x4) with bt_jax.plan and write its memory and estimated "
                              "chip-hours (budget_TOPOLOGY.csv/.md, and into --docs)")
+    parser.add_argument("--plan-max-compiles", type=int, default=None, metavar="N",
+                        help="--plan: compile at most N new programs in this call (the "
+                             "table marks the rest 'not compiled'; rerun to go on)")
     parser.add_argument("--docs", default="",
                         help="the page whose tables (between <!-- table SWEEP --> markers) "
                              "and budget (--plan) follow the results (default: the scale's "

@@ -414,6 +414,21 @@ def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_f
     calls.clear()
     assert budget.plan_budget(entries, "v5e:4x4", str(cache), plan_fn=fake_plan,
                               progress=lambda *_: None) == rows and calls == []
+    partial_cache = tmp_path / "partial.json"       # a budget spread over several calls
+    calls.clear()
+    part = budget.plan_budget(entries, "v5e:4x4", str(partial_cache), plan_fn=fake_plan,
+                              progress=lambda *_: None, max_compiles=2)
+    assert len(calls) == 2
+    done = [r for r in part if r["fits"] is not None]
+    assert done and len(done) < len(part) and all(r["chip_hours"] is None
+                                                   for r in part if r["fits"] is None)
+    partial = budget.budget_markdown(part, "v5e:4x4", "v5e", "CMD")
+    assert "**Incomplete:**" in partial and "not compiled" in partial
+    assert "**Incomplete:**" not in table
+    calls.clear()
+    assert budget.plan_budget(entries, "v5e:4x4", str(partial_cache), plan_fn=fake_plan,
+                              progress=lambda *_: None) == rows
+    assert len(calls) == len(keys) - 2                # the rest, not the first two again
     docs = tmp_path / "ablations.md"
     docs.write_text("# Ablations\n\ntext\n")
     ab.replace_block(str(docs), "budget v5e:4x4", table)

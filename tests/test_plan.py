@@ -108,6 +108,20 @@ def test_no_libtpu_names_the_extra(monkeypatch):
         chips.tpu_devices("v5e:2x2")
 
 
+def test_the_plan_names_the_libtpu_that_compiled_it(monkeypatch, tmp_path):
+    """The pinned package's version, or the build TPU_LIBRARY_PATH points jax at."""
+    monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+    monkeypatch.setattr(chips.importlib.metadata, "version", lambda name: "0.0.42.1")
+    assert chips.libtpu_build() == "libtpu 0.0.42.1"
+    assert planner.compiler_name("tpu") == f"XLA:TPU (jax {jax.__version__}, libtpu 0.0.42.1)"
+    assert planner.compiler_name("cpu") == f"XLA:CPU (jax {jax.__version__})"
+    (tmp_path / "libtpu").mkdir()
+    (tmp_path / "libtpu-0.0.52.dist-info").mkdir()
+    so = str(tmp_path / "libtpu" / "libtpu.so")
+    monkeypatch.setenv("TPU_LIBRARY_PATH", so)
+    assert chips.libtpu_build() == f"libtpu 0.0.52 (TPU_LIBRARY_PATH={so})"
+
+
 def test_setup_pins_the_tpu_extra_to_the_installed_jax():
     text = open(os.path.join(ROOT, "setup.py")).read()
     assert '"tpu"' in text and "jax[tpu]==" in text

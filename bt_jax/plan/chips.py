@@ -7,6 +7,8 @@ this machine's own devices: the CPU, or a GPU where there is one.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -83,6 +85,21 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
             f"{sorted(TPU_CHIPS)} (e.g. {', '.join(EXAMPLE_TOPOLOGIES[:-1])}), or 'local' for "
             "this machine's own devices.")
     return m.group(1), tuple(int(x) for x in m.group(2).split("x"))
+
+
+def libtpu_build() -> str:
+    """The libtpu that compiles, e.g. 'libtpu 0.0.42.1', or 'libtpu 0.0.52 (TPU_LIBRARY_PATH=
+    ...)' where that variable points jax at another build (a pip --target install of a newer
+    libtpu beside the pinned one: 0.0.42.1 crashes compiling a train step for v6e)."""
+    path = os.environ.get("TPU_LIBRARY_PATH")
+    if not path:
+        try:
+            return f"libtpu {importlib.metadata.version('libtpu')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "libtpu (version unknown)"
+    infos = glob.glob(os.path.join(os.path.dirname(os.path.dirname(path)), "libtpu-*.dist-info"))
+    version = os.path.basename(infos[0])[len("libtpu-"):-len(".dist-info")] if infos else "?"
+    return f"libtpu {version} (TPU_LIBRARY_PATH={path})"
 
 
 def tpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:

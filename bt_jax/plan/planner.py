@@ -15,7 +15,7 @@ import numpy as np
 
 from bt_jax.errors import ConfigError
 from bt_jax.plan import report
-from bt_jax.plan.chips import devices_for, hbm_of
+from bt_jax.plan.chips import devices_for, hbm_of, libtpu_build
 from bt_jax.plan.compile import CompiledRun, OutOfMemory, RunShape, compile_run, peak_bytes
 from bt_jax.train.step import update_inputs
 
@@ -41,6 +41,12 @@ def lowering_advice(run: dict) -> str:
     return "; ".join(tips)
 
 
+def compiler_name(platform: str) -> str:
+    """'XLA:TPU (jax 0.10.2, libtpu 0.0.42.1)'; 'XLA:CPU (jax 0.10.2)' off TPU."""
+    tpu = f", {libtpu_build()}" if platform == "tpu" else ""
+    return f"XLA:{platform.upper()} (jax {jax.__version__}{tpu})"
+
+
 def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
               command: str = "", config_name: str = "", progress=print,
               devices_and_chip: Optional[tuple] = None) -> tuple[dict, CompiledRun]:
@@ -60,7 +66,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
         oom = e
     n = len(devices)
     plan = {"topology": topology, "command": command, "device_kind": devices[0].device_kind,
-            "compiler": f"XLA:{devices[0].platform.upper()} (jax {jax.__version__})",
+            "compiler": compiler_name(devices[0].platform),
             "chip": {"name": chip.name, "bf16_flops": chip.bf16_flops,
                      "hbm_bytes": chip.hbm_bytes, "hbm_bandwidth": chip.hbm_bandwidth,
                      "ici_bandwidth": chip.ici_bandwidth, "source": chip.source},

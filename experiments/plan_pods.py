@@ -68,20 +68,27 @@ def search(name: str, step: int) -> None:
     if not os.path.exists(path):
         return
     plan = json.load(open(path))
-    if "max_batch" in plan:
+    earlier = plan.get("max_batch", {})
+    if earlier and "stopped" not in earlier:
         return
+    # A search stopped before its end resumes from its tries (none compiled again).
+    earlier_tries = earlier.get("tries", [])
     config = _recipe([a for a in ROWS[name][1] if a.startswith("--config.")])
     print(f"[{time.strftime('%H:%M:%S')}] {name}: searching the largest per-chip batch "
           f"(multiples of {step})", flush=True)
-    with open(os.path.join(OUT, name, "search_log.txt"), "w") as log:
+    with open(os.path.join(OUT, name, "search_log.txt"), "a") as log:
         def progress(line):
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
         plan["max_batch"] = planner.find_max_batch(config, plan["topology"],
                                                    run_shape(config.data), step=step,
-                                                   progress=progress, known=plan)
+                                                   progress=progress, known=plan,
+                                                   earlier_tries=earlier_tries)
         plan["max_batch"]["command"] = f"python experiments/plan_pods.py rows --only {name}"
+        if earlier_tries:
+            plan["max_batch"]["resumed"] = (f"tries 1-{len(earlier_tries)} are those of a "
+                                            f"search stopped earlier: {earlier['stopped']}")
     report.write(plan, os.path.join(OUT, name))
 
 

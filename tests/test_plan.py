@@ -231,6 +231,35 @@ def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
     assert len(compiled) <= 10, compiled                 # the line alone would need ~15
 
 
+def test_max_batch_search_resumes_from_earlier_tries(monkeypatch):
+    """An interrupted search given its tries back compiles none of them again and ends
+    where an uninterrupted search ends."""
+    from bt_jax.plan import planner
+    from bt_jax.plan.compile import RunShape
+    gib = 2 ** 30
+    compiled = []
+
+    def fake_plan(config, topology, shape, **kwargs):
+        per_chip = config.batch_size // 4
+        compiled.append(per_chip)
+        need = (14 * gib + per_chip * 2 ** 20) if per_chip <= 1500 else 48 * gib
+        return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
+
+    monkeypatch.setattr(planner, "make_plan", fake_plan)
+    c = defaults.base_config()
+    c.batch_size = 4 * 1024
+    shape = RunShape(1000, 10, 3, False)
+    whole = planner.find_max_batch(c, "v5e:2x2", shape, step=32, progress=lambda line: None)
+    first_half = whole["tries"][:3]
+    compiled.clear()
+    resumed = planner.find_max_batch(c, "v5e:2x2", shape, step=32, progress=lambda line: None,
+                                     earlier_tries=first_half)
+    assert resumed["max_per_chip_batch"] == whole["max_per_chip_batch"] == 1472
+    assert not set(compiled) & {t["per_chip_batch"] for t in first_half}
+    assert [t["per_chip_batch"] for t in resumed["tries"]] == \
+        [t["per_chip_batch"] for t in whole["tries"]]
+
+
 def _tiny_config():
     c = defaults.base_config()
     c.data.name = "cifar10"

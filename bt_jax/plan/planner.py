@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +111,8 @@ def check_fits(plan: dict) -> None:
 
 def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
                    step: int = 8, start: Optional[int] = None, progress=print,
-                   max_tries: int = 12, known: Optional[dict] = None) -> dict:
+                   max_tries: int = 12, known: Optional[dict] = None,
+                   earlier_tries: Sequence[dict] = ()) -> dict:
     """The largest per-chip batch (a multiple of `step`) whose plan fits the chip.
 
     A bracketing search over compiles: it grows the batch (x2) from `start` (default the
@@ -124,6 +125,8 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     search bisects to the end. Each try prints one line.
 
     known: a plan already made of this config (its per-chip batch is not compiled again).
+    earlier_tries: the "tries" of an interrupted search of this config and topology: the
+      search replays them without compiling and goes on from where they stopped.
 
     Returns {"max_per_chip_batch", "tries": [{"per_chip_batch", "needed_bytes", "fits",
     "compile_seconds"}], "hbm_bytes", "step"}.
@@ -140,6 +143,10 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
             "per_chip_batch": known["run"]["per_device_batch"], "needed_bytes": m["needed_bytes"],
             "fits": m["fits"], "compile_seconds": known["compile_seconds"]}
         tries.append(memo[known["run"]["per_device_batch"]])
+    for row in earlier_tries:
+        if row["per_chip_batch"] not in memo:
+            memo[row["per_chip_batch"]] = dict(row)
+            tries.append(memo[row["per_chip_batch"]])
 
     def attempt(per_chip: int) -> bool:
         if per_chip in memo:

@@ -69,9 +69,10 @@ def search(name: str, step: int) -> None:
         return
     plan = json.load(open(path))
     earlier = plan.get("max_batch", {})
-    if earlier and "stopped" not in earlier:
+    if earlier and "stopped" not in earlier and earlier.get("complete", True):
         return
-    # A search stopped before its end resumes from its tries (none compiled again).
+    # A search stopped before its end (by hand, or by max_tries: complete False) resumes
+    # from its tries (none compiled again).
     earlier_tries = earlier.get("tries", [])
     config = _recipe([a for a in ROWS[name][1] if a.startswith("--config.")])
     print(f"[{time.strftime('%H:%M:%S')}] {name}: searching the largest per-chip batch "
@@ -87,8 +88,9 @@ def search(name: str, step: int) -> None:
                                                    earlier_tries=earlier_tries)
         plan["max_batch"]["command"] = f"python experiments/plan_pods.py rows --only {name}"
         if earlier_tries:
+            why = earlier.get("stopped", "it reached its limit of compiles")
             plan["max_batch"]["resumed"] = (f"tries 1-{len(earlier_tries)} are those of a "
-                                            f"search stopped earlier: {earlier['stopped']}")
+                                            f"search stopped earlier: {why}")
     report.write(plan, os.path.join(OUT, name))
 
 

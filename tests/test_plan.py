@@ -260,6 +260,31 @@ def test_max_batch_search_resumes_from_earlier_tries(monkeypatch):
         [t["per_chip_batch"] for t in whole["tries"]]
 
 
+def test_max_batch_search_stopped_by_its_compile_limit_says_so_and_resumes(monkeypatch):
+    """A search cut short by max_tries returns complete False with its open bracket (plan.md
+    says "at least"); given its tries back, the next call closes the bracket."""
+    from bt_jax.plan import planner, report
+    from bt_jax.plan.compile import RunShape
+    gib = 2 ** 30
+    monkeypatch.setattr(planner, "make_plan", lambda config, *a, **k: (
+        {"memory": {"needed_bytes": 14 * gib + config.batch_size // 4 * 2 ** 20,
+                    "fits": 14 * gib + config.batch_size // 4 * 2 ** 20 <= 16 * gib}}, None))
+    c = defaults.base_config()
+    c.batch_size = 4 * 256
+    shape = RunShape(1000, 10, 3, False)
+    cut = planner.find_max_batch(c, "v5e:2x2", shape, step=32, max_tries=3,
+                                 progress=lambda line: None)
+    assert len(cut["tries"]) == 3 and cut["complete"] is False
+    assert cut["max_per_chip_batch"] == 1024 and cut["bracket"] == [1024, None]
+    md = "\n".join(report.max_batch_lines(cut))
+    assert "at least that" in md and "[1024, ?)" in md
+    done = planner.find_max_batch(c, "v5e:2x2", shape, step=32, earlier_tries=cut["tries"],
+                                  progress=lambda line: None)
+    assert done["complete"] is True and done["max_per_chip_batch"] == 2048
+    assert done["bracket"] == [2048, 2080]
+    assert "at least" not in "\n".join(report.max_batch_lines(done))
+
+
 def _tiny_config():
     c = defaults.base_config()
     c.data.name = "cifar10"
@@ -281,6 +306,8 @@ def _run_plan(tmp_path, *args, env=None):
 @pytest.mark.parametrize("args, expected", [
     (["--topology", "v9x:2x2"], "Unknown topology 'v9x:2x2'"),
     (["--topology", "local", "--config.batch_size=12"], "not divisible by the 8 devices"),
+    (["--topology", "v5e:2x2", "--max-batch", "--max-tries=0"], "--max-tries must be at least 1"),
+    (["--topology", "v5e:2x2", "--max-batch", "--batch-step=0"], "--batch-step must be at least 1"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, expected):
     r = _run_plan(tmp_path, *args)
@@ -370,6 +397,30 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
     assert big["flops"] > 1.8 * step["flops"]             # twice the pairs per chip
     assert big["temp_bytes"] > step["temp_bytes"] and big["total_bytes"] > step["total_bytes"]
     assert big["argument_bytes"] > step["argument_bytes"]   # the batch is an argument
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+def test_cli_max_batch_searches_with_real_compiles_and_says_when_it_stopped(tmp_path):
+    """`--max-batch` end to end on v5e:2x2 with XLA:TPU: the plan's batch is not compiled
+    again, each try is one printed line, and a search cut short by --max-tries reports a
+    lower bound with its open bracket, in the output, plan.json and plan.md."""
+    tiny = ["--config.data.image_size=32", "--config.model.backbone=resnet18",
+            "--config.model.stem=cifar", "--config.model.width=0.125",
+            "--config.model.projector_dims=(64,64)", "--config.monitor.online_probe=False"]
+    r = _run_plan(tmp_path, "--topology", "v5e:2x2", "--config.batch_size=32", *tiny,
+                  "--max-batch", "--batch-step=8", "--max-tries=1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    tries = [l for l in r.stdout.splitlines() if l.strip().startswith("try ")]
+    assert len(tries) == 1 and "batch 16 per chip (64 global)" in tries[0], r.stdout[-2000:]
+    assert "largest per-chip batch that fits: 16 at least" in r.stdout
+    assert "--max-tries=1" in r.stdout and "[16, ?)" in r.stdout
+    found = json.load(open(tmp_path / "plan.json"))["max_batch"]
+    assert [t["per_chip_batch"] for t in found["tries"]] == [8, 16]
+    assert found["tries"][1]["fits"] and found["tries"][1]["needed_bytes"] > \
+        found["tries"][0]["needed_bytes"] > 0
+    assert found["complete"] is False and found["bracket"] == [16, None]
+    assert "at least that" in (tmp_path / "plan.md").read_text()
 
 
 def _plan_dict(refused: bool) -> dict:

@@ -34,13 +34,15 @@ flags.DEFINE_bool("max_batch", False, "Also find the largest per-chip batch that
                   "chip's memory (a search over compiles; each try is printed).")
 flags.DEFINE_integer("batch_step", 8, "--max-batch's resolution: per-chip batches are "
                      "multiples of it.")
+flags.DEFINE_integer("max_tries", 12, "--max-batch: at most this many compiles; a search "
+                     "it stops reports the largest batch found as a lower bound.")
 flags.DEFINE_integer("examples", 0, "Images per epoch, where data.name has no known size "
                      "(folders, tfds:<name>); overrides the known size otherwise.")
 flags.DEFINE_integer("classes", 0, "Classes (the online probe's), with --examples.")
 flags.DEFINE_integer("measure_steps", 5, "--topology local: steps to time (0: none).")
 flags.mark_flags_as_required(["config", "topology", "out"])
 
-OWN_FLAGS = ("max-batch", "batch-step", "measure-steps")
+OWN_FLAGS = ("max-batch", "batch-step", "max-tries", "measure-steps")
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -68,6 +70,10 @@ def main(argv):
     config, topology = FLAGS.config, FLAGS.topology
     command = "python -m bt_jax.plan " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
+        for name in ("batch_step", "max_tries"):
+            if FLAGS[name].value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got "
+                                  f"{FLAGS[name].value}.")
         if topology != "local":
             chips.parse_topology(topology)
         shape = run_shape(config.data, FLAGS.examples, FLAGS.classes)
@@ -88,10 +94,14 @@ def main(argv):
         if FLAGS.max_batch:
             print("Searching for the largest per-chip batch that fits:", flush=True)
             plan["max_batch"] = planner.find_max_batch(
-                config, topology, shape, step=FLAGS.batch_step,
+                config, topology, shape, step=FLAGS.batch_step, max_tries=FLAGS.max_tries,
                 progress=lambda s: print(s, flush=True), known=plan)
-            print(f"  largest per-chip batch that fits: "
-                  f"{plan['max_batch']['max_per_chip_batch']}", flush=True)
+            found = plan["max_batch"]
+            print(f"  largest per-chip batch that fits: {found['max_per_chip_batch']}"
+                  + ("" if found["complete"] else
+                     f" at least (the search stopped after --max-tries={FLAGS.max_tries} "
+                     f"compiles with the bracket {report.open_bracket(found)} open)"),
+                  flush=True)
         paths = report.write(plan, FLAGS.out)
         print(report.summary(plan) + f"\nWrote {paths[0]} and {paths[1]}.", flush=True)
         planner.check_fits(plan)

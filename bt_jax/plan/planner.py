@@ -127,8 +127,12 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     known: a plan already made of this config (its per-chip batch is not compiled again).
     earlier_tries: the "tries" of an interrupted search of this config and topology: the
       search replays them without compiling and goes on from where they stopped.
+    max_tries: at most this many compiles in this call; a search stopped by it returns
+      complete False and its open bracket, for a later call's earlier_tries.
 
-    Returns {"max_per_chip_batch", "tries": [{"per_chip_batch", "needed_bytes", "fits",
+    Returns {"max_per_chip_batch", "complete": whether the bracket closed (the next step
+    up was compiled and does not fit), "bracket": [largest that fits, smallest that does
+    not (None: not reached)], "tries": [{"per_chip_batch", "needed_bytes", "fits",
     "compile_seconds"}], "hbm_bytes", "step"}.
     """
     devices, chip = devices_for(topology)
@@ -148,9 +152,13 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
             memo[row["per_chip_batch"]] = dict(row)
             tries.append(memo[row["per_chip_batch"]])
 
+    compiles = 0
+
     def attempt(per_chip: int) -> bool:
+        nonlocal compiles
         if per_chip in memo:
             return memo[per_chip]["fits"]
+        compiles += 1
         t = time.perf_counter()
         tried = copy.deepcopy(config)
         tried.batch_size = per_chip * n
@@ -168,25 +176,31 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
                  f"{'fits' if m['fits'] else 'does not fit'} ({row['compile_seconds']:.0f} s)")
         return m["fits"]
 
+    def result(lo: int, hi: Optional[int]) -> dict:
+        closed = hi is not None and hi in memo and not memo[hi]["fits"] and hi - lo <= step
+        return {"max_per_chip_batch": lo, "complete": closed,
+                "bracket": [lo, hi if hi in memo else None], "tries": tries,
+                "hbm_bytes": hbm, "step": step}
+
     lo = max(step, (start or config.batch_size // n) // step * step)
     while not attempt(lo):          # shrink until something fits
         if lo == step:
-            return {"max_per_chip_batch": 0, "tries": tries, "hbm_bytes": hbm, "step": step}
+            return result(0, step)
+        if compiles >= max_tries:
+            return result(0, lo)
         lo = max(step, lo // 2 // step * step)
     hi = lo * 2
-    while attempt(hi):
+    while compiles < max_tries and attempt(hi):
         lo, hi = hi, hi * 2
-        if len(tries) >= max_tries:
-            break
     lows_in_a_row, stalled = 0, False
-    while hi - lo > step and len(tries) < max_tries:
+    while hi in memo and hi - lo > step and compiles < max_tries:
         mid = _next_try(lo, hi, memo, hbm, step, bisect=stalled)
         if attempt(mid):
             lo, lows_in_a_row = mid, lows_in_a_row + 1
         else:
             hi, lows_in_a_row = mid, 0
         stalled = stalled or lows_in_a_row >= 2
-    return {"max_per_chip_batch": lo, "tries": tries, "hbm_bytes": hbm, "step": step}
+    return result(lo, hi)
 
 
 def _next_try(lo: int, hi: int, memo: dict, hbm: float, step: int,

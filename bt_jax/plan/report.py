@@ -127,9 +127,19 @@ def max_batch_lines(search) -> list[str]:
                      f"{'yes' if t['fits'] else 'no'} | {t['compile_seconds']:.0f} |")
     lines += ["", f"Largest found: {search['max_per_chip_batch']} per chip (in multiples of "
               f"{search['step']})" + (f"; {search['stopped']}" if search.get("stopped") else "")
+              + (f"; at least that: the search stopped with the bracket {open_bracket(search)} "
+                 "open (its tries resume it: `find_max_batch(earlier_tries=...)`)"
+                 if search.get("complete") is False else "")
               + (f". Command: `{search['command']}`" if search.get("command") else "") + ".",
               ""]
     return lines
+
+
+def open_bracket(search: dict) -> str:
+    """"[lo, hi)" of a search that stopped before its bracket closed ("[lo, ?)" where no
+    larger batch was compiled)."""
+    lo, hi = search["bracket"]
+    return f"[{lo}, {'?' if hi is None else hi})"
 
 
 def summary(plan: dict) -> str:

@@ -55,11 +55,12 @@ SCALES = {
         # threshold on a probe, or a verdict that changed with the two-probe rule and the
         # paper's words (stop-gradient: Table 6's "slightly decrease", once "flat"); plus
         # the controls of borderline follow-ups (baseline_lr10, width_4096_lambda_scaled,
-        # baseline_3x).
+        # baseline_3x). info_nce_3x became borderline (kNN +1.0 against a threshold of
+        # 1.20) once its control baseline_3x was a 3-run mean (2026-12-05).
         repeated=("feature_norm", "info_nce", "stop_gradient", "lambda_0.002", "width_256",
                   "depth_1", "depth_3", "depth_4", "no_projector_bn_lr10", "baseline_lr10",
                   "width_4096_lambda_scaled", "info_nce_width_4096", "batch_512_same_steps",
-                  "stop_gradient_3x", "baseline_3x"),
+                  "stop_gradient_3x", "baseline_3x", "info_nce_3x"),
         description=("Fashion-MNIST, the quick recipe (configs/fashion_mnist_quick.py): "
                      "ResNet-18 (cifar_pool stem, width 0.5: 256 features), projector "
                      "1024-1024, batch 256, one epoch (234 steps), LARS at 50x the paper's "

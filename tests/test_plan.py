@@ -206,13 +206,11 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
     assert any("fits" in l for l in lines) and any("does not fit" in l for l in lines)
 
 
-def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
-    """XLA rematerialises near the limit: memory barely grows with the batch until it
-    jumps (v4:2x2x4's 28.95 GiB at 1,024 per chip, 28.72 at 1,056, 95.5 at 2,048). A
-    straight line through the bracket's ends then creeps up one step a try; the search
-    must bisect instead and finish in a handful of compiles."""
+def _flattening_memory_plans(monkeypatch) -> list:
+    """make_plan replaced by a memory curve that flattens, then jumps, as XLA's does near
+    the limit (4 chips, 16 GiB: 14 GiB + 1 MiB per example up to 1,500 per chip, then 48
+    GiB); returns the list of per-chip batches it was asked to compile."""
     from bt_jax.plan import planner
-    from bt_jax.plan.compile import RunShape
     gib = 2 ** 30
     compiled = []
 
@@ -223,6 +221,17 @@ def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
         return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
 
     monkeypatch.setattr(planner, "make_plan", fake_plan)
+    return compiled
+
+
+def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
+    """XLA rematerialises near the limit: memory barely grows with the batch until it
+    jumps (v4:2x2x4's 28.95 GiB at 1,024 per chip, 28.72 at 1,056, 95.5 at 2,048). A
+    straight line through the bracket's ends then creeps up one step a try; the search
+    must bisect instead and finish in a handful of compiles."""
+    from bt_jax.plan import planner
+    from bt_jax.plan.compile import RunShape
+    compiled = _flattening_memory_plans(monkeypatch)
     c = defaults.base_config()
     c.batch_size = 4 * 1024
     result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=32,
@@ -236,16 +245,7 @@ def test_max_batch_search_resumes_from_earlier_tries(monkeypatch):
     where an uninterrupted search ends."""
     from bt_jax.plan import planner
     from bt_jax.plan.compile import RunShape
-    gib = 2 ** 30
-    compiled = []
-
-    def fake_plan(config, topology, shape, **kwargs):
-        per_chip = config.batch_size // 4
-        compiled.append(per_chip)
-        need = (14 * gib + per_chip * 2 ** 20) if per_chip <= 1500 else 48 * gib
-        return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
-
-    monkeypatch.setattr(planner, "make_plan", fake_plan)
+    compiled = _flattening_memory_plans(monkeypatch)
     c = defaults.base_config()
     c.batch_size = 4 * 1024
     shape = RunShape(1000, 10, 3, False)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-extras test-slow install clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 # Fast tests (the default set); CPU only, 8 virtual devices.
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --durations=10 -m "not slow" tests
+
+# The fast tests that need an optional package (libtpu: `pip install 'bt_jax[tpu]'`; PyTorch:
+# `pip install torch`). `make test` runs them too where the package is there, else skips them.
+test-extras: $(STAMP)
+	$(PY) -m pytest -q -rs -n 2 -m "(libtpu or torch) and not slow" tests
 
 # The tests that take a minute or more each on a 2-core CPU: whole training runs (every
 # artifact and resume, on-device augmentation, folders, the kNN monitor, SIGKILL/SIGTERM

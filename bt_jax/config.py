@@ -303,6 +303,9 @@ def check_loss_scale(loss) -> None:
 def check_checkpoint(ckpt) -> None:
     """config.checkpoint."""
     _need(ckpt.every_steps > 0, "checkpoint.every_steps must be positive.")
+    _need(isinstance(ckpt.keep, int) and ckpt.keep >= 1,
+          f"checkpoint.keep must be at least 1 (the newest checkpoint is what a rerun resumes "
+          f"from and evaluate reads); got {ckpt.keep}.")
 
 
 def check_monitor(m) -> None:
@@ -320,6 +323,8 @@ def check_eval_shared(e) -> None:
     _need(e.linear_protocol not in _OLD_LINEAR_PROTOCOLS,
           f"eval.linear_protocol={e.linear_protocol!r} is now "
           f"{_OLD_LINEAR_PROTOCOLS.get(e.linear_protocol)!r}: the protocol's name.")
+    _need(e.batch_size > 0, f"eval.batch_size (images per feature-extraction batch) must be "
+          f"positive; got {e.batch_size}.")
     _need(e.probe_train_examples >= 0, "eval.probe_train_examples must be >= 0 (0: every "
           f"labelled training image); got {e.probe_train_examples}.")
     _need(e.tsne_points >= 0, f"eval.tsne_points must be >= 0 (0: no plot); got "

@@ -13,6 +13,7 @@ import ml_collections
 
 from bt_jax import config as config_lib
 from bt_jax import evals, losses
+from bt_jax.data.views import view_configs
 from bt_jax.errors import ConfigError
 from bt_jax.models import factory
 
@@ -50,6 +51,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                             num_steps=config.num_steps, log_every_steps=config.log_every_steps)
     config_lib.check_parts(config, config_lib.run_parts())
     factory.check_image_size(config.model, config.data.image_size)
+    view_configs(config.data)   # the two views' augmentations, each checked as it is made
     if config.loss.kind not in losses.OBJECTIVES:
         raise ConfigError(f"loss.kind must be one of {sorted(losses.OBJECTIVES)}; got "
                           f"{config.loss.kind!r}.")

@@ -90,12 +90,14 @@ def budget_row(sweep: str, run_name: str, setting: str, config, summary: Optiona
 
 def plan_budget(entries: list[tuple], topology: str, cache_path: str, *,
                 plan_fn: Optional[Callable] = None, progress=print,
-                max_compiles: Optional[int] = None) -> list[dict]:
+                max_compiles: Optional[int] = None,
+                devices_and_chip: Optional[tuple] = None) -> list[dict]:
     """Budget rows of `entries` ((sweep, run name, setting, config) each) on `topology`;
     compiles each distinct program once (cached in cache_path across calls), at most
     max_compiles new ones in this call (None: all; the rest get rows that say "not
     compiled", for a later call to fill). plan_fn: (config, topology, shape,
-    devices_and_chip) -> plan dict; default: the planner's."""
+    devices_and_chip) -> plan dict; default: the planner's. devices_and_chip: what to
+    compile for; default `chips.devices_for(topology)`, made only if something compiles."""
     from bt_jax.plan import chips  # pylint: disable=import-outside-toplevel
     from bt_jax.plan.compile import run_shape  # pylint: disable=import-outside-toplevel
     if plan_fn is None:
@@ -108,7 +110,8 @@ def plan_budget(entries: list[tuple], topology: str, cache_path: str, *,
     keys = {program_key(c) for *_, c in entries}
     todo = [k for k in keys if k not in cache]
     budget = len(todo) if max_compiles is None else min(max_compiles, len(todo))
-    devices_and_chip = chips.devices_for(topology) if budget else None
+    if budget and devices_and_chip is None:
+        devices_and_chip = chips.devices_for(topology)
     progress(f"[budget] {topology}: {len(entries)} runs, {len(keys)} distinct programs, "
              f"{len(todo)} to compile" + (f", {budget} in this call" if budget < len(todo)
                                           else ""))

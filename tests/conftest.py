@@ -1,7 +1,10 @@
 """Test setup: 8 virtual CPU devices, set before JAX starts; experiments/ importable, as it
 is for its own scripts (`python experiments/NAME.py` puts their folder on the path)."""
+import importlib.util
 import os
 import sys
+
+import pytest
 
 _EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "experiments")
@@ -17,3 +20,23 @@ import jax  # noqa: E402  (after the flag on purpose)
 
 assert jax.device_count() == 8, (
     "tests expect 8 CPU devices: JAX was imported before tests/conftest.py set XLA_FLAGS")
+
+
+# Markers of tests that need an optional package; where it is missing they skip, saying what
+# to install (`make test` passes on a machine where only `make install` ran).
+OPTIONAL_PACKAGES = {
+    "libtpu": ("libtpu", "libtpu is not installed (pip install 'bt_jax[tpu]'): no TPU "
+                         "compiler to plan with"),
+    "torch": ("torch", "PyTorch is not installed (pip install torch): no reference to compare "
+                       "with"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    for marker, (module, reason) in OPTIONAL_PACKAGES.items():
+        if importlib.util.find_spec(module) is not None:
+            continue
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -394,8 +394,12 @@ def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_f
                 "compile_seconds": 1.0, "run": {"num_devices": 16},
                 "chip": {"name": "v5e"}}
     cache = tmp_path / "cache.json"
-    rows = budget.plan_budget(entries, "v5e:4x4", str(cache), plan_fn=fake_plan,
-                              progress=lambda *_: None)
+    chips_16 = ([object()] * 16, None)     # what fake_plan is handed: no libtpu needed
+
+    def plan_budget(cache_path, **kwargs):
+        return budget.plan_budget(entries, "v5e:4x4", str(cache_path), plan_fn=fake_plan,
+                                  devices_and_chip=chips_16, progress=lambda *_: None, **kwargs)
+    rows = plan_budget(cache)
     keys = {budget.program_key(c) for *_, c in entries}
     assert len(calls) == len(keys) < len(entries)
     by = {(r["sweep"], r["run"]): r for r in rows}
@@ -412,12 +416,10 @@ def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_f
     assert "| batch_size | batch_4096 | 4096 (256) | 32.00 of 16.00 GiB | no |" in table
     assert "does not fit" in table and "ESTIMATE" in table and "| all (each run once) |" in table
     calls.clear()
-    assert budget.plan_budget(entries, "v5e:4x4", str(cache), plan_fn=fake_plan,
-                              progress=lambda *_: None) == rows and calls == []
+    assert plan_budget(cache) == rows and calls == []
     partial_cache = tmp_path / "partial.json"       # a budget spread over several calls
     calls.clear()
-    part = budget.plan_budget(entries, "v5e:4x4", str(partial_cache), plan_fn=fake_plan,
-                              progress=lambda *_: None, max_compiles=2)
+    part = plan_budget(partial_cache, max_compiles=2)
     assert len(calls) == 2
     done = [r for r in part if r["fits"] is not None]
     assert done and len(done) < len(part) and all(r["chip_hours"] is None
@@ -426,8 +428,7 @@ def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_f
     assert "**Incomplete:**" in partial and "not compiled" in partial
     assert "**Incomplete:**" not in table
     calls.clear()
-    assert budget.plan_budget(entries, "v5e:4x4", str(partial_cache), plan_fn=fake_plan,
-                              progress=lambda *_: None) == rows
+    assert plan_budget(partial_cache) == rows
     assert len(calls) == len(keys) - 2                # the rest, not the first two again
     docs = tmp_path / "ablations.md"
     docs.write_text("# Ablations\n\ntext\n")
@@ -441,14 +442,12 @@ def test_paper_scale_budget_compiles_each_program_once_and_marks_what_does_not_f
 
 
 @pytest.mark.slow    # one real XLA:TPU compile of a tiny model: about 2 minutes on 2 cores
+@pytest.mark.libtpu
 def test_plan_flag_budgets_a_sweep_with_the_real_tpu_compiler(tmp_path, capsys):
     """`ablations.py --plan v5e:2x2` on the seed sweep at the tiny scale: its three runs
     (seeds) are one program, compiled once by libtpu; the budget lands in the CSV, the
     markdown and the docs file."""
     import csv
-    from bt_jax.plan import chips
-    if not chips.has_libtpu():
-        pytest.skip("libtpu is not installed: no TPU compiler to plan with")
     ab = _ablations()
     docs = tmp_path / "ablations.md"
     docs.write_text("# Ablations\n")
@@ -723,8 +722,9 @@ def test_benchmark_csv_keeps_older_rows_under_a_new_header(tmp_path):
                                                            ("train step", "")]
 
 
+@pytest.mark.torch
 def test_torch_reference_loss_and_lars_match_bt_jax():
-    torch = pytest.importorskip("torch")
+    import torch
     import jax.numpy as jnp
     import numpy as np
 
@@ -754,8 +754,8 @@ def test_torch_reference_loss_and_lars_match_bt_jax():
     np.testing.assert_allclose(tensors[1].numpy(), p_jax["b"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.torch
 def test_torch_reference_step_runs():
-    pytest.importorskip("torch")
     ref = _experiment("torch_reference")
     r = ref.benchmark_step(backbone="resnet18", stem="cifar", width=0.125, image_size=16,
                            projector=(32, 32), batch=8, steps=1, warmup=0, threads=1)

@@ -146,7 +146,7 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int, tmp_pa
     backbone.msgpack by `python -m bt_jax.convert`: the same features in eval and train
     mode; converted back to .pth it loads into a fresh torchvision-layout model with
     strict=False (only fc.* missing) and gives the same outputs."""
-    torch = pytest.importorskip("torch")
+    import torch
     torch.manual_seed(0)
     net, source = _torch_resnet(arch, stem, width)
     print("PyTorch model:", source)
@@ -202,9 +202,8 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int, tmp_pa
         np.testing.assert_array_equal(fresh(x_torch).numpy(), original(x_torch).numpy())
 
 
+@pytest.mark.torch
 def test_torch_reference_has_torchvision_s_names():
-    torch = pytest.importorskip("torch")
-    del torch
     wheel = torchvision_models.find_wheel()
     if not wheel:
         pytest.skip("no torchvision wheel in .venv/wheels (.ci/run fetches one)")
@@ -217,11 +216,13 @@ def test_torch_reference_has_torchvision_s_names():
         assert set(torch_reference.ResNet(arch).state_dict()) <= names
 
 
+@pytest.mark.torch
 def test_resnet18_forward_equals_pytorch_in_eval_and_train_mode(tmp_path):
     _torch_forward_matches("resnet18", "imagenet", 1.0, 32, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_resnet50_forward_equals_pytorch_in_eval_and_train_mode(tmp_path):
     _torch_forward_matches("resnet50", "imagenet", 1.0, 32, tmp_path)
 
@@ -244,8 +245,8 @@ def test_safetensors_is_the_format_of_its_spec(tmp_path):
         convert.read_safetensors(str(tmp_path / "bad.safetensors"))
 
 
+@pytest.mark.torch
 def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path, capsys):
-    pytest.importorskip("torch")
     src = str(tmp_path / "src.safetensors")
     convert.write_safetensors(src, interop.to_torch(r18_cifar, "resnet18", projector=True))
     chain = [src, str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors"),
@@ -331,10 +332,10 @@ def test_init_from_that_does_not_exist_is_a_config_error():
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     """A .pth file: `python -m bt_jax.evaluate --backbone` scores it as the end-of-run
     evaluation scores the same weights, and `--config.model.init_from` trains from it."""
-    pytest.importorskip("torch")
     from bt_jax import train
     from bt_jax.evals import runner
     c = _digits_config()

@@ -221,7 +221,16 @@ def _flattening_memory_plans(monkeypatch) -> list:
         return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
 
     monkeypatch.setattr(planner, "make_plan", fake_plan)
+    _four_fake_chips(monkeypatch)
     return compiled
+
+
+def _four_fake_chips(monkeypatch) -> None:
+    """planner.devices_for replaced by 4 stand-in devices of a 16 GiB chip: the search tests
+    replace make_plan and need no compiler (libtpu) at all."""
+    from bt_jax.plan import planner
+    chip = chips.Chip("fake v5e", 197e12, 16 * 2 ** 30, 819e9, 400e9, "test")
+    monkeypatch.setattr(planner, "devices_for", lambda topology: ([object()] * 4, chip))
 
 
 def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
@@ -266,6 +275,7 @@ def test_max_batch_search_stopped_by_its_compile_limit_says_so_and_resumes(monke
     from bt_jax.plan import planner, report
     from bt_jax.plan.compile import RunShape
     gib = 2 ** 30
+    _four_fake_chips(monkeypatch)
     monkeypatch.setattr(planner, "make_plan", lambda config, *a, **k: (
         {"memory": {"needed_bytes": 14 * gib + config.batch_size // 4 * 2 ** 20,
                     "fits": 14 * gib + config.batch_size // 4 * 2 ** 20 <= 16 * gib}}, None))
@@ -358,11 +368,10 @@ def test_local_plan_compiles_the_trainers_step_and_measures_it():
     assert measured["step_seconds"] > 0 and len(measured["times"]) == 2
 
 
-TPU_SKIP = "libtpu is not installed (pip install 'bt_jax[tpu]'): no TPU compiler to plan with"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+@pytest.mark.libtpu
 def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
     """`python -m bt_jax.plan` with the real XLA:TPU compiler (libtpu) on this CPU, for a
     v5e:2x2 slice: plan.json holds every field, memory and FLOPs are positive and grow
@@ -400,7 +409,7 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+@pytest.mark.libtpu
 def test_cli_max_batch_searches_with_real_compiles_and_says_when_it_stopped(tmp_path):
     """`--max-batch` end to end on v5e:2x2 with XLA:TPU: the plan's batch is not compiled
     again, each try is one printed line, and a search cut short by --max-tries reports a
@@ -483,7 +492,7 @@ def test_plan_pods_rows_are_the_papers_recipe_and_its_table_reads_plans(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not chips.has_libtpu(), reason=TPU_SKIP)
+@pytest.mark.libtpu
 def test_cli_plan_that_does_not_fit_is_one_line_with_the_sizes(tmp_path):
     """A 40960-wide projector (6.25 GiB of float32 weights, as much again of LARS momentum
     and of gradients) cannot fit a v5e: the compiler refuses it, and the planner says so

@@ -37,21 +37,30 @@ class ViewConfig:
     def __post_init__(self):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1; got {self.crop_scale}.")
+            raise ConfigError(f"data.augment.crop_scale must satisfy 0 < lo <= hi <= 1; got "
+                              f"{self.crop_scale}.")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ConfigError(f"crop_ratio must be 0 < lo <= hi; got {self.crop_ratio}.")
+            raise ConfigError(f"data.augment.crop_ratio must be 0 < lo <= hi; got "
+                              f"{self.crop_ratio}.")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"{name} is a probability and must be in [0, 1]; got {p}.")
+                raise ConfigError(f"data.augment.{name} is a probability and must be in [0, "
+                                  f"1]; got {p}.")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ConfigError(f"blur_sigma must satisfy 0 < lo <= hi; got {self.blur_sigma}.")
+            raise ConfigError(f"data.augment.blur_sigma must satisfy 0 < lo <= hi; got "
+                              f"{self.blur_sigma}.")
         if self.blur_prob > 0 and self.image_size <= gaussian_kernel_size(self.blur_sigma[1]) // 2:
             raise ConfigError(
-                f"image_size {self.image_size} is too small for a blur with sigma up to "
-                f"{self.blur_sigma[1]}: lower blur_sigma or set blur_prob to 0.")
+                f"data.image_size {self.image_size} is too small for a blur with sigma up to "
+                f"{self.blur_sigma[1]}: lower data.augment.blur_sigma or set "
+                "data.augment.blur_prob to 0.")
+        for name in ("brightness", "contrast", "saturation"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"data.augment.{name} is a jitter strength and must be >= 0; "
+                                  f"got {getattr(self, name)}.")
         if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"hue must be in [0, 0.5]; got {self.hue}.")
+            raise ConfigError(f"data.augment.hue must be in [0, 0.5]; got {self.hue}.")
 
 
 def view_configs(data_cfg) -> tuple[ViewConfig, ViewConfig]:

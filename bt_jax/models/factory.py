@@ -13,7 +13,8 @@ from bt_jax.errors import ConfigError
 from bt_jax.models.barlow_twins import BarlowTwins
 from bt_jax.models.conv import CONV_IMPLS
 from bt_jax.models.projector import LINEAR_INITS
-from bt_jax.models.resnet import STEMS, make_backbone, min_image_size, stem_minimums
+from bt_jax.models.resnet import (BACKBONES, STEMS, make_backbone, min_image_size,
+                                  stem_minimums)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -45,6 +46,8 @@ def check_settings(model_cfg) -> None:
             raise ConfigError(msg)
 
     m = model_cfg
+    need(m.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}; got "
+         f"{m.backbone!r}.")
     need(m.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}; got {m.dtype!r}.")
     need(m.conv_impl in CONV_IMPLS, f"model.conv_impl must be one of {CONV_IMPLS}; got "
          f"{m.conv_impl!r}.")

@@ -95,7 +95,8 @@ def main(argv):
             print("Searching for the largest per-chip batch that fits:", flush=True)
             plan["max_batch"] = planner.find_max_batch(
                 config, topology, shape, step=FLAGS.batch_step, max_tries=FLAGS.max_tries,
-                progress=lambda s: print(s, flush=True), known=plan)
+                progress=lambda s: print(s, flush=True), known=plan,
+                devices_and_chip=(devices, chip))
             found = plan["max_batch"]
             print(f"  largest per-chip batch that fits: {found['max_per_chip_batch']}"
                   + ("" if found["complete"] else

@@ -112,7 +112,8 @@ def check_fits(plan: dict) -> None:
 def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
                    step: int = 8, start: Optional[int] = None, progress=print,
                    max_tries: int = 12, known: Optional[dict] = None,
-                   earlier_tries: Sequence[dict] = ()) -> dict:
+                   earlier_tries: Sequence[dict] = (),
+                   devices_and_chip: Optional[tuple] = None) -> dict:
     """The largest per-chip batch (a multiple of `step`) whose plan fits the chip.
 
     A bracketing search over compiles: it grows the batch (x2) from `start` (default the
@@ -127,6 +128,7 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     known: a plan already made of this config (its per-chip batch is not compiled again).
     earlier_tries: the "tries" of an interrupted search of this config and topology: the
       search replays them without compiling and goes on from where they stopped.
+    devices_and_chip: (devices, Chip) to compile for; default `devices_for(topology)`.
     max_tries: at most this many compiles in this call; a search stopped by it returns
       complete False and its open bracket, for a later call's earlier_tries.
 
@@ -135,7 +137,7 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     not (None: not reached)], "tries": [{"per_chip_batch", "needed_bytes", "fits",
     "compile_seconds"}], "hbm_bytes", "step"}.
     """
-    devices, chip = devices_for(topology)
+    devices, chip = devices_and_chip or devices_for(topology)
     n = len(devices)
     hbm = hbm_of(chip, devices)
     if hbm is None:

@@ -24,8 +24,9 @@ from bt_jax.train.preemption import Preempted, PreemptionWatch
 from bt_jax.train.programs import build_programs, initial_state, view_program
 from bt_jax.train.state import init_from_file
 from bt_jax.train.step import make_diagnose_fn
-from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results, saved_steps,
-                                  write_run_config)
+from bt_jax.run_lock import WorkdirLock
+from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results,
+                                  read_run_config, saved_steps, write_run_config)
 
 
 def pretrain_num_classes(source) -> int:
@@ -55,19 +56,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Everything is checked before anything is written: a relaunch that fails leaves the
     # workdir as it was, and a first run that fails leaves nothing.
     defaults.validate(config)
-    chief = jax.process_index() == 0   # the one process that writes files on a cluster
     check_workdir(workdir)
-    check_resumable(workdir, config.model)
+    read_run_config(workdir)   # a corrupt config.json is one line, before any work
     mesh = parallel.make_mesh()
     parallel.per_device_batch_size(config.batch_size, mesh)
     source = sources.pretrain_split(config.data, config.seed)
     layout = batch_layout(config.data.augment_on, source.gather_on_host)
     pipeline.require_packages(layout, source)
+    splits = None
+    if config.eval.enabled:   # loaded first: a missing test split fails before training
+        splits = sources.labelled_splits(config.data, config.seed)
+    # One writer per workdir: the chief (the one process that writes run files) holds its
+    # lock from here to the end; a run that fails before writing anything leaves nothing.
+    lock = WorkdirLock(workdir, purpose="training") if jax.process_index() == 0 else None
+    if lock is None:
+        return _train_and_evaluate(config, workdir, mesh, source, layout, splits)
+    with lock:
+        return _train_and_evaluate(config, workdir, mesh, source, layout, splits)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, source, layout,
+                        splits) -> dict:
+    """train_and_evaluate once the config, the data and the workdir are checked (and, on
+    the chief, the workdir's lock held)."""
+    chief = jax.process_index() == 0
+    check_resumable(workdir, config.model)
     spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
     total_steps = config.num_steps or config.num_epochs * spe
     stats = pipeline.normalization_stats(source)
-    if config.eval.enabled:   # loaded first: a missing test split fails before training
-        train_split, test_split = sources.labelled_splits(config.data, config.seed)
+    train_split, test_split = splits or (None, None)
     finished = finished_results(workdir, total_steps, config.eval.enabled)
     if finished is not None:
         print(f"{workdir!r} holds a finished run (step {total_steps} of {total_steps}"

@@ -17,14 +17,33 @@ from bt_jax import defaults
 NOT_THE_MODEL = ("init_from",)
 
 
+def read_run_config(workdir: str) -> Optional[dict]:
+    """The run's config.json in today's layout (`config.translate_saved`), None where there
+    is none; ConfigError (one line) where it cannot be read or is not a config."""
+    path = run_dir.path(workdir, run_dir.CONFIG)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise config_lib.ConfigError(
+            f"{path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
+            "it is the run's record of its config. Restore it (or delete it to go on with "
+            "the command line's config), or choose another --workdir.") from None
+    if not isinstance(saved, dict):
+        raise config_lib.ConfigError(
+            f"{path!r} holds a {type(saved).__name__}, not a config: restore it (or delete it "
+            "to go on with the command line's config), or choose another --workdir.")
+    return config_lib.translate_saved(saved)
+
+
 def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
     """Refuses to resume checkpoints written for another model than config.model
     (`model_cfg`): their shapes would not fit."""
-    saved_path = run_dir.path(workdir, run_dir.CONFIG)
-    if not (os.path.exists(saved_path) and saved_steps(workdir)):
+    saved = read_run_config(workdir)
+    if saved is None or not saved_steps(workdir):
         return
-    with open(saved_path) as f:
-        saved = config_lib.translate_saved(json.load(f))
     now_model = json.loads(model_cfg.to_json_best_effort())
     # Fields added to the model since the run was saved held their defaults then.
     model_defaults = json.loads(defaults.base_config().to_json_best_effort())["model"]
@@ -84,14 +103,10 @@ def write_run_config(workdir: str, config_json: str) -> None:
 
     config_json: the run's config as JSON (`ConfigDict.to_json_best_effort(indent=2)`)."""
     path = run_dir.path(workdir, run_dir.CONFIG)
-    if saved_steps(workdir) and os.path.exists(path):
-        try:
-            with open(path) as f:
-                saved = ml_collections.ConfigDict(config_lib.translate_saved(json.load(f)))
-            changes = config_lib.diff(saved, ml_collections.ConfigDict(
-                json.loads(config_json)))
-        except (OSError, ValueError):
-            changes = []
+    saved = read_run_config(workdir) if saved_steps(workdir) else None
+    if saved is not None:
+        changes = config_lib.diff(ml_collections.ConfigDict(saved),
+                                  ml_collections.ConfigDict(json.loads(config_json)))
         if changes:
             print("Resuming with a changed config (config.json is updated):\n  "
                   + "\n  ".join(changes), flush=True)

@@ -6,12 +6,14 @@ asynchronous save is reported as one SaveError naming the step that is still int
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import sys
 import traceback
-from typing import Any
+import warnings
+from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,13 +35,49 @@ def _reason(e: BaseException, limit: int = 200) -> str:
     """The cause of a failed save in a few words: the operating system's message where
     the error carries one (TensorStore's "[os_error_code='28']": "No space left on
     device"), else the error's first line."""
-    text = str(e)
-    code = re.search(r"os_error_code='?(\d+)", text)
-    if code:
-        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror} (errno {e.errno})"
+    code = _errno_of(e)
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
     return f"{type(e).__name__}: {_first_line(e, limit)}"
+
+
+def _errno_of(e: BaseException) -> Optional[int]:
+    """The operating system's error number behind a failed save, where it carries one."""
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if code:
+        return int(code.group(1))
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    return None
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Two writers of one step: the second rename of a finished step's folder finds it there.
+_ANOTHER_WRITER = {errno.ENOTEMPTY, errno.EEXIST}
+
+
+def _remedy(e: BaseException) -> str:
+    """What to do about a failed save, from its cause."""
+    code = _errno_of(e)
+    if code in _NO_SPACE:
+        return "Free disk space (or raise the quota / file-size limit)"
+    if code in _ANOTHER_WRITER or "already exists" in str(e):
+        return ("Another process saved the same step at the same time. "
+                + _ANOTHER_WRITER_FIX)
+    return "Fix the cause"
+
+
+_ANOTHER_WRITER_FIX = ("Two runs are writing into this workdir: stop the other writer "
+                       "(bt_jax.main refuses a second run while the first holds run.lock), "
+                       "or give each run its own --workdir")
+
+
+def _steps_phrase(steps: list[int]) -> str:
+    """'the checkpoint of step 40 is' / 'the checkpoints of steps 20, 30 and 40 are'."""
+    if len(steps) == 1:
+        return f"the checkpoint of step {steps[0]} is"
+    names = [str(s) for s in steps]
+    return f"the checkpoints of steps {', '.join(names[:-1])} and {names[-1]} are"
 
 
 class _QuietFailedSaves(logging.Filter):
@@ -102,20 +140,29 @@ class CheckpointManager:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self._pending = None    # the step of the save in flight, if any
+        # The steps on disk that this manager found or saved: a step folder outside them
+        # was written by another process.
+        self._known = set(run_dir.saved_steps(self.directory))
         for name in ("absl", "asyncio"):
             if _QUIET not in logging.getLogger(name).filters:
                 logging.getLogger(name).addFilter(_QUIET)
         _drop_closed_loop_noise()
 
     def _save_failed(self, e: BaseException) -> SaveError:
-        complete = [s for s in self._manager.all_steps() if s != self._pending]
-        kept = (f"the checkpoint of step {max(complete)} is intact: fix the cause and rerun "
-                "the same command to resume from it" if complete else
-                "no earlier checkpoint exists: fix the cause and rerun the same command")
+        # What is on disk, not what Orbax remembers: a relaunch with a smaller `keep` or a
+        # save that failed midway leaves the two apart.
+        complete = [s for s in run_dir.saved_steps(self.directory) if s != self._pending]
+        kept = (f"{_steps_phrase(complete)} intact: rerun the same command to resume from "
+                f"step {max(complete)}" if complete else
+                "no earlier checkpoint is on disk: rerun the same command to start again")
         where = f"step {self._pending}" if self._pending is not None else "a step"
         self._pending = None
+        # The coroutines of the failed save's other writes are dropped unawaited: one
+        # warning each at exit, about the failure just reported.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                                category=RuntimeWarning)
         return SaveError(f"Saving the checkpoint of {where} into {self.directory!r} failed: "
-                         f"{_reason(e)}. Free disk space if it is full; {kept}.")
+                         f"{_reason(e)}. {_remedy(e)}; {kept}.")
 
     def _guarded(self, fn, *args, **kwargs):
         """fn(...), with any error of an asynchronous save as one SaveError."""
@@ -173,6 +220,16 @@ class CheckpointManager:
             return False
         self._guarded(self._manager.wait_until_finished)   # the previous save's errors first
         self._pending = step
+        # (`step` itself may already be there: on a cluster every process saves each step
+        # into this directory, and the first to finish renames its folder into place.)
+        foreign = sorted(set(run_dir.saved_steps(self.directory)) - self._known - {step})
+        if foreign:
+            self._pending = None
+            raise SaveError(
+                f"Saving the checkpoint of step {step} into {self.directory!r} stopped: "
+                f"{_steps_phrase(foreign).replace(' is', '').replace(' are', '')} appeared "
+                f"there, written by another process. {_ANOTHER_WRITER_FIX}.")
+        self._known.add(step)
         return self._guarded(self._manager.save, step, args=ocp.args.StandardSave(state),
                              force=True)
 

@@ -53,14 +53,19 @@ def unknown_field_message(argv: list[str], e: Exception) -> str:
             "lists them); a recipe may only override fields that exist.")
 
 
-def config_file(argv: list[str]) -> str:
-    """The --config argument (a recipe's path), or "" where there is none."""
+def flag_value(argv: list[str], name: str) -> str:
+    """The value of --NAME (as "--NAME VALUE" or "--NAME=VALUE"), or "" where absent."""
     for i, arg in enumerate(argv):
-        if arg in ("--config", "-config") and i + 1 < len(argv):
+        if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith(("--config=", "-config=")):
+        if arg.startswith((f"--{name}=", f"-{name}=")):
             return arg.split("=", 1)[1]
     return ""
+
+
+def config_file(argv: list[str]) -> str:
+    """The --config argument (a recipe's path), or "" where there is none."""
+    return flag_value(argv, "config")
 
 
 def missing_config_file(argv: list[str]) -> str:

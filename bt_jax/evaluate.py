@@ -17,8 +17,9 @@ config.eval.protocols run on it as at the end of training (`bt_jax.evals`):
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import sys
 from typing import Optional
 
 import flax.linen as nn
@@ -28,44 +29,59 @@ from bt_jax import run_dir
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import defaults
-from bt_jax import convert, export
+from bt_jax import cli, convert, export
 from bt_jax.config import ConfigError
 from bt_jax.data import sources, pipeline
 from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables, create_model, init_variables
+from bt_jax.run_lock import WorkdirLock
+from bt_jax.train.workdir import read_run_config
 
 
 def load_run(workdir: str, model_cfg, image_size: int
-             ) -> tuple[nn.Module, dict, Optional[dict], str]:
-    """(backbone, its variables, the online probe's params or None, what was read) of a
-    run whose model is config.model (`model_cfg`), trained at image_size px: its newest
-    readable checkpoint, else its exported backbone.msgpack. Nothing in the workdir is
-    written or deleted."""
+             ) -> tuple[nn.Module, dict, Optional[dict], dict]:
+    """(backbone, its variables, the online probe's params or None, which weights) of a
+    run whose model is config.model (`model_cfg`), trained at image_size px.
+
+    The run's final exported weights (backbone.msgpack) where no checkpoint is newer than
+    them; else its newest readable checkpoint (a run still going, or stopped). An
+    unreadable export is reported and the checkpoints are read instead. Which weights:
+    {"file": "backbone.msgpack" | "checkpoints/<step>", "step", "digest"} (see
+    `export.weights_digest`). Nothing in the workdir is written or deleted."""
     ckpt_dir = run_dir.checkpoints(workdir)
-    model = create_model(model_cfg)
-    if run_dir.saved_steps(ckpt_dir):
-        manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
+    steps = run_dir.saved_steps(ckpt_dir)
+    exported = os.path.exists(run_dir.path(workdir, run_dir.BACKBONE))
+    step = export.exported_step(workdir) if exported else None
+    if exported and (not steps or (step is not None and step >= steps[-1])):
         try:
-            step, state = manager.read_latest()
-        finally:
-            manager.close()
-        variables = backbone_variables(state)
-        want = backbone_variables(init_variables(
-            model, jax.random.key(0), image_size))
-        if jax.tree.structure(want) != jax.tree.structure(variables) or any(
-                a.shape != b.shape for a, b in zip(jax.tree.leaves(want),
-                                                   jax.tree.leaves(variables))):
-            raise ConfigError(f"The checkpoint at step {step} in {ckpt_dir!r} holds another "
-                              "model than this config's model.* fields: evaluate with the "
-                              "run's own config (leave out --config).")
-        probe = state.get("probe")
-        probe = None if not probe else probe["params"]
-        return model.backbone, variables, probe, f"checkpoint of step {step}"
-    if os.path.exists(run_dir.path(workdir, run_dir.BACKBONE)):
-        backbone, variables = export.load_backbone(workdir)
-        return backbone, variables, None, export.BACKBONE_FILE
-    raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
-                      "pass the --workdir of a training run.")
+            backbone, variables = export.load_backbone(workdir)
+        except ConfigError as e:
+            if not steps:
+                raise
+            print(f"warning: {e} Reading the newest checkpoint instead.", flush=True)
+        else:
+            return backbone, variables, None, export.weights_record(export.BACKBONE_FILE, step,
+                                                             variables)
+    if not steps:
+        raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
+                          "pass the --workdir of a training run.")
+    model = create_model(model_cfg)
+    manager = ckpt_lib.CheckpointManager(ckpt_dir, every_steps=1)
+    try:
+        step, state = manager.read_latest()
+    finally:
+        manager.close()
+    variables = backbone_variables(state)
+    want = backbone_variables(init_variables(model, jax.random.key(0), image_size))
+    if jax.tree.structure(want) != jax.tree.structure(variables) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
+        raise ConfigError(f"The checkpoint at step {step} in {ckpt_dir!r} holds another "
+                          "model than this config's model.* fields: evaluate with the "
+                          "run's own config (leave out --config).")
+    probe = state.get("probe")
+    probe = None if not probe else probe["params"]
+    return model.backbone, variables, probe, export.weights_record(
+        f"{run_dir.CHECKPOINTS}/{step}", step, variables)
 
 
 def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
@@ -91,24 +107,37 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     model = create_model(config.model)
     random_init = backbone_variables(init_variables(
         model, jax.random.key(config.seed), d.image_size))
-    if workdir is not None and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)   # tsne.png and results.json go there
-    results = evaluate_all(config.eval, model.backbone, variables,
-                           jax.device_get(random_init), train_split, test_split, stats,
-                           seed=config.seed, image_size=d.image_size,
-                           split_name=sources.eval_split_name(d), workdir=workdir)
-    results["evaluated"] = os.path.abspath(path)
-    if workdir is not None and jax.process_index() == 0:
-        write_results(results, workdir)
+    writes = workdir is not None and jax.process_index() == 0   # tsne.png, results.json
+    with _lock(workdir) if writes else contextlib.nullcontext():
+        results = evaluate_all(config.eval, model.backbone, variables,
+                               jax.device_get(random_init), train_split, test_split, stats,
+                               seed=config.seed, image_size=d.image_size,
+                               split_name=sources.eval_split_name(d), workdir=workdir)
+        results["weights"] = export.weights_record(os.path.abspath(path), None, variables)
+        results["evaluated"] = export.describe_weights(results["weights"])
+        if writes:
+            write_results(results, workdir)
     print(format_table(results), flush=True)
     return results
 
 
+def _lock(workdir: str) -> WorkdirLock:
+    """The workdir's lock, for an evaluation that writes there."""
+    return WorkdirLock(workdir, purpose="evaluation")
+
+
 def evaluate_workdir(workdir: str, config) -> dict:
-    """Evaluates a finished or running run and writes/updates its results.json."""
+    """Evaluates a finished or stopped run and writes/updates its results.json, holding
+    the workdir's lock (a run still training there holds it: WorkdirLocked)."""
     defaults.validate(config)
-    backbone, variables, probe, what = load_run(workdir, config.model, config.data.image_size)
-    print(f"Evaluating {what} of {workdir!r}.", flush=True)
+    with _lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _evaluate_workdir(workdir, config)
+
+
+def _evaluate_workdir(workdir: str, config) -> dict:
+    backbone, variables, probe, weights = load_run(workdir, config.model,
+                                                   config.data.image_size)
+    print(f"Evaluating {export.describe_weights(weights)} of {workdir!r}.", flush=True)
     d = config.data
     train_split, test_split = sources.labelled_splits(d, config.seed)
     stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
@@ -118,7 +147,8 @@ def evaluate_workdir(workdir: str, config) -> dict:
                            train_split, test_split, stats, seed=config.seed,
                            image_size=d.image_size, split_name=sources.eval_split_name(d),
                            online_probe=probe, workdir=workdir)
-    results["evaluated"] = what
+    results["weights"] = weights
+    results["evaluated"] = export.describe_weights(weights)
     if jax.process_index() == 0:
         write_results(results, workdir)
     print(format_table(results), flush=True)
@@ -126,21 +156,25 @@ def evaluate_workdir(workdir: str, config) -> dict:
 
 
 def config_of_workdir(workdir: str):
-    path = run_dir.path(workdir, run_dir.CONFIG)
-    if not os.path.exists(path):
-        raise config_lib.ConfigError(f"{path!r} does not exist: pass the --workdir of a "
-                                     "training run, or --config.")
-    with open(path) as f:
-        saved = config_lib.translate_saved(json.load(f))   # an older layout in today's
-    config = defaults.base_config()   # fields added since the run keep their defaults
-    config.update_from_flattened_dict(config_lib.flatten(saved))
+    """The run's config.json as today's full config (fields added since the run keep their
+    defaults); ConfigError (one line) where it is missing or unreadable."""
+    saved = read_run_config(workdir)   # an older layout in today's
+    if saved is None:
+        raise ConfigError(f"{run_dir.path(workdir, run_dir.CONFIG)!r} does not exist: pass "
+                          "the --workdir of a training run, or --config.")
+    config = defaults.base_config()
+    try:
+        config.update_from_flattened_dict(config_lib.flatten(saved))
+    except (KeyError, AttributeError, TypeError) as e:
+        raise ConfigError(f"{run_dir.path(workdir, run_dir.CONFIG)!r} does not fit this "
+                          f"version's config ({type(e).__name__}: {e}): pass --config "
+                          "RECIPE with the run's settings.") from None
     return config
 
 
 def main(argv) -> None:
-    """python -m bt_jax.evaluate --workdir RUN [--config FILE --config.FIELD=VALUE]
+    """python -m bt_jax.evaluate --workdir RUN [--config FILE] [--config.FIELD=VALUE ...]
     python -m bt_jax.evaluate --backbone WEIGHTS --config FILE [--workdir OUT]"""
-    import sys  # pylint: disable=import-outside-toplevel
     from absl import flags, logging  # pylint: disable=import-outside-toplevel
     logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
     if len(argv) > 1:
@@ -148,7 +182,7 @@ def main(argv) -> None:
     workdir, weights = flags.FLAGS.workdir, flags.FLAGS.backbone
     try:
         if weights:
-            if not flags.FLAGS.config:
+            if not cli.config_file(sys.argv):
                 raise ConfigError("--backbone needs --config: the recipe whose dataset and "
                                   "protocols evaluate the weights.")
             evaluate_backbone(weights, flags.FLAGS.config, workdir)
@@ -156,24 +190,38 @@ def main(argv) -> None:
         if not workdir:
             raise ConfigError("Pass --workdir RUN (a training run), or --backbone WEIGHTS "
                               "--config RECIPE.")
-        config = flags.FLAGS.config or config_of_workdir(workdir)
-        evaluate_workdir(workdir, config)
+        evaluate_workdir(workdir, flags.FLAGS.config)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """The flags, with --config defaulting to the run's own config.json: without --config,
+    --config.FIELD=VALUE overrides apply to the config the run was trained with."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    workdir = cli.flag_value(argv, "workdir")
+    if not cli.config_file(argv) and workdir and not cli.flag_value(argv, "backbone"):
+        try:
+            config = config_of_workdir(workdir)
+        except ConfigError as e:
+            cli.fail(str(e))
+        config_flags.DEFINE_config_dict(
+            "config", config, "The run's config.json; fields can be overridden, e.g. "
+            "--config.eval.knn.k=20.", lock_config=True)
+    else:
+        config_flags.DEFINE_config_file(
+            "config", None, "A recipe with get_config() (default: the run's config.json); "
+            "fields can be overridden, e.g. --config.eval.linear_sgd.epochs=10.",
+            lock_config=True)
+    flags.DEFINE_string("workdir", None, "The run to evaluate (its backbone.msgpack or "
+                        "checkpoints/, and config.json); with --backbone, where "
+                        "results.json goes.")
+    flags.DEFINE_string("backbone", None, "Weights to evaluate instead of a run: "
+                        ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).")
+    return cli.parse_flags(argv)
 
 
 if __name__ == "__main__":
-    from absl import app, flags as absl_flags  # noqa: E402
-    from ml_collections import config_flags  # noqa: E402
-    config_flags.DEFINE_config_file(
-        "config", None, "A recipe with get_config() (default: the run's config.json); "
-        "fields can be overridden, e.g. --config.eval.linear_sgd.epochs=10.", lock_config=True)
-    absl_flags.DEFINE_string("workdir", None, "The run to evaluate (its checkpoints/ or "
-                             "backbone.msgpack, and config.json); with --backbone, where "
-                             "results.json goes.")
-    absl_flags.DEFINE_string("backbone", None, "Weights to evaluate instead of a run: "
-                             ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from bt_jax import cli  # noqa: E402
-    app.run(main, flags_parser=cli.parse_flags)
+    from absl import app  # noqa: E402
+    app.run(main, flags_parser=parse_flags)

@@ -67,6 +67,14 @@ class EventWriter:
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                                summary=summary))
 
+    def restart_at(self, step: int) -> None:
+        """Marks a resume from `step`: TensorBoard drops the points an earlier launch wrote
+        after it (a SessionLog START event; its reader purges such orphaned data)."""
+        from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+        self._writer.add_event(event_pb2.Event(
+            wall_time=time.time(), step=int(step),
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
     def write_scalars(self, step: int, scalars: dict) -> None:
         value = self._summary_pb2.Summary.Value
         self._add(step, [value(tag=name, simple_value=float(v)) for name, v in scalars.items()])

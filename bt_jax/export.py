@@ -6,7 +6,8 @@ A finished run writes, beside `config.json`:
   `flax.serialization.msgpack_restore(open(path, "rb").read())` gives the nested dict.
 - `backbone.json`: what feeding it needs, as plain JSON:
   {"image_size": S, "mean": [3], "std": [3], "input": "...", "num_features": F,
-   "model": {"backbone", "stem", "width", "zero_init_residual", "conv_impl"}, "dataset"}.
+   "model": {"backbone", "stem", "width", "zero_init_residual", "conv_impl"}, "dataset",
+   "step": the training step of the weights, "digest": `weights_digest` of them}.
   Images go in as float32 [N, S, S, 3], RGB (grayscale repeated to 3 channels), scaled to
   [0, 1], then normalised per channel as (x - mean) / std with the run's own mean and std
   (the pretraining split's channel statistics for in-memory datasets; torchvision's
@@ -20,9 +21,10 @@ A finished run writes, beside `config.json`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import flax.serialization
@@ -61,21 +63,47 @@ class Preprocessing:
         return normalize(x, self.mean, self.std)
 
 
+def weights_digest(variables: dict) -> str:
+    """"sha256:<hex>" of a tree of arrays: every leaf's path, dtype, shape and bytes, in
+    sorted path order. The same weights give the same digest whether they come from a
+    checkpoint or from backbone.msgpack; results.json names its weights by it."""
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
+def weights_record(file: str, step: Optional[int], variables: dict) -> dict:
+    """results.json's "weights": {"file" (backbone.msgpack, checkpoints/<step> or a path),
+    "step" (None: not known), "digest" (`weights_digest`)}."""
+    return {"file": file, "step": step, "digest": weights_digest(variables)}
+
+
+def describe_weights(weights: dict) -> str:
+    """"backbone.msgpack (step 8)", "checkpoints/6 (step 6)" or a file's path."""
+    step = weights.get("step")
+    return weights["file"] + ("" if step is None else f" (step {step})")
+
+
 def write_backbone(workdir: str, variables: dict, model_cfg, stats, *, image_size: int,
-                   dataset: str) -> None:
+                   dataset: str, step: Optional[int] = None) -> None:
     """Writes backbone.msgpack (the backbone's {"params", "batch_stats"}) and backbone.json
     (its preprocessing and the model fields of config.model, `model_cfg`) into workdir,
     each atomically.
 
     stats: (mean [3], std [3]) the run normalised its images with; image_size: the
-    pretraining views' (config.data.image_size); dataset: config.data.name."""
+    pretraining views' (config.data.image_size); dataset: config.data.name; step: the
+    training step the weights are of."""
     mean, std = (np.asarray(v, np.float64).reshape(-1).tolist() for v in stats)
     model = {k: model_cfg[k] for k in MODEL_FIELDS}
     name, *rest = MODEL_FIELDS       # "backbone", then its keyword arguments
     num_features = make_backbone(model[name], **{k: model[k] for k in rest}).num_features
     meta = {"image_size": int(image_size), "mean": mean, "std": std,
             "input": INPUT_LAYOUT, "num_features": num_features, "model": model,
-            "dataset": dataset}
+            "dataset": dataset, "step": step, "digest": weights_digest(variables)}
     run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE),
                          flax.serialization.to_bytes(variables))
     run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
@@ -89,33 +117,71 @@ def _require(path: str, workdir: str) -> None:
                           "its end).")
 
 
+def _read_json(path: str) -> dict:
+    """The JSON object in path; ConfigError (one line) where it cannot be read."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path!r} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]}).") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path!r} holds a {type(value).__name__}, not a JSON object.")
+    return value
+
+
+def read_variables(path: str) -> dict:
+    """{"params", "batch_stats"} of a backbone.msgpack file; ConfigError (one line) where
+    it is truncated or is not one."""
+    try:
+        with open(path, "rb") as f:
+            variables = flax.serialization.msgpack_restore(f.read())
+    except Exception as e:  # pylint: disable=broad-except  # msgpack's errors share no base
+        raise ConfigError(f"{path!r} cannot be read: it is truncated or not a msgpack file "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:80]}). Export it "
+                          "again from a checkpoint (python -m bt_jax.evaluate reads the "
+                          "checkpoints), or copy it again.") from None
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ConfigError(f"{path!r} holds no {{'params', 'batch_stats'}} variables.")
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def exported_step(workdir: str) -> Optional[int]:
+    """The training step of the workdir's backbone.msgpack (backbone.json's "step"); None
+    where backbone.json is missing, unreadable or older than that field."""
+    try:
+        step = _read_json(os.path.join(workdir, PREPROCESSING_FILE)).get("step")
+    except ConfigError:
+        return None
+    return step if isinstance(step, int) else None
+
+
 def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
     """(backbone module, {"params", "batch_stats"}) of a run's exported backbone.
 
     The module is built as the run built it (model.backbone, stem, width,
     zero_init_residual; float32 compute, no cross-replica axis), ready for `apply` on
-    images that `load_preprocessing` prepared.
+    images that `load_preprocessing` prepared. A missing, truncated or corrupt file is one
+    ConfigError line.
     """
     path = os.path.join(workdir, BACKBONE_FILE)
     config_path = run_dir.path(workdir, run_dir.CONFIG)
     for p in (path, config_path):
         _require(p, workdir)
-    with open(config_path) as f:
-        model = json.load(f)["model"]
+    model = _read_json(config_path).get("model")
+    if not isinstance(model, dict) or not all(k in model for k in MODEL_FIELDS[:4]):
+        raise ConfigError(f"{config_path!r} has no model.* fields: it is not a run's config.")
     backbone = make_backbone(model["backbone"], stem=model["stem"], width=model["width"],
                              zero_init_residual=model["zero_init_residual"],
                              conv_impl=model.get("conv_impl", "auto"))
-    with open(path, "rb") as f:
-        variables = flax.serialization.msgpack_restore(f.read())
-    return backbone, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return backbone, read_variables(path)
 
 
 def load_preprocessing(workdir: str) -> Preprocessing:
     """The run's preprocessing (image size, channel mean and std) from backbone.json."""
     path = os.path.join(workdir, PREPROCESSING_FILE)
     _require(path, workdir)
-    with open(path) as f:
-        meta = json.load(f)
+    meta = _read_json(path)
     return Preprocessing(int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]))
 
 

@@ -5,7 +5,8 @@ and the one way files are written there (atomically).
     WORKDIR/metrics.jsonl        one line per logging step; diagnostics.jsonl beside it
     WORKDIR/checkpoints/<step>/default/   Orbax: one folder per step, its one item
     WORKDIR/backbone.msgpack     the backbone's variables; backbone.json its preprocessing
-    WORKDIR/results.json         the evaluation (later evaluations add to it)
+    WORKDIR/results.json         the newest evaluation, and which weights it measured
+    WORKDIR/run.lock             held while a run (or an evaluation) writes here
 
 Imports nothing of bt_jax: every module may ask it.
 """
@@ -22,6 +23,7 @@ CHECKPOINTS = "checkpoints"
 BACKBONE = "backbone.msgpack"
 PREPROCESSING = "backbone.json"
 RESULTS = "results.json"
+LOCK = "run.lock"
 # The item a StandardSave writes inside Orbax's folder of a step.
 ORBAX_ITEM = "default"
 

@@ -21,7 +21,7 @@ time, command), held in one of two ways:
 A lock that cannot be taken raises `WorkdirLocked`, one line naming the holder. Taking the
 lock creates the workdir if needed; `release(failed=True)` removes a workdir the lock
 created when nothing but the lock was written into it (a run that failed its checks leaves
-nothing behind). Imports nothing of bt_jax but errors.
+nothing behind). Imports nothing of bt_jax but run_dir and errors.
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ import threading
 import time
 from typing import Optional
 
+from bt_jax import run_dir
 from bt_jax.errors import ConfigError
 
-LOCK_FILE = "run.lock"
+LOCK_FILE = run_dir.LOCK
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0      # ten missed heartbeats: the holder on another host is gone
 # flock's errors where the filesystem has no file locks: use the `create` protocol there.

@@ -102,9 +102,29 @@ def test_results_table_and_file(tmp_path):
     path = runner.write_results(results, str(tmp_path))
     import json
     assert json.load(open(path))["baselines"]["pixels"]["knn_top1"] == 0.95
-    runner.write_results({"knn_top1": 0.5}, str(tmp_path))   # updates, keeps the rest
+    assert "online_linear_top1" in json.load(open(path))
+
+
+def test_a_new_evaluation_replaces_the_results_it_supersedes(tmp_path):
+    """results.json holds one evaluation of one set of weights: a later evaluation of other
+    weights replaces every number; one of the same weights keeps only what training
+    measured of them (its time, the online probe)."""
+    import json
+    old = {"weights": {"file": "backbone.msgpack", "step": 4, "digest": "sha256:a"},
+           "linear_top1": 0.9, "semi_10pct_top1": 0.7, "train_seconds": 12.0,
+           "online_linear_top1": 0.6}
+    path = runner.write_results(old, str(tmp_path))
+    runner.write_results({"weights": {"file": "backbone.msgpack", "step": 4,
+                                      "digest": "sha256:a"}, "knn_top1": 0.5}, str(tmp_path))
     saved = json.load(open(path))
-    assert saved["knn_top1"] == 0.5 and saved["linear_top1"] == 0.9512
+    assert saved["knn_top1"] == 0.5 and saved["train_seconds"] == 12.0
+    assert saved["online_linear_top1"] == 0.6
+    assert "linear_top1" not in saved and "semi_10pct_top1" not in saved   # not re-measured
+    runner.write_results({"weights": {"file": "backbone.msgpack", "step": 8,
+                                      "digest": "sha256:b"}, "linear_top1": 0.95},
+                         str(tmp_path))
+    assert json.load(open(path)) == {"weights": {"file": "backbone.msgpack", "step": 8,
+                                                 "digest": "sha256:b"}, "linear_top1": 0.95}
 
 
 def test_evaluate_features_uses_the_eval_config():

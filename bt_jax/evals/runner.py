@@ -170,18 +170,22 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# What training measured of its final weights, which an evaluation does not measure again:
+# kept in results.json when a later evaluation is of the same weights.
+TRAINING_FACTS = ("train_seconds", "online_linear_top1", "online_linear_top5")
+
+
 def write_results(results: dict, workdir: str) -> str:
-    """Writes results into workdir/results.json, keeping the keys of an existing file that
-    `results` does not set (so separate evaluations add up); returns its path."""
+    """Writes results into workdir/results.json (atomically); returns its path.
+
+    A new evaluation replaces the file: every number in it is of one set of weights,
+    `results["weights"]`, measured by that evaluation. Only TRAINING_FACTS of the same
+    weights (the same "digest") that `results` lacks are carried over."""
     path = run_dir.path(workdir, run_dir.RESULTS)
-    merged = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                merged = json.load(f)
-        except (OSError, ValueError):
-            merged = {}
-    merged.update(results)
+    old = run_dir.read_json(path) if os.path.exists(path) else None
+    merged = dict(results)
+    if (isinstance(old, dict) and "weights" in results
+            and (old.get("weights") or {}).get("digest") == results["weights"]["digest"]):
+        merged.update({k: old[k] for k in TRAINING_FACTS if k in old and k not in results})
     run_dir.atomic_write(path, json.dumps(merged, indent=2))
     return path
-

@@ -194,7 +194,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
                 "backbone features": last_diagnosis["features"]["singular_values"]},
                 c=last_diagnosis["c_block"])
         export.write_backbone(workdir, trained_backbone, config.model, stats,
-                              image_size=config.data.image_size, dataset=config.data.name)
+                              image_size=config.data.image_size, dataset=config.data.name,
+                              step=total_steps)
 
     if not config.eval.enabled:
         return {}
@@ -205,6 +206,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
                            online_probe=probe, workdir=workdir if chief else None,
                            trained_features=monitor and monitor.last_features)
     results["train_seconds"] = train_seconds
+    results["weights"] = export.weights_record(run_dir.BACKBONE, total_steps, trained_backbone)
+    results["evaluated"] = export.describe_weights(results["weights"])
     if chief:
         write_results(results, workdir)
     print(format_table(results), flush=True)

@@ -18,6 +18,27 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def drop_rows_after(path: str, step: int) -> int:
+    """Rewrites the JSON-lines file at path (atomically) without its rows of steps after
+    `step` and without unreadable lines (a launch killed mid-write); returns how many were
+    dropped. A missing file is left missing."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        run_dir.atomic_write(path, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON line per logging step), TensorBoard events, a progress line;
     all three from process 0 only (write_files).
@@ -43,6 +64,15 @@ class MetricsLog:
         self._last = (time.perf_counter(), 0)
 
     def start(self, step: int):
+        """Starts the clock at `step`; a run resumed from the checkpoint of `step` first
+        drops the rows its earlier launch logged after that step (they are logged again),
+        so metrics.jsonl and diagnostics.jsonl keep one row per step (and TensorBoard,
+        told of the restart, drops its points after `step`)."""
+        if self.write_files and step:
+            for name in (run_dir.METRICS, run_dir.DIAGNOSTICS):
+                drop_rows_after(run_dir.path(os.path.dirname(self.path), name), step)
+            if self.writer is not None:
+                self.writer.restart_at(step)
         self._last = (time.perf_counter(), step)
 
     def write(self, step: int, scalars: dict) -> dict:

@@ -10,7 +10,7 @@ import ml_collections
 
 from bt_jax import run_dir
 from bt_jax import config as config_lib
-from bt_jax import defaults
+from bt_jax import defaults, export
 
 
 # config.model fields that do not change the model's variables: a resume may change them.
@@ -81,20 +81,25 @@ def saved_steps(workdir: str) -> list[int]:
 
 def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optional[dict]:
     """The results of a run in workdir that is already finished (a checkpoint at
-    total_steps, backbone.msgpack, and results.json when `evaluated`), else None."""
+    total_steps, backbone.msgpack of that step, and when `evaluated` a results.json of
+    those weights), else None. A run trained further and stopped before its export or
+    during its evaluation still holds the files of its shorter run: not finished."""
     steps = saved_steps(workdir)
     if not steps or steps[-1] != total_steps:
         return None
     if not os.path.exists(run_dir.path(workdir, run_dir.BACKBONE)):
         return None
+    if export.exported_step(workdir) != total_steps:
+        return None
     if not evaluated:
         return {}
-    try:
-        with open(run_dir.path(workdir, run_dir.RESULTS)) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
+    results = run_dir.read_json(run_dir.path(workdir, run_dir.RESULTS))
+    if not isinstance(results, dict) or "linear_top1" not in results:
         return None
-    return results if "linear_top1" in results else None
+    weights = results.get("weights")
+    if not isinstance(weights, dict) or weights.get("step") != total_steps:
+        return None
+    return results
 
 
 def write_run_config(workdir: str, config_json: str) -> None:

@@ -15,6 +15,38 @@ from bt_jax.errors import ConfigError
 FLAGS = flags.FLAGS
 
 
+def check_output_dir(path: str, flag: str) -> None:
+    """ConfigError (one line) unless `path` can be a directory this command writes into: not
+    a file, below no file, in a place this user can write. Writes nothing."""
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"{flag} {path!r} is a file, not a directory: choose another {flag}.")
+    parent = full
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {path!r} cannot be created: {parent!r} is a file. Choose "
+                          f"another {flag}.")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path!r}: {parent!r} is not writable. Choose another "
+                          f"{flag}.")
+
+
+def check_output_file(path: str, name: str) -> None:
+    """ConfigError (one line) unless a file can be written at `path`: its folder exists and
+    is writable, and path is not a directory. Writes nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{name} {path!r} is a directory: give a file name, e.g. "
+                          f"{os.path.join(path, 'backbone.safetensors')!r}.")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{name} {path!r}: the folder {folder!r} does not exist. Create it "
+                          f"(mkdir -p {folder}) or choose another {name}.")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{name} {path!r}: the folder {folder!r} is not writable. Choose "
+                          f"another {name}.")
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -34,6 +66,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     recipe = config_file(argv)
     if recipe:
         make_recipe_parts_importable(recipe)
+        try:
+            check_recipe(recipe)
+        except ConfigError as e:
+            fail(str(e))
     try:
         rest = FLAGS(argv)
     except (AttributeError, KeyError) as e:
@@ -74,6 +110,44 @@ def missing_config_file(argv: list[str]) -> str:
     return "" if not path or os.path.isfile(path.split(":")[0]) else path
 
 
+def check_recipe(path: str) -> None:
+    """Raises ConfigError (one line) unless the recipe at path (FILE or FILE:ARG) is Python
+    that defines get_config() returning a ConfigDict: a syntax error names its line, an
+    error raised by get_config() its type and message."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    file, _, arg = path.partition(":")
+    try:
+        with open(file) as f:
+            compile(f.read(), file, "exec")
+    except SyntaxError as e:
+        raise ConfigError(f"--config {file!r}, line {e.lineno}: {e.msg}. Fix the recipe's "
+                          "Python (python -m py_compile FILE shows where).") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {file!r} cannot be read ({e}).") from None
+    spec = importlib.util.spec_from_file_location("_bt_jax_checked_recipe", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ConfigError(f"--config {file!r} defines no get_config(): a recipe is a Python "
+                              "file whose get_config() returns the config, e.g. "
+                              "configs/digits.py.")
+        config = get_config(arg) if arg else get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except  # a recipe can raise anything
+        line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ConfigError(f"--config {file!r}: loading it raised {type(e).__name__}"
+                          + (f": {line}" if line else "") + ". Fix the recipe.") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config {file!r}: get_config() returned an object "
+                          f"of type {type(config).__name__}; it must return an "
+                          "ml_collections.ConfigDict (start from "
+                          "bt_jax.defaults.base_config()).")
+
+
 def override_names(args: list[str]) -> list[str]:
     """The dotted field names of the --config.FIELD=VALUE (or --config.FIELD VALUE) overrides."""
     return [arg[2 + len("config."):].partition("=")[0] for arg in args
@@ -100,6 +174,7 @@ def load_recipe(path: str, overrides: tuple[str, ...] = ()):
     if not os.path.isfile(path.split(":")[0]):
         raise ConfigError(f"--config {path!r}: no such file.")
     make_recipe_parts_importable(path)
+    check_recipe(path)
     argv = ["load_recipe", f"--config={path}"] + list(overrides)
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "recipe", flag_values=values,

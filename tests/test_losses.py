@@ -146,6 +146,36 @@ def test_axis_name_gives_the_global_batch_value_and_gradients(redundancy, path, 
     assert _rel_err(g_b, ref_gb) < 1e-4
 
 
+def test_lambd_and_embeddings_are_checked_even_when_traced():
+    """A concrete lambd < 0 (Python, NumPy or JAX) raises; a traced one cannot, so the loss is
+    NaN and checkify's nan_checks stop there; a non-number lambd, complex embeddings and
+    non-arrays raise TypeError; lists are arrays."""
+    from jax.experimental import checkify
+    rng = np.random.default_rng(0)
+    z_a, z_b = (rng.normal(size=(8, 4)).astype(np.float32) for _ in range(2))
+    for bad in (-1, -1.0, np.float32(-2.0), jnp.array(-1.0)):
+        with pytest.raises(ValueError, match="lambd.*must be >= 0"):
+            barlow_twins_loss(z_a, z_b, lambd=bad)
+    for bad in ("0.1", None, True, [0.1]):
+        with pytest.raises(TypeError, match="lambd must be a real number"):
+            barlow_twins_loss(z_a, z_b, lambd=bad)
+    loss = jax.jit(lambda a, b, lam: barlow_twins_loss(a, b, lambd=lam))
+    assert np.isnan(loss(z_a, z_b, -1.0))
+    assert loss(z_a, z_b, 0.5) == pytest.approx(float(barlow_twins_loss(z_a, z_b, lambd=0.5)),
+                                               rel=1e-6)
+    err, _ = checkify.checkify(loss, errors=checkify.nan_checks)(z_a, z_b, -1.0)
+    with pytest.raises(checkify.JaxRuntimeError, match="nan"):
+        err.throw()
+    err, _ = checkify.checkify(loss, errors=checkify.nan_checks)(z_a, z_b, 0.5)
+    err.throw()                                             # a valid lambd: no error
+    with pytest.raises(TypeError, match="real numbers; got dtype complex64.*imaginary"):
+        barlow_twins_loss(z_a.astype(np.complex64), z_b.astype(np.complex64))
+    with pytest.raises(TypeError, match="must be an \\[N, D\\] array"):
+        barlow_twins_loss("z_a", "z_b")
+    assert float(barlow_twins_loss(z_a.tolist(), z_b.tolist())) == pytest.approx(
+        float(barlow_twins_loss(z_a, z_b)), rel=1e-6)
+
+
 def test_bad_shapes_and_modes_raise_clear_errors():
     z = jnp.zeros((8, 4))
     with pytest.raises(ValueError, match="same shape"):

@@ -41,7 +41,7 @@ def standardize(z: Array, *, axis_name: AxisName = None, eps: float = 1e-5) -> A
     Returns:
       [N_local, D] float32 standardised embeddings.
     """
-    check_embeddings(z, "z")
+    z = check_embeddings(z, "z")
     z = z.astype(jnp.float32)
     n = global_count(z, axis_name)
     mean = global_sum(z, axis_name) / n
@@ -54,7 +54,7 @@ def standardize_features(z: Array, *, eps: float = 1e-5) -> Array:
     """Standardises each embedding over its own D features (mean 0, biased variance 1):
     the paper's "normalization along the feature dimension" ablation. [N, D] -> [N, D]
     float32; needs no collective, rows are independent."""
-    check_embeddings(z, "z")
+    z = check_embeddings(z, "z")
     z = z.astype(jnp.float32)
     centred = z - jnp.mean(z, axis=1, keepdims=True)
     return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=1, keepdims=True) + eps)
@@ -68,7 +68,7 @@ def normalize(z: Array, mode: str = "batch", *, axis_name: AxisName = None,
     if mode == "feature":
         return standardize_features(z, eps=eps)
     if mode == "none":
-        check_embeddings(z, "z")
+        z = check_embeddings(z, "z")
         return z.astype(jnp.float32)
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {mode!r}.")
 
@@ -99,7 +99,7 @@ def cross_correlation(z_a: Array, z_b: Array, *, axis_name: AxisName = None,
       [D, D] float32 matrix; entry (i, j) is the correlation of feature i of view A with
       feature j of view B over the global batch.
     """
-    check_pair(z_a, z_b)
+    z_a, z_b = check_pair(z_a, z_b)
     a = standardize(z_a, axis_name=axis_name, eps=eps)
     b = standardize(z_b, axis_name=axis_name, eps=eps)
     return correlation_of_standardized(a, b, axis_name=axis_name)
@@ -249,7 +249,7 @@ def barlow_twins_terms(z_a: Array, z_b: Array, *, redundancy: str = "cross",
     """
     if redundancy not in REDUNDANCY_MODES:
         raise ValueError(f"redundancy must be one of {REDUNDANCY_MODES}; got {redundancy!r}.")
-    check_pair(z_a, z_b)
+    z_a, z_b = check_pair(z_a, z_b)
     _check_batch(z_a, axis_name)
     a = normalize(z_a, normalization, axis_name=axis_name, eps=eps)
     b = normalize(z_b, normalization, axis_name=axis_name, eps=eps)
@@ -297,6 +297,16 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
 
     Raises:
       ValueError: lambd < 0, shapes that are not two equal [N, D], or a global N < 2.
+      TypeError: lambd not a real number; embeddings that are not real numbers (complex
+        ones would lose their imaginary part), or not array-like.
+
+    What is checked, and when: shapes, dtypes and N are static, so they are checked at
+    trace time under jit, grad and vmap too. lambd is checked wherever it is a concrete
+    value (a Python or NumPy number, or a JAX array outside tracing). A traced lambd (an
+    argument of the jitted or differentiated function) cannot raise: where it is negative
+    the loss is NaN, so `jax.config.update("jax_debug_nans", True)` or
+    `checkify.checkify(..., errors=checkify.nan_checks)` stops there. Values inside the
+    embeddings (NaN, inf) are not checked: they propagate, as in any JAX function.
 
     Scale: each feature is standardised as (z - mean) / sqrt(var + eps), so the loss does
     not depend on the embeddings' scale as long as every feature's batch variance is well
@@ -309,12 +319,36 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
     (division, NaN, index): the only square root, of the monitoring-only off-diagonal
     RMS, carries no gradient.
     """
-    if isinstance(lambd, numbers.Real) and not lambd >= 0:
-        raise ValueError(f"lambd, the weight of the off-diagonal term, must be >= 0 (the "
-                         f"paper's is 0.0051; 0 keeps only the invariance term); got {lambd}.")
+    lambd = check_lambd(lambd)
     terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps,
                                path=path)
-    return weighted_sum(terms, {"on_diag": 1.0, "off_diag": lambd})
+    loss = weighted_sum(terms, {"on_diag": 1.0, "off_diag": lambd})
+    if isinstance(lambd, jax.core.Tracer):   # cannot raise under tracing: NaN instead, made
+        # by an operation (checkify's nan_checks and jax_debug_nans flag it) that adds 0 and
+        # no gradient where lambd >= 0
+        loss = loss + jnp.sqrt(jax.lax.stop_gradient(jnp.minimum(lambd, 0.0)))
+    return loss
+
+
+def check_lambd(lambd):
+    """lambd, checked where it can be: a Python or NumPy number, or a concrete JAX scalar,
+    must be real and >= 0 (ValueError / TypeError); a traced one (an argument of a jitted
+    or differentiated function) is returned as it is, and the loss turns NaN where it is
+    negative (see `barlow_twins_loss`)."""
+    if isinstance(lambd, jax.core.Tracer):
+        if jnp.ndim(lambd) != 0 or not jnp.issubdtype(lambd.dtype, jnp.floating):
+            raise TypeError(f"lambd must be a real scalar; got a traced {lambd.dtype} of shape "
+                            f"{jnp.shape(lambd)}.")
+        return lambd
+    if isinstance(lambd, (bool, str, bytes)) or not (
+            isinstance(lambd, numbers.Real) or (hasattr(lambd, "dtype") and jnp.ndim(lambd) == 0
+                                               and jnp.isrealobj(lambd))):
+        raise TypeError(f"lambd must be a real number, e.g. 0.0051; got {type(lambd).__name__} "
+                        f"{lambd!r}.")
+    if not float(lambd) >= 0:
+        raise ValueError(f"lambd, the weight of the off-diagonal term, must be >= 0 (the "
+                         f"paper's is 0.0051; 0 keeps only the invariance term); got {lambd}.")
+    return lambd
 
 
 def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None

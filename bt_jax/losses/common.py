@@ -49,12 +49,24 @@ def global_count(z: Array, axis_name: AxisName) -> Array:
     return jax.lax.psum(n, axis_name) if axis_name is not None else n
 
 
-def check_embeddings(z: Array, name: str) -> None:
-    """ValueError unless z is [N, D]."""
+def check_embeddings(z, name: str) -> Array:
+    """z as an array (lists and NumPy arrays are converted), checked to be real [N, D];
+    ValueError / TypeError otherwise."""
+    if isinstance(z, (str, bytes, dict)) or z is None:
+        raise TypeError(f"{name} must be an [N, D] array of embeddings; got "
+                        f"{type(z).__name__}.")
+    z = jnp.asarray(z)
+    if not (jnp.issubdtype(z.dtype, jnp.floating) or jnp.issubdtype(z.dtype, jnp.integer)):
+        raise TypeError(
+            f"{name} must hold real numbers; got dtype {z.dtype}"
+            + (" (its imaginary part would be dropped: pass jnp.real(z) or stack the real "
+               "and imaginary parts as features)" if jnp.issubdtype(z.dtype, jnp.complexfloating)
+               else "") + ".")
     if z.ndim != 2:
         raise ValueError(
             f"{name} must have shape [N, D] (batch, features); got shape {tuple(z.shape)}. "
             "Flatten or pool the embedding to two dimensions before the loss.")
+    return z
 
 
 def global_rows(z: Array, axis_name: AxisName) -> int:
@@ -62,13 +74,15 @@ def global_rows(z: Array, axis_name: AxisName) -> int:
     return z.shape[0] * (jax.lax.psum(1, axis_name) if axis_name is not None else 1)
 
 
-def check_pair(z_a: Array, z_b: Array) -> None:
-    check_embeddings(z_a, "z_a")
-    check_embeddings(z_b, "z_b")
+def check_pair(z_a, z_b) -> tuple[Array, Array]:
+    """(z_a, z_b) as arrays, each checked by `check_embeddings`, of the same shape."""
+    z_a = check_embeddings(z_a, "z_a")
+    z_b = check_embeddings(z_b, "z_b")
     if z_a.shape != z_b.shape:
         raise ValueError(
             f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
             f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
+    return z_a, z_b
 
 
 def weighted_sum(terms: dict[str, Array], weights: dict[str, float]) -> Array:

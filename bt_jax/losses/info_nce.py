@@ -27,7 +27,7 @@ def info_nce_loss(z_a: Array, z_b: Array, *, temperature: float = 0.1,
     Returns:
       float32 scalar: (CE(A -> B) + CE(B -> A)) / 2, averaged over the global batch.
     """
-    check_pair(z_a, z_b)
+    z_a, z_b = check_pair(z_a, z_b)
 
     def unit(z):
         z = z.astype(jnp.float32)

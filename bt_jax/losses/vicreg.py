@@ -57,7 +57,7 @@ def vicreg_terms(z_a: Array, z_b: Array, *, axis_name: AxisName = None,
     Raises:
       ValueError: shapes that are not two equal [N, D], or a global N < 2.
     """
-    check_pair(z_a, z_b)
+    z_a, z_b = check_pair(z_a, z_b)
     if global_rows(z_a, axis_name) < 2:
         raise ValueError(f"VICReg needs a global batch of at least 2 embeddings for its "
                          f"variance and covariance; got {global_rows(z_a, axis_name)}.")

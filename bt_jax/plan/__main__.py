@@ -74,6 +74,7 @@ def main(argv):
             if FLAGS[name].value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got "
                                   f"{FLAGS[name].value}.")
+        cli.check_output_dir(FLAGS.out, "--out")   # before minutes of compiling
         if topology != "local":
             chips.parse_topology(topology)
         shape = run_shape(config.data, FLAGS.examples, FLAGS.classes)

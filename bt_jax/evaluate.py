@@ -206,9 +206,12 @@ def parse_flags(argv: list[str]) -> list[str]:
             config = config_of_workdir(workdir)
         except ConfigError as e:
             cli.fail(str(e))
-        config_flags.DEFINE_config_dict(
-            "config", config, "The run's config.json; fields can be overridden, e.g. "
-            "--config.eval.knn.k=20.", lock_config=True)
+        try:   # (the overrides' flags are defined here, from the command line)
+            config_flags.DEFINE_config_dict(
+                "config", config, "The run's config.json; fields can be overridden, e.g. "
+                "--config.eval.knn.k=20.", lock_config=True, sys_argv=argv)
+        except (AttributeError, KeyError) as e:
+            cli.fail(cli.unknown_field_message(argv, e))
     else:
         config_flags.DEFINE_config_file(
             "config", None, "A recipe with get_config() (default: the run's config.json); "

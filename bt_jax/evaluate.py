@@ -22,6 +22,10 @@ import os
 import sys
 from typing import Optional
 
+from bt_jax.platforms import skip_absent_tpu
+
+skip_absent_tpu()   # before JAX starts a backend: libtpu installed, no TPU, no noise
+
 import flax.linen as nn
 import jax
 

@@ -238,3 +238,35 @@ def test_results_name_their_weights_and_evaluate_reads_the_final_export(tmp_path
     assert json.load(open(os.path.join(workdir, "results.json")))["weights"]["step"] == 6
     assert not os.path.exists(os.path.join(workdir, "run.lock"))
     shutil.rmtree(workdir)
+
+
+def test_the_tpu_is_left_out_only_where_libtpu_is_installed_and_no_tpu_is_attached(
+        monkeypatch):
+    from bt_jax import platforms
+    monkeypatch.setattr(platforms, "_installed", lambda module: module == "libtpu")
+    monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
+    env = {}
+    assert platforms.skip_absent_tpu(env) == "cpu" and env == {"JAX_PLATFORMS": "cpu"}
+    env = {"JAX_PLATFORMS": "tpu"}                   # the user's choice stands
+    assert platforms.skip_absent_tpu(env) is None and env == {"JAX_PLATFORMS": "tpu"}
+    monkeypatch.setattr(platforms, "tpu_attached", lambda: True)
+    env = {}
+    assert platforms.skip_absent_tpu(env) is None and env == {}        # a TPU host
+    monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
+    monkeypatch.setattr(platforms, "_installed", lambda module: False)
+    assert platforms.skip_absent_tpu(env) is None and env == {}        # no libtpu
+
+
+@pytest.mark.libtpu
+def test_with_libtpu_installed_and_no_tpu_training_prints_no_tpu_errors(tmp_path):
+    from bt_jax import platforms
+    if platforms.tpu_attached():
+        pytest.skip("a TPU is attached to this host: the TPU backend is wanted here")
+    env = {k: v for k, v in ENV.items() if k != "JAX_PLATFORMS"}      # as a user runs it
+    r = subprocess.run([sys.executable, "-m", "bt_jax.main", *TINY, "--workdir",
+                        str(tmp_path / "run"), "--config.num_steps=1",
+                        "--config.eval.enabled=False"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not re.search(r"E0000|TPU|libtpu|InitGoogle", r.stderr), r.stderr[-3000:]
+    assert "step      1/1" in r.stdout

@@ -18,6 +18,10 @@ for _name in ("TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):   # libtpu's start-u
     os.environ.setdefault(_name, "3")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: no chip to lock
 
+from bt_jax.platforms import skip_absent_tpu  # noqa: E402
+
+skip_absent_tpu()   # libtpu installed, no TPU attached: no TPU start-up errors
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

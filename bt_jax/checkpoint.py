@@ -27,8 +27,16 @@ class SaveError(Exception):
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:limit]
+    """The first line of an error's message, for one-line reports. Where the message is an
+    object's repr (some of TensorStore's bound errors carry "<bound method ...>"), or empty,
+    the error's cause is used, else its type."""
+    for err in (e, e.__cause__, e.__context__):
+        if err is None:
+            continue
+        lines = str(err).strip().splitlines()
+        if lines and not re.match(r"<(bound method|built-in|function|[\w.]+ object) ", lines[0]):
+            return lines[0][:limit]
+    return type(e).__name__
 
 
 def _reason(e: BaseException, limit: int = 200) -> str:
@@ -209,7 +217,7 @@ class CheckpointManager:
         raise ConfigError(
             f"The checkpoint at step {step} in {self.directory!r} cannot be restored into "
             f"this config's model and optimiser ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Resume with the config that wrote it "
+            f"{_first_line(e)}). Resume with the config that wrote it "
             "(config.json beside it), or start in a new --workdir.") from None
 
     def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
@@ -246,7 +254,7 @@ class CheckpointManager:
             except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
                 first_error = first_error or (step, e)
                 print(f"warning: the checkpoint at step {step} in {self.directory!r} cannot be "
-                      f"read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the "
+                      f"read ({type(e).__name__}: {_first_line(e)}); trying the "
                       "one before.", flush=True)
         raise ConfigError(f"No readable checkpoint in {self.directory!r}"
                           + (f" (newest error: {first_error[1]})" if first_error else "") + ".")

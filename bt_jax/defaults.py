@@ -47,6 +47,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     each component's, each check on its own sub-config."""
     component_parts = parts()
     config_lib.check_names(config, _assembled(component_parts))
+    if not (isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32):
+        raise ConfigError(f"seed must be an integer in [0, 2**32); got {config.seed!r}.")
     config_lib.check_length(batch_size=config.batch_size, num_epochs=config.num_epochs,
                             num_steps=config.num_steps, log_every_steps=config.log_every_steps)
     config_lib.check_parts(config, config_lib.run_parts())

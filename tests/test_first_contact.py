@@ -270,3 +270,53 @@ def test_with_libtpu_installed_and_no_tpu_training_prints_no_tpu_errors(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert not re.search(r"E0000|TPU|libtpu|InitGoogle", r.stderr), r.stderr[-3000:]
     assert "step      1/1" in r.stdout
+
+
+def test_an_error_whose_message_is_a_repr_is_reported_by_its_cause():
+    class Bound(Exception):
+        def __str__(self):
+            return "<bound method pybind11_detail_function_record_v1_ of <object at 0x1>>"
+    try:
+        try:
+            raise ValueError("OCDBT manifest is truncated")
+        except ValueError as cause:
+            raise Bound() from cause
+    except Bound as e:
+        assert checkpoint._first_line(e) == "OCDBT manifest is truncated"  # pylint: disable=protected-access
+    assert checkpoint._first_line(Bound()) == "Bound"  # pylint: disable=protected-access
+
+
+def _with(config, name: str, value):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        node = c
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return c
+
+
+def test_every_numeric_field_at_minus_one_is_refused_before_the_run_starts():
+    """Every number of a recipe set to -1, one at a time: defaults.validate (which runs
+    before anything is written) refuses each with a ConfigError; set to 0, none raises
+    anything but a ConfigError (0 is meaningful for many: off, none, the invariance term
+    only)."""
+    from bt_jax import config as config_lib, defaults
+    from bt_jax.cli import load_recipe
+    base = load_recipe("configs/digits.py")
+    numbers = {name: v for name, v in config_lib.flatten(base).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert len(numbers) > 60
+    accepted = []
+    for name, value in numbers.items():
+        try:
+            defaults.validate(_with(base, name, type(value)(-1)))
+            accepted.append(name)
+        except config_lib.ConfigError as e:
+            assert "\n" not in str(e)
+        try:
+            defaults.validate(_with(base, name, type(value)(0)))
+        except config_lib.ConfigError:
+            pass
+    assert accepted == []

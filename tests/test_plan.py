@@ -526,3 +526,11 @@ def test_a_tpu_plan_compiles_the_convolutions_a_tpu_run_picks():
     assert _tiny_config().model.conv_impl == "auto"
     assert conv_impl_for("auto", "tpu") == "xla" and conv_impl_for("auto", "cpu") == "auto"
     assert conv_impl_for("im2col", "tpu") == "im2col"
+
+
+def test_accelerator_types_of_slices():
+    """What libtpu is told of the slice it compiles for (no TPU attached: it stays quiet)."""
+    assert chips.accelerator_type("v5e:4x4") == "v5litepod-16"
+    assert chips.accelerator_type("v4:2x2x4") == "v4-32"         # two TensorCores a chip
+    assert chips.accelerator_type("v5p:2x2x4") == "v5p-32"
+    assert chips.accelerator_type("v6e:8x8") == "v6e-64"

@@ -137,3 +137,62 @@ def test_training_into_a_workdir_another_process_holds_stops_with_one_line(tmp_p
     finally:
         holder.kill()
         holder.wait()
+
+
+TINY = ["--config", "configs/digits.py", "--config.batch_size=32",
+        "--config.data.image_size=16", "--config.model.width=0.0625",
+        "--config.model.projector_dims=(32,32)", "--config.eval.enabled=False",
+        "--config.log_every_steps=1", "--config.checkpoint.every_steps=5",
+        "--config.data.augment_on=device"]
+ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+
+
+def _train(workdir: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bt_jax.main", *TINY, "--workdir", workdir,
+                             *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(path: str, rows: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(path) and sum(1 for _ in open(path)) >= rows:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"no {rows} rows in {path} after {timeout} s")
+
+
+def _steps(workdir: str) -> list:
+    return [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.slow   # three training processes of a tiny model: about 2 minutes
+def test_two_trainings_into_one_workdir_and_a_rerun_after_sigkill(tmp_path):
+    """A second training launched into a running one's workdir stops with one line, and the
+    first ends as if alone (its config, one metrics row per step). Killed by SIGKILL, its
+    lock is stale: the rerun takes it, resumes, and metrics.jsonl has each step once."""
+    workdir = str(tmp_path / "run")
+    first = _train(workdir, "--config.num_steps=40", "--config.optim.lr_weights=0.2")
+    _wait_for_rows(os.path.join(workdir, "metrics.jsonl"), 2, first)
+    second = _train(workdir, "--config.num_steps=40", "--config.optim.lr_weights=0.05")
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 2, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and f"in use by process {first.pid}" in lines[0], err[-2000:]
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert json.load(open(os.path.join(workdir, "config.json")))["optim"]["lr_weights"] == 0.2
+    assert _steps(workdir) == list(range(1, 41))
+    assert not os.path.exists(os.path.join(workdir, run_lock.LOCK_FILE))
+    # trained further, killed mid-run: the rerun is not blocked by the lock it left
+    third = _train(workdir, "--config.num_steps=200")
+    _wait_for_rows(os.path.join(workdir, "metrics.jsonl"), 40 + 13, third)
+    third.kill()
+    third.wait()
+    assert os.path.exists(os.path.join(workdir, run_lock.LOCK_FILE))
+    rerun = _train(workdir, "--config.num_steps=200")
+    out, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "Resumed from step" in out
+    assert _steps(workdir) == list(range(1, 201))

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from bt_jax import platforms
 from bt_jax.errors import ConfigError
 
 GiB = 2 ** 30
@@ -102,6 +103,16 @@ def libtpu_build() -> str:
     return f"libtpu {version} (TPU_LIBRARY_PATH={path})"
 
 
+def accelerator_type(topology: str) -> str:
+    """Cloud TPU's accelerator type of a slice: "v5e:4x4" -> "v5litepod-16", "v4:2x2x4" ->
+    "v4-32" (v4 and v5p count TensorCores, two per chip), "v6e:2x2" -> "v6e-4"."""
+    kind, shape = parse_topology(topology)
+    chips_in_slice = int(np.prod(shape))
+    if kind == "v5e":
+        return f"v5litepod-{chips_in_slice}"
+    return f"{kind}-{chips_in_slice * (2 if TPU_CHIPS[kind].megacore else 1)}"
+
+
 def tpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:
     """Compile-only devices of a TPU slice, one per chip, and the chip's figures."""
     kind, _ = parse_topology(topology)
@@ -111,6 +122,11 @@ def tpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:
     # Compile-only devices hold no chip: let several processes (pytest workers, a plan
     # beside another) load libtpu, which otherwise takes a lock file for the machine's TPU.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not platforms.tpu_attached():
+        # libtpu's start-up looks for this host's TPU (GCE metadata) and prints five errors
+        # where there is none; tell it the slice being planned and a one-host worker list.
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(topology))
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     chip = TPU_CHIPS[kind]
     options = {"chip_config_name": "megacore"} if chip.megacore else {}

@@ -54,10 +54,13 @@ def _finished_run(workdir, config, steps):
         f.write("checkpoint")
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    weights = {"file": export.BACKBONE_FILE, "step": steps, "digest": "sha256:0"}
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"linear_top1": 0.5, "knn_top1": 0.4}, f)
+        json.dump({"linear_top1": 0.5, "knn_top1": 0.4, "weights": weights}, f)
     with open(os.path.join(workdir, export.BACKBONE_FILE), "wb") as f:
         f.write(b"backbone")
+    with open(os.path.join(workdir, export.PREPROCESSING_FILE), "w") as f:
+        json.dump({"step": steps}, f)
 
 
 def test_a_failed_relaunch_changes_no_file_of_a_finished_run(tmp_path):
@@ -83,7 +86,7 @@ def test_a_relaunch_into_a_finished_run_changes_nothing_and_says_so(tmp_path, ca
     before = _digests(workdir)
     changed = _config()
     changed.eval.knn.k = 7          # not a model field: the relaunch is allowed, not a resume
-    assert train.train_and_evaluate(changed, workdir) == {"linear_top1": 0.5, "knn_top1": 0.4}
+    assert train.train_and_evaluate(changed, workdir)["linear_top1"] == 0.5
     assert "holds a finished run (step 4 of 4" in capsys.readouterr().out
     assert _digests(workdir) == before
 

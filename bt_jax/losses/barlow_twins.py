@@ -12,14 +12,14 @@ gradients equal those of the global batch on one device.
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
 
 from bt_jax.errors import ConfigError
 from bt_jax.losses.common import (Array, AxisName, Objective, check_embeddings, check_pair,
-                                  global_count, global_rows, global_sum, weighted_sum)
+                                  check_weight, global_count, global_rows, global_sum,
+                                  weighted_sum)
 
 REDUNDANCY_MODES = ("cross", "auto")
 # How embeddings are normalised before C = Z_A^T Z_B / N: each feature over the batch (the
@@ -319,7 +319,8 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
     (division, NaN, index): the only square root, of the monitoring-only off-diagonal
     RMS, carries no gradient.
     """
-    lambd = check_lambd(lambd)
+    lambd = check_weight(lambd, "lambd", "the weight of the off-diagonal term; the paper's is "
+                         "0.0051, 0 keeps only the invariance term")
     terms = barlow_twins_terms(z_a, z_b, redundancy=redundancy, axis_name=axis_name, eps=eps,
                                path=path)
     loss = weighted_sum(terms, {"on_diag": 1.0, "off_diag": lambd})
@@ -328,27 +329,6 @@ def barlow_twins_loss(z_a: Array, z_b: Array, *, lambd: float = 0.0051,
         # no gradient where lambd >= 0
         loss = loss + jnp.sqrt(jax.lax.stop_gradient(jnp.minimum(lambd, 0.0)))
     return loss
-
-
-def check_lambd(lambd):
-    """lambd, checked where it can be: a Python or NumPy number, or a concrete JAX scalar,
-    must be real and >= 0 (ValueError / TypeError); a traced one (an argument of a jitted
-    or differentiated function) is returned as it is, and the loss turns NaN where it is
-    negative (see `barlow_twins_loss`)."""
-    if isinstance(lambd, jax.core.Tracer):
-        if jnp.ndim(lambd) != 0 or not jnp.issubdtype(lambd.dtype, jnp.floating):
-            raise TypeError(f"lambd must be a real scalar; got a traced {lambd.dtype} of shape "
-                            f"{jnp.shape(lambd)}.")
-        return lambd
-    if isinstance(lambd, (bool, str, bytes)) or not (
-            isinstance(lambd, numbers.Real) or (hasattr(lambd, "dtype") and jnp.ndim(lambd) == 0
-                                               and jnp.isrealobj(lambd))):
-        raise TypeError(f"lambd must be a real number, e.g. 0.0051; got {type(lambd).__name__} "
-                        f"{lambd!r}.")
-    if not float(lambd) >= 0:
-        raise ValueError(f"lambd, the weight of the off-diagonal term, must be >= 0 (the "
-                         f"paper's is 0.0051; 0 keeps only the invariance term); got {lambd}.")
-    return lambd
 
 
 def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None

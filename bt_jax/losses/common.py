@@ -3,6 +3,7 @@ over the batch, and the shape checks of a pair of embeddings."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Callable, Optional
 
 import jax
@@ -83,6 +84,27 @@ def check_pair(z_a, z_b) -> tuple[Array, Array]:
             f"z_a and z_b must have the same shape [N, D]; got {tuple(z_a.shape)} and "
             f"{tuple(z_b.shape)}. Both views of a batch must pass through the same network.")
     return z_a, z_b
+
+
+def check_weight(weight, name: str, meaning: str):
+    """A loss term's weight, checked where it can be: a Python or NumPy number, or a
+    concrete JAX scalar, must be real and >= 0 (ValueError / TypeError naming `name` and
+    its `meaning`); a traced one (an argument of a jitted or differentiated function) is
+    returned as it is: the objective then makes its value NaN where it is negative."""
+    if isinstance(weight, jax.core.Tracer):
+        if jnp.ndim(weight) != 0 or not jnp.issubdtype(weight.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a real scalar; got a traced {weight.dtype} of "
+                            f"shape {jnp.shape(weight)}.")
+        return weight
+    if isinstance(weight, (bool, str, bytes)) or not (
+            isinstance(weight, numbers.Real) or (hasattr(weight, "dtype")
+                                                 and jnp.ndim(weight) == 0
+                                                 and jnp.isrealobj(weight))):
+        raise TypeError(f"{name} must be a real number ({meaning}); got "
+                        f"{type(weight).__name__} {weight!r}.")
+    if not float(weight) >= 0:
+        raise ValueError(f"{name}, {meaning}, must be >= 0; got {weight}.")
+    return weight
 
 
 def weighted_sum(terms: dict[str, Array], weights: dict[str, float]) -> Array:

@@ -2,7 +2,6 @@
 written, and every record a run leaves is true (results.json names its weights, errors name
 the checkpoints on disk, metrics.jsonl has one row per step, evaluate reads the final
 weights and takes overrides onto the run's own config)."""
-import hashlib
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import pytest
 
 from bt_jax import checkpoint, convert, run_dir
 from bt_jax.train import metrics_log, workdir as workdir_lib
+from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
@@ -34,14 +34,6 @@ def _one_error_line(r, pattern: str) -> str:
     return lines[0]
 
 
-def _digests(folder) -> dict:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), folder)] = \
-                    hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 RECIPES = {"syntax_error": "def get_config(:\n    pass\n",
@@ -76,14 +68,14 @@ def test_a_mistake_is_one_line_and_writes_nothing(tmp_path, case):
     if case == "corrupt_config_json":
         (workdir / "checkpoints" / "4").mkdir(parents=True)
         (workdir / "config.json").write_text('{"seed": 0, "model": {')
-    before = _digests(workdir) if workdir.exists() else None
+    before = digests(workdir) if workdir.exists() else None
     r = _run("bt_jax.main", *args, "--workdir", str(workdir), "--config.num_steps=2",
              "--config.eval.enabled=False")
     _one_error_line(r, pattern)
     if before is None:
         assert not workdir.exists()
     else:
-        assert _digests(workdir) == before
+        assert digests(workdir) == before
 
 
 def test_convert_into_a_missing_folder_is_one_line(tmp_path, capsys):

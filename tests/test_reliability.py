@@ -1,7 +1,6 @@
 """Relaunches never damage a run; every CLI mistake is one line; exports carry their
 preprocessing; bad data files are one line or a counted skip."""
 import gzip
-import hashlib
 import json
 import os
 import struct
@@ -19,18 +18,11 @@ from bt_jax import defaults
 from bt_jax import export, train
 from bt_jax.data import sources
 from bt_jax.models import make_backbone
+from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _digests(directory) -> dict:
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _config(num_steps=4):
@@ -66,29 +58,29 @@ def _finished_run(workdir, config, steps):
 def test_a_failed_relaunch_changes_no_file_of_a_finished_run(tmp_path):
     workdir = str(tmp_path / "run")
     _finished_run(workdir, _config(), 4)
-    before = _digests(workdir)
+    before = digests(workdir)
     bad = _config()
     bad.data.name = "fashion_mnist"
     bad.data.path = str(tmp_path / "nowhere")
     with pytest.raises(config_lib.ConfigError, match="IDX files"):
         train.train_and_evaluate(bad, workdir)
-    assert _digests(workdir) == before
+    assert digests(workdir) == before
     another_model = _config()
     another_model.model.width = 0.125
     with pytest.raises(config_lib.ConfigError, match="another model"):
         train.train_and_evaluate(another_model, workdir)
-    assert _digests(workdir) == before
+    assert digests(workdir) == before
 
 
 def test_a_relaunch_into_a_finished_run_changes_nothing_and_says_so(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     _finished_run(workdir, _config(), 4)
-    before = _digests(workdir)
+    before = digests(workdir)
     changed = _config()
     changed.eval.knn.k = 7          # not a model field: the relaunch is allowed, not a resume
     assert train.train_and_evaluate(changed, workdir)["linear_top1"] == 0.5
     assert "holds a finished run (step 4 of 4" in capsys.readouterr().out
-    assert _digests(workdir) == before
+    assert digests(workdir) == before
 
 
 def test_a_failed_first_run_leaves_nothing(tmp_path):

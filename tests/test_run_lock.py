@@ -1,7 +1,6 @@
 """One writer per workdir (bt_jax/run_lock.py): both ways of holding the lock, a second
 locker refused with one line naming the holder, a stale lock (SIGKILLed holder) taken over,
 and the CLI's refusal that leaves the holder's files untouched."""
-import hashlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import pytest
 
 from bt_jax import run_lock
 from bt_jax.run_lock import WorkdirLock, WorkdirLocked
+from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["fcntl", "create"]
@@ -105,14 +105,6 @@ def test_a_failed_run_leaves_no_folder_the_lock_created(tmp_path):
     assert sorted(os.listdir(workdir)) == ["config.json"]
 
 
-def _digests(folder) -> dict:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            p = os.path.join(root, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def test_training_into_a_workdir_another_process_holds_stops_with_one_line(tmp_path):
@@ -124,7 +116,7 @@ def test_training_into_a_workdir_another_process_holds_stops_with_one_line(tmp_p
     (workdir / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
     holder = _holder(str(workdir), "fcntl")
     try:
-        before = _digests(workdir)
+        before = digests(workdir)
         r = subprocess.run([sys.executable, "-m", "bt_jax.main", "--config", "configs/digits.py",
                             "--workdir", str(workdir), "--config.num_steps=2",
                             "--config.eval.enabled=False"],
@@ -133,7 +125,7 @@ def test_training_into_a_workdir_another_process_holds_stops_with_one_line(tmp_p
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: --workdir"), r.stderr
         assert f"in use by process {holder.pid} on host" in lines[0]
-        assert _digests(workdir) == before
+        assert digests(workdir) == before
     finally:
         holder.kill()
         holder.wait()

@@ -40,6 +40,7 @@ from bt_jax.errors import ConfigError
 LOCK_FILE = run_dir.LOCK
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0      # ten missed heartbeats: the holder on another host is gone
+_RECORD_BYTES = 2048
 # flock's errors where the filesystem has no file locks: use the `create` protocol there.
 _NO_POSIX_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
@@ -237,9 +238,12 @@ class WorkdirLock:
         os.remove(aside)
 
     def _write_record(self, record: dict) -> None:
+        """Writes the record over the old one in place, padded with spaces to a fixed size
+        (JSON ignores them): a reader never finds the file empty between two writes."""
         data = json.dumps(record, indent=1).encode()
-        os.ftruncate(self._fd, 0)
+        data += b" " * max(0, _RECORD_BYTES - len(data))
         os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
         os.fsync(self._fd)
         self.record = record
 

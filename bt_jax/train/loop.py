@@ -1,6 +1,7 @@
 """train_and_evaluate(config, workdir): the training loop, orchestration only."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -68,10 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         splits = sources.labelled_splits(config.data, config.seed)
     # One writer per workdir: the chief (the one process that writes run files) holds its
     # lock from here to the end; a run that fails before writing anything leaves nothing.
-    lock = WorkdirLock(workdir, purpose="training") if jax.process_index() == 0 else None
-    if lock is None:
-        return _train_and_evaluate(config, workdir, mesh, source, layout, splits)
-    with lock:
+    chief = jax.process_index() == 0
+    with WorkdirLock(workdir, purpose="training") if chief else contextlib.nullcontext():
         return _train_and_evaluate(config, workdir, mesh, source, layout, splits)
 
 

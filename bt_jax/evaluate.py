@@ -64,8 +64,8 @@ def load_run(workdir: str, model_cfg, image_size: int
                 raise
             print(f"warning: {e} Reading the newest checkpoint instead.", flush=True)
         else:
-            return backbone, variables, None, export.weights_record(export.BACKBONE_FILE, step,
-                                                             variables)
+            return (backbone, variables, None,
+                    export.weights_record(export.BACKBONE_FILE, step, variables))
     if not steps:
         raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
                           "pass the --workdir of a training run.")
@@ -93,6 +93,8 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     `python -m bt_jax.convert` reads) on the recipe's dataset with its protocols. The
     model's backbone, stem and width come from the weights; results.json goes into workdir
     if one is given."""
+    if workdir is not None:
+        cli.check_output_dir(workdir, "--workdir")   # before minutes of evaluation
     variables, arch = convert.read_variables(path, projector=False)
     variables = convert.backbone_of(variables)
     fields = convert.model_fields(variables, arch)

@@ -273,8 +273,21 @@ class CheckpointManager:
             self._manager.close()
 
 
+class _QuietItemMetadata(logging.Filter):
+    """Drops Orbax's warning that a step's item folder has no _CHECKPOINT_METADATA of its
+    own: `read_tree` reads the item folder directly, and the file is the step's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Metadata file does not exist")
+
+
+_QUIET_ITEM_METADATA = _QuietItemMetadata()
+
+
 def read_tree(path: str) -> dict:
     """A StandardSave'd tree read onto this process's first device, as numpy arrays."""
+    if _QUIET_ITEM_METADATA not in logging.getLogger("absl").filters:
+        logging.getLogger("absl").addFilter(_QUIET_ITEM_METADATA)
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
         meta = checkpointer.metadata(path)

@@ -64,7 +64,7 @@ def load_run(workdir: str, model_cfg, image_size: int
                 raise
             print(f"warning: {e} Reading the newest checkpoint instead.", flush=True)
         else:
-            return (backbone, variables, None,
+            return (backbone, variables, _probe_of_step(ckpt_dir, step, steps),
                     export.weights_record(export.BACKBONE_FILE, step, variables))
     if not steps:
         raise ConfigError(f"{workdir!r} holds neither checkpoints/ nor {export.BACKBONE_FILE}: "
@@ -86,6 +86,19 @@ def load_run(workdir: str, model_cfg, image_size: int
     probe = None if not probe else probe["params"]
     return model.backbone, variables, probe, export.weights_record(
         f"{run_dir.CHECKPOINTS}/{step}", step, variables)
+
+
+def _probe_of_step(ckpt_dir: str, step: Optional[int], steps: list[int]) -> Optional[dict]:
+    """The online probe's params saved with the checkpoint of `step` (the exported weights'
+    step), or None where there is none or it cannot be read: the export has no probe."""
+    if step is None or step not in steps:
+        return None
+    try:
+        state = ckpt_lib.read_tree(run_dir.checkpoint_item(ckpt_dir, step))
+    except Exception:  # pylint: disable=broad-except  (Orbax raises many kinds)
+        return None
+    probe = state.get("probe") if isinstance(state, dict) else None
+    return probe["params"] if probe else None
 
 
 def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:

@@ -158,7 +158,8 @@ def test_a_save_that_runs_out_of_space_stops_in_one_line_and_keeps_the_last_chec
     assert len(errors) == 1, out[-3000:]
     assert "Saving the checkpoint of step 6" in errors[0]
     assert "failed: File too large (errno 27)" in errors[0]
-    assert "the checkpoint of step 4 is intact" in errors[0]
+    assert "the checkpoints of steps 2 and 4 are intact" in errors[0]   # both on disk
+    assert "resume from step 4" in errors[0]
     assert "Traceback" not in out
     assert _tree_digests(ckpt4) == before
     assert "6" not in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -140,10 +140,11 @@ def test_evaluate_cli_updates_results_and_never_changes_the_checkpoint(tmp_path)
     r = subprocess.run([sys.executable, "-m", "bt_jax.evaluate", "--workdir", workdir],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Evaluating checkpoint of step 2" in r.stdout and "semi_10pct_top1" in r.stdout
+    # a finished run: its final export, with the online probe of the checkpoint of its step
+    assert "Evaluating backbone.msgpack (step 2)" in r.stdout and "semi_10pct_top1" in r.stdout
     assert _file_digests(os.path.join(workdir, "checkpoints")) == before
     saved = json.load(open(os.path.join(workdir, "results.json")))
-    assert saved["note"] == "kept"   # updated, not replaced
+    assert "note" not in saved and saved["weights"]["step"] == 2   # replaced: one evaluation
     for key in ("linear_top1", "linear_fast_top1", "linear_sgd_top1", "knn_top1",
                 "online_linear_top1", "semi_10pct_top1"):
         assert 0.0 <= saved[key] <= 1.0, key

@@ -174,9 +174,9 @@ def test_train_and_evaluate_without_tensorflow(tmp_path):
 
     r = _module_without_tf("bt_jax.evaluate", "--workdir", workdir)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Evaluating checkpoint of step 4" in r.stdout
+    assert "Evaluating backbone.msgpack (step 4)" in r.stdout
     assert json.load(open(os.path.join(workdir, "results.json")))["evaluated"] == (
-        "checkpoint of step 4")
+        "backbone.msgpack (step 4)")
 
     data = str(tmp_path / "cifar")
     _write_cifar_archive(data, 10, per_batch=40)

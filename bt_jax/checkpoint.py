@@ -80,12 +80,13 @@ _ANOTHER_WRITER_FIX = ("Two runs are writing into this workdir: stop the other w
                        "or give each run its own --workdir")
 
 
-def _steps_phrase(steps: list[int]) -> str:
-    """'the checkpoint of step 40 is' / 'the checkpoints of steps 20, 30 and 40 are'."""
+def _steps_phrase(steps: list[int], verb: tuple[str, str] = ("", "")) -> str:
+    """'the checkpoint of step 40' / 'the checkpoints of steps 20, 30 and 40', followed by
+    verb[0] for one step, verb[1] for several (e.g. (" is", " are"))."""
     if len(steps) == 1:
-        return f"the checkpoint of step {steps[0]} is"
+        return f"the checkpoint of step {steps[0]}{verb[0]}"
     names = [str(s) for s in steps]
-    return f"the checkpoints of steps {', '.join(names[:-1])} and {names[-1]} are"
+    return f"the checkpoints of steps {', '.join(names[:-1])} and {names[-1]}{verb[1]}"
 
 
 class _QuietFailedSaves(logging.Filter):
@@ -160,7 +161,7 @@ class CheckpointManager:
         # What is on disk, not what Orbax remembers: a relaunch with a smaller `keep` or a
         # save that failed midway leaves the two apart.
         complete = [s for s in run_dir.saved_steps(self.directory) if s != self._pending]
-        kept = (f"{_steps_phrase(complete)} intact: rerun the same command to resume from "
+        kept = (f"{_steps_phrase(complete, (' is', ' are'))} intact: rerun the same command to resume from "
                 f"step {max(complete)}" if complete else
                 "no earlier checkpoint is on disk: rerun the same command to start again")
         where = f"step {self._pending}" if self._pending is not None else "a step"
@@ -235,7 +236,7 @@ class CheckpointManager:
             self._pending = None
             raise SaveError(
                 f"Saving the checkpoint of step {step} into {self.directory!r} stopped: "
-                f"{_steps_phrase(foreign).replace(' is', '').replace(' are', '')} appeared "
+                f"{_steps_phrase(foreign)} appeared "
                 f"there, written by another process. {_ANOTHER_WRITER_FIX}.")
         self._known.add(step)
         return self._guarded(self._manager.save, step, args=ocp.args.StandardSave(state),

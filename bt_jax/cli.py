@@ -15,38 +15,6 @@ from bt_jax.errors import ConfigError
 FLAGS = flags.FLAGS
 
 
-def check_output_dir(path: str, flag: str) -> None:
-    """ConfigError (one line) unless `path` can be a directory this command writes into: not
-    a file, below no file, in a place this user can write. Writes nothing."""
-    full = os.path.abspath(path)
-    if os.path.exists(full) and not os.path.isdir(full):
-        raise ConfigError(f"{flag} {path!r} is a file, not a directory: choose another {flag}.")
-    parent = full
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{flag} {path!r} cannot be created: {parent!r} is a file. Choose "
-                          f"another {flag}.")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path!r}: {parent!r} is not writable. Choose another "
-                          f"{flag}.")
-
-
-def check_output_file(path: str, name: str) -> None:
-    """ConfigError (one line) unless a file can be written at `path`: its folder exists and
-    is writable, and path is not a directory. Writes nothing."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ConfigError(f"{name} {path!r} is a directory: give a file name, e.g. "
-                          f"{os.path.join(path, 'backbone.safetensors')!r}.")
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{name} {path!r}: the folder {folder!r} does not exist. Create it "
-                          f"(mkdir -p {folder}) or choose another {name}.")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{name} {path!r}: the folder {folder!r} is not writable. Choose "
-                          f"another {name}.")
-
-
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

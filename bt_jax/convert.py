@@ -25,7 +25,7 @@ from typing import Optional
 import flax.serialization
 import numpy as np
 
-from bt_jax import cli, interop, run_dir
+from bt_jax import interop, run_dir
 from bt_jax.errors import ConfigError
 
 FORMATS = (".pth", ".pt", ".ckpt", ".safetensors", ".msgpack")
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         if os.path.abspath(args.src) == os.path.abspath(args.dst):
             raise ConfigError("SRC and DST are the same file: choose another DST.")
         _format(args.dst)
-        cli.check_output_file(args.dst, "DST")
+        run_dir.check_output_file(args.dst, "DST")
         variables, arch = read_variables(args.src, args.arch,
                                          projector=False if args.no_projector else None,
                                          stem=args.stem)

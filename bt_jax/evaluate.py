@@ -22,10 +22,6 @@ import os
 import sys
 from typing import Optional
 
-from bt_jax.platforms import skip_absent_tpu
-
-skip_absent_tpu()   # before JAX starts a backend: libtpu installed, no TPU, no noise
-
 import flax.linen as nn
 import jax
 
@@ -107,7 +103,7 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     model's backbone, stem and width come from the weights; results.json goes into workdir
     if one is given."""
     if workdir is not None:
-        cli.check_output_dir(workdir, "--workdir")   # before minutes of evaluation
+        run_dir.check_output_dir(workdir, "--workdir")   # before minutes of evaluation
     variables, arch = convert.read_variables(path, projector=False)
     variables = convert.backbone_of(variables)
     fields = convert.model_fields(variables, arch)
@@ -246,4 +242,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     from absl import app  # noqa: E402
+    from bt_jax.platforms import skip_absent_tpu  # noqa: E402
+    skip_absent_tpu()   # before JAX starts a backend: libtpu installed, no TPU, no noise
     app.run(main, flags_parser=parse_flags)

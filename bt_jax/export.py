@@ -89,21 +89,23 @@ def describe_weights(weights: dict) -> str:
 
 
 def write_backbone(workdir: str, variables: dict, model_cfg, stats, *, image_size: int,
-                   dataset: str, step: Optional[int] = None) -> None:
+                   dataset: str, step: Optional[int] = None,
+                   digest: Optional[str] = None) -> None:
     """Writes backbone.msgpack (the backbone's {"params", "batch_stats"}) and backbone.json
     (its preprocessing and the model fields of config.model, `model_cfg`) into workdir,
     each atomically.
 
     stats: (mean [3], std [3]) the run normalised its images with; image_size: the
     pretraining views' (config.data.image_size); dataset: config.data.name; step: the
-    training step the weights are of."""
+    training step the weights are of; digest: their `weights_digest`, if already known."""
     mean, std = (np.asarray(v, np.float64).reshape(-1).tolist() for v in stats)
     model = {k: model_cfg[k] for k in MODEL_FIELDS}
     name, *rest = MODEL_FIELDS       # "backbone", then its keyword arguments
     num_features = make_backbone(model[name], **{k: model[k] for k in rest}).num_features
     meta = {"image_size": int(image_size), "mean": mean, "std": std,
             "input": INPUT_LAYOUT, "num_features": num_features, "model": model,
-            "dataset": dataset, "step": step, "digest": weights_digest(variables)}
+            "dataset": dataset, "step": step,
+            "digest": digest or weights_digest(variables)}
     run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE),
                          flax.serialization.to_bytes(variables))
     run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
@@ -115,19 +117,6 @@ def _require(path: str, workdir: str) -> None:
         raise ConfigError(f"{path!r} does not exist: {workdir!r} is not a finished run (a run "
                           f"writes {BACKBONE_FILE}, {PREPROCESSING_FILE} and config.json at "
                           "its end).")
-
-
-def _read_json(path: str) -> dict:
-    """The JSON object in path; ConfigError (one line) where it cannot be read."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path!r} cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120]}).") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path!r} holds a {type(value).__name__}, not a JSON object.")
-    return value
 
 
 def read_variables(path: str) -> dict:
@@ -150,7 +139,7 @@ def exported_step(workdir: str) -> Optional[int]:
     """The training step of the workdir's backbone.msgpack (backbone.json's "step"); None
     where backbone.json is missing, unreadable or older than that field."""
     try:
-        step = _read_json(os.path.join(workdir, PREPROCESSING_FILE)).get("step")
+        step = run_dir.read_json_object(os.path.join(workdir, PREPROCESSING_FILE)).get("step")
     except ConfigError:
         return None
     return step if isinstance(step, int) else None
@@ -168,7 +157,7 @@ def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
     config_path = run_dir.path(workdir, run_dir.CONFIG)
     for p in (path, config_path):
         _require(p, workdir)
-    model = _read_json(config_path).get("model")
+    model = run_dir.read_json_object(config_path).get("model")
     if not isinstance(model, dict) or not all(k in model for k in MODEL_FIELDS[:4]):
         raise ConfigError(f"{config_path!r} has no model.* fields: it is not a run's config.")
     backbone = make_backbone(model["backbone"], stem=model["stem"], width=model["width"],
@@ -181,7 +170,7 @@ def load_preprocessing(workdir: str) -> Preprocessing:
     """The run's preprocessing (image size, channel mean and std) from backbone.json."""
     path = os.path.join(workdir, PREPROCESSING_FILE)
     _require(path, workdir)
-    meta = _read_json(path)
+    meta = run_dir.read_json_object(path)
     return Preprocessing(int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]))
 
 

@@ -8,13 +8,17 @@ and the one way files are written there (atomically).
     WORKDIR/results.json         the newest evaluation, and which weights it measured
     WORKDIR/run.lock             held while a run (or an evaluation) writes here
 
-Imports nothing of bt_jax: every module may ask it.
+Also the checks every command makes of the paths it will write (before writing) and of
+the JSON files it reads, each failure one ConfigError line. Imports nothing of bt_jax but
+errors (a leaf): every module may ask it.
 """
 from __future__ import annotations
 
 import json
 import os
 from typing import Union
+
+from bt_jax.errors import ConfigError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -68,3 +72,51 @@ def read_json(file_path: str):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def read_json_object(file_path: str, fix: str = "") -> dict:
+    """The JSON object in file_path; ConfigError (one line, ending with `fix`) where it
+    cannot be read, is not JSON, or is not an object."""
+    try:
+        with open(file_path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{file_path!r} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]})" + (f": {fix}" if fix else ".")
+                          ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file_path!r} holds a {type(value).__name__}, not a JSON object"
+                          + (f": {fix}" if fix else "."))
+    return value
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """ConfigError (one line) unless `path` can be a directory this command writes into: not
+    a file, below no file, in a place this user can write. Writes nothing."""
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"{flag} {path!r} is a file, not a directory: choose another {flag}.")
+    parent = full
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag} {path!r} cannot be created: {parent!r} is a file. Choose "
+                          f"another {flag}.")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"Cannot write into {flag} {path!r} ({parent!r} is not writable): "
+                          "choose a directory you can write to.")
+
+
+def check_output_file(path: str, name: str) -> None:
+    """ConfigError (one line) unless a file can be written at `path`: its folder exists and
+    is writable, and path is not a directory. Writes nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{name} {path!r} is a directory: give a file name, e.g. "
+                          f"{os.path.join(path, 'backbone.safetensors')!r}.")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{name} {path!r}: the folder {folder!r} does not exist. Create it "
+                          f"(mkdir -p {folder}) or choose another {name}.")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{name} {path!r}: the folder {folder!r} is not writable. Choose "
+                          f"another {name}.")

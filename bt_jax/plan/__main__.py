@@ -25,7 +25,7 @@ skip_absent_tpu()   # libtpu installed, no TPU attached: no TPU start-up errors
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax import cli  # noqa: E402
+from bt_jax import cli, run_dir  # noqa: E402
 from bt_jax.errors import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -78,7 +78,7 @@ def main(argv):
             if FLAGS[name].value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got "
                                   f"{FLAGS[name].value}.")
-        cli.check_output_dir(FLAGS.out, "--out")   # before minutes of compiling
+        run_dir.check_output_dir(FLAGS.out, "--out")   # before minutes of compiling
         if topology != "local":
             chips.parse_topology(topology)
         shape = run_shape(config.data, FLAGS.examples, FLAGS.classes)

@@ -185,6 +185,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
     train_seconds = time.perf_counter() - loop_start   # this process's share, if resumed
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     trained_backbone = jax.device_get(backbone_variables(variables))
+    weights = export.weights_record(run_dir.BACKBONE, total_steps, trained_backbone)
     if chief:
         plots.plot_training_curves(workdir, objective.curves)
         if last_diagnosis is not None:
@@ -194,7 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
                 c=last_diagnosis["c_block"])
         export.write_backbone(workdir, trained_backbone, config.model, stats,
                               image_size=config.data.image_size, dataset=config.data.name,
-                              step=total_steps)
+                              step=total_steps, digest=weights["digest"])
 
     if not config.eval.enabled:
         return {}
@@ -205,8 +206,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
                            online_probe=probe, workdir=workdir if chief else None,
                            trained_features=monitor and monitor.last_features)
     results["train_seconds"] = train_seconds
-    results["weights"] = export.weights_record(run_dir.BACKBONE, total_steps, trained_backbone)
-    results["evaluated"] = export.describe_weights(results["weights"])
+    results["weights"] = weights
+    results["evaluated"] = export.describe_weights(weights)
     if chief:
         write_results(results, workdir)
     print(format_table(results), flush=True)

@@ -23,18 +23,9 @@ def read_run_config(workdir: str) -> Optional[dict]:
     path = run_dir.path(workdir, run_dir.CONFIG)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise config_lib.ConfigError(
-            f"{path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
-            "it is the run's record of its config. Restore it (or delete it to go on with "
-            "the command line's config), or choose another --workdir.") from None
-    if not isinstance(saved, dict):
-        raise config_lib.ConfigError(
-            f"{path!r} holds a {type(saved).__name__}, not a config: restore it (or delete it "
-            "to go on with the command line's config), or choose another --workdir.")
+    saved = run_dir.read_json_object(
+        path, fix="it is the run's record of its config. Restore it (or delete it to go on "
+                  "with the command line's config), or choose another --workdir.")
     return config_lib.translate_saved(saved)
 
 
@@ -58,20 +49,9 @@ def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises ConfigError if workdir cannot be a run's directory (it is a file, or a path
-    through a file); writes nothing."""
-    path = os.path.abspath(workdir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise config_lib.ConfigError(
-            f"--workdir {workdir!r} is a file, not a directory: a run writes checkpoints, "
-            "metrics and results into its workdir. Choose another --workdir.")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise config_lib.ConfigError(
-            f"--workdir {workdir!r} cannot be created: {parent!r} is a file. Choose another "
-            "--workdir.")
+    """Raises ConfigError if workdir cannot be a run's directory (a file, a path through a
+    file, a place this user cannot write); writes nothing."""
+    run_dir.check_output_dir(workdir, "--workdir")
 
 
 def saved_steps(workdir: str) -> list[int]:

@@ -86,6 +86,9 @@ def paper_expectation(paper: Optional[float], base_paper: Optional[float],
 # A change of the paper's at least this many times our beyond-noise threshold should show
 # here; where ours is flat, that row disagrees rather than being "within noise".
 VISIBLE_FACTOR = 3.0
+# The verdict of a row whose setting is not the paper's (Run.not_comparable): its change
+# is measured and shown, but not held against the paper's number.
+NOT_COMPARABLE = "not comparable"
 
 
 def agreement(ours: Optional[str], paper: Optional[str], paper_delta: Optional[float] = None,
@@ -113,8 +116,8 @@ def two_probe_verdict(linear: str, knn: str) -> str:
     verdict where they agree; "mixed" where one agrees with the paper and the other
     disagrees; where one cannot tell ("within noise") the other decides, since a probe that
     cannot resolve the paper's change is evidence neither way. "no claim" and "noise
-    unknown" pass through."""
-    for passthrough in ("no claim", "noise unknown"):
+    unknown" pass through, and so does NOT_COMPARABLE."""
+    for passthrough in ("no claim", "noise unknown", NOT_COMPARABLE):
         if passthrough in (linear, knn):
             return passthrough
     if linear == knn:
@@ -137,7 +140,9 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
     repeated with other seeds). The reference is the run's `control` row when it names one
     (the mean of that row's runs), else the mean over the seed sweep's runs when the noise
     floor exists, else the seed-0 baseline run; the threshold is `noise_threshold` of the
-    seed std for the two means' run counts. Reference rows pass through unchanged."""
+    seed std for the two means' run counts. A run whose setting is not the paper's
+    (Run.not_comparable) gets NOT_COMPARABLE on both probes and the row. Reference rows
+    pass through unchanged."""
     by_name = {r.name: r for r in runs}
     by_row = {r["run"]: r for r in rows}
     base = by_row.get("baseline")
@@ -179,7 +184,8 @@ def annotate(rows: list[dict], runs: list[Run], floor: Optional[dict]) -> list[d
             if ours is not None:
                 row[f"threshold_{k}"] = round(threshold, 2)
                 row[noise_col] = "within" if ours == "flat" else "beyond"
-            verdicts[k] = agreement(ours, expect, delta, threshold)
+            verdicts[k] = (NOT_COMPARABLE if run.not_comparable else
+                           agreement(ours, expect, delta, threshold))
         if row["run"] != "baseline":
             row["verdict_linear"], row["verdict_knn"] = verdicts["linear"], verdicts["knn"]
             row["paper_agreement"] = two_probe_verdict(verdicts["linear"], verdicts["knn"])
@@ -213,7 +219,7 @@ def is_borderline(row: dict) -> bool:
     """An annotated row whose verdict one run cannot settle: on either probe its |delta|
     lies within BORDERLINE_FACTOR of that probe's threshold (threshold / 1.5 <= |delta| <=
     1.5 x threshold), or its two-probe verdict differs from its linear probe's alone."""
-    if row.get("paper_agreement", "") in ("", "no claim", "noise unknown"):
+    if row.get("paper_agreement", "") in ("", "no claim", "noise unknown", NOT_COMPARABLE):
         return False
     if row["paper_agreement"] != row["verdict_linear"]:
         return True
@@ -250,7 +256,8 @@ def noise_text(floor: Optional[dict]) -> str:
             f"saw a smaller change of {PAPER_FLAT:g}+ points, or stated one without a "
             "number, and this probe cannot tell it from seed noise), no claim. The row's "
             "verdict: the probes' shared verdict; mixed where one agrees and the other "
-            "disagrees; where one is within noise, the other's.")
+            "disagrees; where one is within noise, the other's; not comparable where the "
+            "row's setting is not the paper's.")
 
 
 def markdown_table(sweep: str, rows: list[dict], *, scale_name: str, command: str,

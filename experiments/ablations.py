@@ -47,6 +47,7 @@ from ablation_report import (CSV_FIELDS, agreement, annotate, is_borderline,  # 
 from ablation_paper import PAPER_NOTES  # noqa: E402,F401
 from ablation_sweeps import (SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F401
                              repeat_runs, sweep_runs)
+import ablation_summary  # noqa: E402
 from ablation_ledger import LEDGER, ledger_entry, read_ledger, write_ledger  # noqa: E402,F401
 from bt_jax.run_dir import read_json  # noqa: E402
 
@@ -385,7 +386,26 @@ def main(argv=None) -> int:
                 compact=True), append=False)
         print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
                                     floor=floor), flush=True)
+    if not args.print_commands and args.docs and args.scale in DOCS_PAGES and not extra:
+        write_summaries(args.scale, results_dir, args.docs)
     return 0
+
+
+SUMMARY_COMMAND = "python experiments/ablations.py --sweep all --report-only --references"
+
+
+def write_summaries(scale_name: str, results_dir: str, docs: str) -> None:
+    """The summary of every sweep CSV in results_dir (ablation_summary), in full into the
+    docs page and compact into README.md (the small scale's only), between their
+    <!-- ablation summary --> markers where the page has them."""
+    groups = ablation_summary.categorise(ablation_summary.read_scale_rows(results_dir),
+                                         scale_name)
+    command = SUMMARY_COMMAND + ("" if scale_name == "small" else f" --scale {scale_name}")
+    replace_block(docs, "ablation summary", ablation_summary.full_summary(groups, command),
+                  append=False)
+    if scale_name == "small":
+        replace_block(os.path.join(ROOT, "README.md"), "ablation summary",
+                      ablation_summary.compact_summary(groups), append=False)
 
 
 if __name__ == "__main__":

@@ -387,25 +387,27 @@ def main(argv=None) -> int:
         print("\n" + markdown_table(sweep, rows, scale_name=args.scale, command=command(sweep),
                                     floor=floor), flush=True)
     if not args.print_commands and args.docs and args.scale in DOCS_PAGES and not extra:
-        write_summaries(args.scale, results_dir, args.docs)
+        default_results = args.results == parser.get_default("results")
+        write_summaries(args.scale, results_dir, args.docs,
+                        os.path.join(ROOT, "README.md") if default_results else "")
     return 0
 
 
 SUMMARY_COMMAND = "python experiments/ablations.py --sweep all --report-only --references"
 
 
-def write_summaries(scale_name: str, results_dir: str, docs: str) -> None:
+def write_summaries(scale_name: str, results_dir: str, docs: str, readme: str) -> None:
     """The summary of every sweep CSV in results_dir (ablation_summary), in full into the
-    docs page and compact into README.md (the small scale's only), between their
+    docs page and compact into `readme` (the small scale's only; "": none), between their
     <!-- ablation summary --> markers where the page has them."""
     groups = ablation_summary.categorise(ablation_summary.read_scale_rows(results_dir),
                                          scale_name)
     command = SUMMARY_COMMAND + ("" if scale_name == "small" else f" --scale {scale_name}")
     replace_block(docs, "ablation summary", ablation_summary.full_summary(groups, command),
                   append=False)
-    if scale_name == "small":
-        replace_block(os.path.join(ROOT, "README.md"), "ablation summary",
-                      ablation_summary.compact_summary(groups), append=False)
+    if scale_name == "small" and readme:
+        replace_block(readme, "ablation summary", ablation_summary.compact_summary(groups),
+                      append=False)
 
 
 if __name__ == "__main__":

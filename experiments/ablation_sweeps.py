@@ -201,7 +201,7 @@ def _scaled_length(scale: Scale, factor: int) -> dict:
 def _lambda_scaled_run(scale: Scale, wide: Run) -> Run:
     """The widest projector with lambda scaled so that lambda (D - 1) / N, the weight of
     the off-diagonal term's sampling noise (D (D - 1) entries of variance ~1/N each)
-    against the diagonal's D, stays the baseline's (0.020, as the paper's 0.0051 x 8191 /
+    against the diagonal's D, stays the baseline's (0.020, as FAIR's 0.0051 x 8191 /
     2048): does the wide projector lose because its redundancy term outweighs the
     invariance term at this batch size?"""
     base = recipe(scale.recipe)

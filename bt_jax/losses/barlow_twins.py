@@ -346,10 +346,11 @@ def objective(z_a: Array, z_b: Array, loss_cfg, axis_name: AxisName = None
 
 # Its settings, at loss.* (the public contract names loss.lambd and loss.redundancy).
 DEFAULTS = {
-    # The paper's 0.0051 is for an 8192-wide projector at batch 2048: lambd (D - 1) / N =
-    # 0.020 (the off-diagonal term's sampling noise against the diagonal's D). Keep that
-    # ratio when D grows or N shrinks: at D 4096, N 256, 0.0051 costs 7.6 points on
-    # Fashion-MNIST, 0.00127 nothing beyond seed noise (docs/ablations.md, projector width).
+    # FAIR's 0.0051 (the paper writes 5e-3) is for an 8192-wide projector at batch 2048:
+    # lambd (D - 1) / N = 0.020 (the off-diagonal term's sampling noise against the
+    # diagonal's D). Keep that ratio when D grows or N shrinks: at D 4096, N 256, 0.0051
+    # costs 7.6 points on Fashion-MNIST, 0.00127 still 0.6, just beyond seed noise over 3
+    # seeds (docs/ablations.md, projector width).
     "lambd": 0.0051,
     "redundancy": "cross",       # "auto": off-diagonal term from view A's auto-correlation
     # Ablations (paper Table 5): invariance_weight 0 = redundancy term only, lambd 0 =

@@ -12,8 +12,10 @@ the tables). Rows named in the scale's `repeated` list run with three seeds and 
 their mean. Each sweep writes NAME.csv, NAME.md and NAME.png into RESULTS (SCALE/ below it
 for scales other than small), and its table between markers of the scale's docs page.
 The noise floor, the verdict per probe and the row's verdict over both probes are
-ablation_report's (noise_threshold, agreement, two_probe_verdict); the paper's numbers
-and claims are ablation_paper's; the budget on a TPU slice is ablation_budget's.
+ablation_report's (noise_threshold, agreement, two_probe_verdict); the summary of every
+CSV, with each row's size against the paper's, is ablation_summary's (written into the
+docs page and, at the small scale, README.md); the paper's numbers and claims are
+ablation_paper's; the budget on a TPU slice is ablation_budget's.
 
 Scales:
   small  configs/fashion_mnist_quick.py as it is: one epoch of Fashion-MNIST (234 steps at

@@ -8,9 +8,7 @@
   code; `bt_jax/defaults.py` lists the parts and hands them to `assemble` and `check`.
 - `RENAMED` and `translate_saved`: fields that moved. An old name in a recipe or on the
   command line is one line naming the new one; an old run's config.json is translated
-  on read.
-
-This module imports no model, loss or evaluation module.
+  on read. This module imports no model, loss or evaluation module.
 """
 from __future__ import annotations
 
@@ -104,6 +102,10 @@ def run_sections() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000
     c.checkpoint.keep = 3
+    # jax.profiler traces of num_steps steps from start_step into WORKDIR/plugins/profile/.
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = 10
+    c.profile.num_steps = 0      # 0: no profile
 
     # What runs beside pretraining.
     c.monitor = ml_collections.ConfigDict()
@@ -175,8 +177,7 @@ def check_parts(tree, parts) -> None:
 RENAMED = {
     "eval.fast_l2_grid": "eval.linear_fast.l2_grid",
     "eval.fast_holdout_fraction": "eval.linear_fast.holdout_fraction",
-    "eval.fast_max_iter": "eval.linear_fast.max_iter",
-    "eval.knn_k": "eval.knn.k",
+    "eval.fast_max_iter": "eval.linear_fast.max_iter", "eval.knn_k": "eval.knn.k",
     "eval.knn_temperature": "eval.knn.temperature",
     "eval.knn_bank_chunk": "eval.knn.bank_chunk",
     "eval.linear_epochs": "eval.linear_sgd.epochs",
@@ -308,6 +309,11 @@ def check_checkpoint(ckpt) -> None:
           f"from and evaluate reads); got {ckpt.keep}.")
 
 
+def check_profile(p) -> None:
+    _need(p.start_step >= 1 and p.num_steps >= 0, "profile.start_step must be >= 1 and "
+          f"profile.num_steps >= 0 (0: no profile); got {p.start_step}, {p.num_steps}.")
+
+
 def check_monitor(m) -> None:
     """config.monitor: what runs beside pretraining."""
     _need(m.knn_every_epochs >= 0, "monitor.knn_every_epochs must be >= 0 (0: no kNN "
@@ -335,7 +341,8 @@ def run_parts() -> list[Part]:
     """The checks of the run's own sections (their defaults are `run_sections`')."""
     return [Part("data", {}, check_data), Part("optim", {}, check_optim),
             Part("loss", {}, check_loss_scale), Part("checkpoint", {}, check_checkpoint),
-            Part("monitor", {}, check_monitor), Part("eval", {}, check_eval_shared)]
+            Part("profile", {}, check_profile), Part("monitor", {}, check_monitor),
+            Part("eval", {}, check_eval_shared)]
 
 
 def knn_monitor_epochs(monitor_cfg, eval_cfg) -> float:

@@ -143,6 +143,7 @@ def data_parallel(fn: Callable, mesh: Mesh, *, num_replicated_args: int = 1,
         specs = (P(),) * num_replicated_args + (P(BATCH_AXIS),) * (len(args) - num_replicated_args)
         return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
+    call.__name__ = getattr(fn, "__name__", call.__name__)   # the program's name: jit_<fn>
     if xla_options is None:
         xla_options = compiler_options(mesh.devices.flat[0].platform)
     return jax.jit(call, donate_argnums=(0,) if donate_state else (),
@@ -162,6 +163,7 @@ def sharded_map(fn: Callable, mesh: Mesh, *,
         return jax.shard_map(fn, mesh=mesh, in_specs=(P(BATCH_AXIS),) * len(args),
                              out_specs=P(BATCH_AXIS))(*args)
 
+    call.__name__ = getattr(fn, "__name__", call.__name__)
     if xla_options is None:
         xla_options = compiler_options(mesh.devices.flat[0].platform)
     return jax.jit(call, compiler_options=xla_options)

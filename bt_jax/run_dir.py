@@ -7,6 +7,7 @@ and the one way files are written there (atomically).
     WORKDIR/backbone.msgpack     the backbone's variables; backbone.json its preprocessing
     WORKDIR/results.json         the newest evaluation, and which weights it measured
     WORKDIR/run.lock             held while a run (or an evaluation) writes here
+    WORKDIR/plugins/profile/<time>/   traces of the steps config.profile names
 
 Also the checks every command makes of the paths it will write (before writing) and of
 the JSON files it reads, each failure one ConfigError line. Imports nothing of bt_jax but
@@ -28,6 +29,7 @@ BACKBONE = "backbone.msgpack"
 PREPROCESSING = "backbone.json"
 RESULTS = "results.json"
 LOCK = "run.lock"
+PROFILES = os.path.join("plugins", "profile")   # jax.profiler's traces, under the log dir
 # The item a StandardSave writes inside Orbax's folder of a step.
 ORBAX_ITEM = "default"
 
@@ -35,6 +37,13 @@ ORBAX_ITEM = "default"
 def path(workdir: str, name: str) -> str:
     """WORKDIR/name, e.g. path(workdir, run_dir.RESULTS)."""
     return os.path.join(workdir, name)
+
+
+def profile_logdir(workdir: str) -> str:
+    """The log dir jax.profiler.start_trace writes under: the workdir, beside the
+    TensorBoard events, so its traces land in WORKDIR/plugins/profile/<time>/, where
+    TensorBoard's profile plugin reads them."""
+    return workdir
 
 
 def checkpoints(workdir: str) -> str:

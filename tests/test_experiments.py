@@ -938,3 +938,21 @@ def test_gpu_check_quality_epochs_fit_the_time():
     # steps, 20 whole epochs; never fewer than one.
     assert gpu_check.quality_epochs(10_000, 120, 60_000, 256) == 20
     assert gpu_check.quality_epochs(10, 1, 60_000, 256) == 1
+
+
+@pytest.mark.slow    # two JAX processes: about 20 s on 2 cores
+def test_bench_preemption_times_every_poll_on_two_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "experiments/bench_preemption.py", "--processes", "2",
+                        "--blocks", "2", "--steps", "3", "--dim", "16", "--batch", "8",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert set(record["summary"]) == {"none", "gather", "coordinated"}
+    assert record["summary"]["none"]["ratio"] == 1.0
+    assert all(len(v) == 2 and min(v) > 0 for v in record["block_seconds"].values())
+    assert "coordinated" in r.stdout and "steps/s" in r.stdout
+    bad = subprocess.run([sys.executable, "experiments/bench_preemption.py", "--processes", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--processes must be at least 2" in bad.stderr

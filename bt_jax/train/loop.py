@@ -22,6 +22,7 @@ from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
+from bt_jax.train.profile import StepTrace
 from bt_jax.train.programs import build_programs, initial_state, view_program
 from bt_jax.train.state import init_from_file
 from bt_jax.train.step import make_diagnose_fn
@@ -114,13 +115,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
     manager = ckpt_lib.CheckpointManager(run_dir.checkpoints(workdir),
                                          every_steps=config.checkpoint.every_steps,
                                          keep=config.checkpoint.keep)
+    # Placed on the mesh first, so that a checkpoint is restored straight into that
+    # sharding: with several processes each reads its own devices' copy (a host's restored
+    # arrays cannot move to the others' devices afterwards).
+    state = parallel.replicate(state, mesh)
     state = manager.restore_or(state)   # a checkpoint that does not fit changes nothing
     if chief and resuming:
         write_run_config(workdir, config_json)
     start = int(state.step)
     if start:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
-    state = parallel.replicate(state, mesh)
 
     train_step = programs.train_step
     diagnose = make_diagnose_fn(programs.plain_model, programs.make_views, mesh=mesh)
@@ -151,13 +155,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
     log.start(start)
     loop_start = time.perf_counter()
     last_diagnosis = None
+    trace = StepTrace(workdir, config.profile.start_step, config.profile.num_steps, chief)
     try:
         with PreemptionWatch() as preemption:
             for step in range(start + 1, total_steps + 1):
                 batch = next(batches)
-                state, metrics = train_step(state, batch)
+                trace.begin(step)
+                with trace.annotation(step):
+                    state, metrics = train_step(state, batch)
+                trace.end(step, state)
                 last = step == total_steps
-                preempted = preemption.requested()
+                preempted = preemption.requested(step)
                 logging_step = step % config.log_every_steps == 0 or last
                 saving_step = step % config.checkpoint.every_steps == 0 or last or preempted
                 if logging_step or saving_step:
@@ -178,6 +186,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
                 if preempted:
                     raise Preempted(step, manager.directory)
     finally:   # every way out (end, SIGTERM, NaN, error) waits for pending saves
+        trace.close()
         try:
             manager.close()   # SaveError if the last asynchronous save failed
         finally:

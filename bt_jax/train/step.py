@@ -115,7 +115,7 @@ def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
                          f"parallel.BATCH_AXIS)) for cross-replica BatchNorm; got "
                          f"{model.axis_name!r}.")
 
-    def step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict):
         loss, grads, new_stats, terms, features = loss_and_grads(
             state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
             axis_name=parallel.BATCH_AXIS)
@@ -135,7 +135,7 @@ def train_step_body(model: BarlowTwins, tx: optax.GradientTransformation,
                                opt_state=opt_state, probe=probe)
         return new_state, metrics
 
-    return step
+    return train_step
 
 
 def make_step_programs(model: BarlowTwins, tx: optax.GradientTransformation,

@@ -48,6 +48,18 @@ def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
             "--workdir.")
 
 
+def with_absent_fields(saved: dict, reference: dict) -> dict:
+    """`saved` (a config as nested dicts) with every field it lacks taken from `reference`,
+    at any depth; its own values are kept."""
+    out = dict(saved)
+    for key, value in reference.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_absent_fields(out[key], value)
+    return out
+
+
 def check_workdir(workdir: str) -> None:
     """Raises ConfigError if workdir cannot be a run's directory (a file, a path through a
     file, a place this user cannot write); writes nothing."""
@@ -90,7 +102,9 @@ def write_run_config(workdir: str, config_json: str) -> None:
     path = run_dir.path(workdir, run_dir.CONFIG)
     saved = read_run_config(workdir) if saved_steps(workdir) else None
     if saved is not None:
-        changes = config_lib.diff(ml_collections.ConfigDict(saved),
+        # Fields added since the run was saved held their defaults then: not a change.
+        today = json.loads(defaults.base_config().to_json_best_effort())
+        changes = config_lib.diff(ml_collections.ConfigDict(with_absent_fields(saved, today)),
                                   ml_collections.ConfigDict(json.loads(config_json)))
         if changes:
             print("Resuming with a changed config (config.json is updated):\n  "

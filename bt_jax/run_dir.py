@@ -10,8 +10,9 @@ and the one way files are written there (atomically).
     WORKDIR/plugins/profile/<time>/   traces of the steps config.profile names
 
 Also the checks every command makes of the paths it will write (before writing) and of
-the JSON files it reads, each failure one ConfigError line. Imports nothing of bt_jax but
-errors (a leaf): every module may ask it.
+the JSON files it reads, each failure one ConfigError line. Every read and write goes
+through bt_jax.storage, so WORKDIR may be a local path or gs://BUCKET/... . Imports nothing
+of bt_jax but storage and errors: every module may ask it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import os
 from typing import Union
 
+from bt_jax import storage
 from bt_jax.errors import ConfigError
 
 CONFIG = "config.json"
@@ -35,8 +37,8 @@ ORBAX_ITEM = "default"
 
 
 def path(workdir: str, name: str) -> str:
-    """WORKDIR/name, e.g. path(workdir, run_dir.RESULTS)."""
-    return os.path.join(workdir, name)
+    """WORKDIR/name, e.g. path(workdir, run_dir.RESULTS); WORKDIR may be gs://... ."""
+    return storage.join(workdir, name)
 
 
 def profile_logdir(workdir: str) -> str:
@@ -48,37 +50,31 @@ def profile_logdir(workdir: str) -> str:
 
 def checkpoints(workdir: str) -> str:
     """WORKDIR/checkpoints: what `checkpoint.CheckpointManager` manages."""
-    return os.path.join(workdir, CHECKPOINTS)
+    return storage.join(workdir, CHECKPOINTS)
 
 
 def saved_steps(checkpoint_dir: str) -> list[int]:
     """The steps that have a folder in checkpoint_dir (complete saves: Orbax renames a
     step's temporary folder when it is written), oldest first; [] if it does not exist."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
+    return sorted(int(d) for d in storage.listdir(checkpoint_dir) if d.isdigit())
 
 
 def checkpoint_item(checkpoint_dir: str, step: int) -> str:
     """The folder of the tree saved at `step`: checkpoint_dir/<step>/default."""
-    return os.path.join(checkpoint_dir, str(step), ORBAX_ITEM)
+    return storage.join(checkpoint_dir, str(step), ORBAX_ITEM)
 
 
 def atomic_write(file_path: str, data: Union[str, bytes]) -> None:
-    """Writes data (text or bytes) to file_path through a temporary file and a rename: a
-    reader, or a run killed midway, never sees a half-written file."""
-    tmp = file_path + ".tmp"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, file_path)
+    """Writes data (text or bytes) to file_path so that a reader, or a run killed midway,
+    never sees a half-written file (storage.write_atomic)."""
+    storage.write_atomic(file_path, data)
 
 
 def read_json(file_path: str):
     """The JSON value in file_path, or None where it is missing or unreadable (a run
     killed while writing it, before atomic writes)."""
     try:
-        with open(file_path) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(file_path))
     except (OSError, ValueError):
         return None
 
@@ -87,8 +83,7 @@ def read_json_object(file_path: str, fix: str = "") -> dict:
     """The JSON object in file_path; ConfigError (one line, ending with `fix`) where it
     cannot be read, is not JSON, or is not an object."""
     try:
-        with open(file_path) as f:
-            value = json.load(f)
+        value = json.loads(storage.read_text(file_path))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{file_path!r} cannot be read ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120]})" + (f": {fix}" if fix else ".")
@@ -101,7 +96,12 @@ def read_json_object(file_path: str, fix: str = "") -> dict:
 
 def check_output_dir(path: str, flag: str) -> None:
     """ConfigError (one line) unless `path` can be a directory this command writes into: not
-    a file, below no file, in a place this user can write. Writes nothing."""
+    a file, below no file, in a place this user can write; on an object store, a known
+    scheme and a bucket that answers. Writes nothing."""
+    storage.check_scheme(path, flag)
+    if storage.is_remote(path):
+        storage.check_reachable(path, flag)
+        return
     full = os.path.abspath(path)
     if os.path.exists(full) and not os.path.isdir(full):
         raise ConfigError(f"{flag} {path!r} is a file, not a directory: choose another {flag}.")
@@ -118,7 +118,12 @@ def check_output_dir(path: str, flag: str) -> None:
 
 def check_output_file(path: str, name: str) -> None:
     """ConfigError (one line) unless a file can be written at `path`: its folder exists and
-    is writable, and path is not a directory. Writes nothing."""
+    is writable, and path is not a directory; on an object store, a known scheme and a
+    bucket that answers. Writes nothing."""
+    storage.check_scheme(path, name)
+    if storage.is_remote(path):
+        storage.check_reachable(path, name)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"{name} {path!r} is a directory: give a file name, e.g. "

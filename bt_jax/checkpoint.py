@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bt_jax import run_dir
+from bt_jax import storage
 from bt_jax.errors import ConfigError
 
 
@@ -144,7 +145,8 @@ class CheckpointManager:
         if every_steps <= 0:
             raise ConfigError(f"checkpoint.every_steps must be positive; got {every_steps}.")
         self.every_steps = every_steps
-        self.directory = os.path.abspath(directory)
+        self.directory = (directory if storage.is_remote(directory)
+                          else os.path.abspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))

@@ -12,12 +12,13 @@ write PNGs with matplotlib's Agg backend.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bt_jax import storage
 
 # A matrix whose largest singular value is below this fraction of its RMS entry times
 # sqrt(N * D) is constant up to float rounding: complete collapse.
@@ -127,7 +128,7 @@ def plot_spectra(spectra: dict, path: str) -> str:
     ax.set_title("singular-value spectrum (centred)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.write_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -150,7 +151,7 @@ def plot_heatmap(c: np.ndarray, path: str, size: int = 128) -> str:
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(f"cross-correlation C, first {block.shape[0]} features", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.write_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -178,14 +179,14 @@ def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str, *,
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.write_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def write_pngs(workdir: str, *, spectra: dict, c: Optional[np.ndarray] = None) -> list[str]:
     """spectrum.png (and cross_correlation.png when C is given) into workdir."""
-    paths = [plot_spectra(spectra, os.path.join(workdir, "spectrum.png"))]
+    paths = [plot_spectra(spectra, storage.join(workdir, "spectrum.png"))]
     if c is not None:
-        paths.append(plot_heatmap(c, os.path.join(workdir, "cross_correlation.png")))
+        paths.append(plot_heatmap(c, storage.join(workdir, "cross_correlation.png")))
     return paths

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -31,7 +30,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax.data.views import normalize
 from bt_jax.errors import ConfigError
 from bt_jax.models import make_backbone
@@ -106,14 +105,14 @@ def write_backbone(workdir: str, variables: dict, model_cfg, stats, *, image_siz
             "input": INPUT_LAYOUT, "num_features": num_features, "model": model,
             "dataset": dataset, "step": step,
             "digest": digest or weights_digest(variables)}
-    run_dir.atomic_write(os.path.join(workdir, BACKBONE_FILE),
+    run_dir.atomic_write(run_dir.path(workdir, BACKBONE_FILE),
                          flax.serialization.to_bytes(variables))
-    run_dir.atomic_write(os.path.join(workdir, PREPROCESSING_FILE),
+    run_dir.atomic_write(run_dir.path(workdir, PREPROCESSING_FILE),
                          (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _require(path: str, workdir: str) -> None:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise ConfigError(f"{path!r} does not exist: {workdir!r} is not a finished run (a run "
                           f"writes {BACKBONE_FILE}, {PREPROCESSING_FILE} and config.json at "
                           "its end).")
@@ -123,8 +122,7 @@ def read_variables(path: str) -> dict:
     """{"params", "batch_stats"} of a backbone.msgpack file; ConfigError (one line) where
     it is truncated or is not one."""
     try:
-        with open(path, "rb") as f:
-            variables = flax.serialization.msgpack_restore(f.read())
+        variables = flax.serialization.msgpack_restore(storage.read_bytes(path))
     except Exception as e:  # pylint: disable=broad-except  # msgpack's errors share no base
         raise ConfigError(f"{path!r} cannot be read: it is truncated or not a msgpack file "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:80]}). Export it "
@@ -139,7 +137,7 @@ def exported_step(workdir: str) -> Optional[int]:
     """The training step of the workdir's backbone.msgpack (backbone.json's "step"); None
     where backbone.json is missing, unreadable or older than that field."""
     try:
-        step = run_dir.read_json_object(os.path.join(workdir, PREPROCESSING_FILE)).get("step")
+        step = run_dir.read_json_object(run_dir.path(workdir, PREPROCESSING_FILE)).get("step")
     except ConfigError:
         return None
     return step if isinstance(step, int) else None
@@ -153,7 +151,7 @@ def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
     images that `load_preprocessing` prepared. A missing, truncated or corrupt file is one
     ConfigError line.
     """
-    path = os.path.join(workdir, BACKBONE_FILE)
+    path = run_dir.path(workdir, BACKBONE_FILE)
     config_path = run_dir.path(workdir, run_dir.CONFIG)
     for p in (path, config_path):
         _require(p, workdir)
@@ -168,7 +166,7 @@ def load_backbone(workdir: str) -> tuple[nn.Module, dict]:
 
 def load_preprocessing(workdir: str) -> Preprocessing:
     """The run's preprocessing (image size, channel mean and std) from backbone.json."""
-    path = os.path.join(workdir, PREPROCESSING_FILE)
+    path = run_dir.path(workdir, PREPROCESSING_FILE)
     _require(path, workdir)
     meta = run_dir.read_json_object(path)
     return Preprocessing(int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]))

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax import losses
 
 
@@ -19,8 +18,9 @@ def plot_training_curves(workdir: str, curves: Optional[tuple] = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    with open(run_dir.path(workdir, run_dir.METRICS)) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in
+            storage.read_text(run_dir.path(workdir, run_dir.METRICS)).splitlines()
+            if line.strip()]
     train_rows = [r for r in rows if "loss" in r]
     monitor_rows = [r for r in rows if "monitor_knn_top1" in r]
     curves = (("loss", "loss"),) + tuple(curves)
@@ -41,7 +41,7 @@ def plot_training_curves(workdir: str, curves: Optional[tuple] = None) -> str:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = os.path.join(workdir, "training_curves.png")
-    fig.savefig(path, dpi=100)
+    path = run_dir.path(workdir, "training_curves.png")
+    storage.write_figure(fig, path)
     plt.close(fig)
     return path

@@ -197,3 +197,11 @@ def check_reachable(path: str, flag: str, timeout: float = REACH_TIMEOUT_S) -> N
                       "application-default login) and the network"
                       + (f", or the emulator at STORAGE_EMULATOR_HOST={emulator!r}"
                          if emulator else "") + ".")
+
+
+def write_figure(fig, path: str, dpi: int = 100) -> None:
+    """A matplotlib figure saved as PNG at `path` (local or object store), atomically."""
+    import io  # pylint: disable=import-outside-toplevel
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_atomic(path, buffer.getvalue())

@@ -4,7 +4,6 @@ the random-init and raw-pixel baselines, and turns them into results.json and a 
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Optional
 
@@ -120,7 +119,7 @@ def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict
                               "collapse": diagnostics.collapse_verdict(spectrum)}
     if workdir is not None and e.tsne_points > 0:
         diagnostics.plot_embedding_2d(test_x, test_split.labels,
-                                      os.path.join(workdir, "tsne.png"),
+                                      run_dir.path(workdir, "tsne.png"),
                                       max_points=e.tsne_points, seed=seed)
     results.update(num_train=len(ctx.train), num_test=len(test_split),
                    eval_split=split_name)
@@ -182,7 +181,7 @@ def write_results(results: dict, workdir: str) -> str:
     `results["weights"]`, measured by that evaluation. Only TRAINING_FACTS of the same
     weights (the same "digest") that `results` lacks are carried over."""
     path = run_dir.path(workdir, run_dir.RESULTS)
-    old = run_dir.read_json(path) if os.path.exists(path) else None
+    old = run_dir.read_json(path)
     merged = dict(results)
     if (isinstance(old, dict) and "weights" in results
             and (old.get("weights") or {}).get("digest") == results["weights"]["digest"]):

@@ -3,11 +3,10 @@ line, the kNN monitor's rows and the collapse diagnostics."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Optional
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax import diagnostics, event_writer, losses
 
 
@@ -23,8 +22,7 @@ def drop_rows_after(path: str, step: int) -> int:
     `step` and without unreadable lines (a launch killed mid-write); returns how many were
     dropped. A missing file is left missing."""
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        lines = storage.read_text(path).splitlines()
     except FileNotFoundError:
         return 0
     kept = []
@@ -51,6 +49,7 @@ class MetricsLog:
                  steps_per_epoch: int = 0, write_files: bool = True,
                  eval_split: str = "test",
                  progress: Optional[tuple] = None):
+        self.workdir = workdir
         self.path = run_dir.path(workdir, run_dir.METRICS) if write_files else None
         self.total_steps = total_steps
         self.global_batch = global_batch
@@ -70,7 +69,7 @@ class MetricsLog:
         told of the restart, drops its points after `step`)."""
         if self.write_files and step:
             for name in (run_dir.METRICS, run_dir.DIAGNOSTICS):
-                drop_rows_after(run_dir.path(os.path.dirname(self.path), name), step)
+                drop_rows_after(run_dir.path(self.workdir, name), step)
             if self.writer is not None:
                 self.writer.restart_at(step)
         self._last = (time.perf_counter(), step)
@@ -86,8 +85,7 @@ class MetricsLog:
         if self.steps_per_epoch:
             row["epoch"] = step / self.steps_per_epoch
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            storage.append_text(self.path, json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, row)
         if not self.write_files:
@@ -114,8 +112,7 @@ class MetricsLog:
         self._last = (time.perf_counter(), step)
         if not self.write_files:
             return row
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        storage.append_text(self.path, json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
         epoch = f" (epoch {row['epoch']:.2f})" if "epoch" in row else ""
@@ -137,8 +134,8 @@ class MetricsLog:
                 warnings.append(f"{name}s: {verdict}")
         if not self.write_files:
             return None
-        with open(run_dir.path(os.path.dirname(self.path), run_dir.DIAGNOSTICS), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        storage.append_text(run_dir.path(self.workdir, run_dir.DIAGNOSTICS),
+                            json.dumps(row) + "\n")
         if self.writer is not None:
             self.writer.write_scalars(step, {f"diagnostics/{k}": v for k, v in row.items()
                                              if k != "step"})

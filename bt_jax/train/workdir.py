@@ -3,12 +3,11 @@ holds a finished run or checkpoints of another model."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import ml_collections
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax import config as config_lib
 from bt_jax import defaults, export
 
@@ -21,7 +20,7 @@ def read_run_config(workdir: str) -> Optional[dict]:
     """The run's config.json in today's layout (`config.translate_saved`), None where there
     is none; ConfigError (one line) where it cannot be read or is not a config."""
     path = run_dir.path(workdir, run_dir.CONFIG)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
     saved = run_dir.read_json_object(
         path, fix="it is the run's record of its config. Restore it (or delete it to go on "
@@ -79,7 +78,7 @@ def finished_results(workdir: str, total_steps: int, evaluated: bool) -> Optiona
     steps = saved_steps(workdir)
     if not steps or steps[-1] != total_steps:
         return None
-    if not os.path.exists(run_dir.path(workdir, run_dir.BACKBONE)):
+    if not storage.exists(run_dir.path(workdir, run_dir.BACKBONE)):
         return None
     if export.exported_step(workdir) != total_steps:
         return None
@@ -110,7 +109,7 @@ def write_run_config(workdir: str, config_json: str) -> None:
             print("Resuming with a changed config (config.json is updated):\n  "
                   + "\n  ".join(changes), flush=True)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         run_dir.atomic_write(path, config_json)
     except OSError as e:
         raise config_lib.ConfigError(

@@ -25,7 +25,7 @@ from typing import Optional
 import flax.serialization
 import numpy as np
 
-from bt_jax import interop, run_dir
+from bt_jax import interop, run_dir, storage
 from bt_jax.errors import ConfigError
 
 FORMATS = (".pth", ".pt", ".ckpt", ".safetensors", ".msgpack")
@@ -45,8 +45,7 @@ def _format(path: str) -> str:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """{name: array} of a .safetensors file: a little-endian u64 header length, a JSON
     header {name: {"dtype", "shape", "data_offsets"}}, then the tensors' bytes."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     try:
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + length])
@@ -92,13 +91,14 @@ def _torch(needed_for: str):
 
 def read_torch_file(path: str) -> dict:
     """The checkpoint dict of a .pth / .pt / .safetensors file (tensors as numpy)."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ConfigError(f"{path!r} does not exist.")
     if _format(path) == ".safetensors":
         return read_safetensors(path)
     torch = _torch(f"Reading {path!r}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu",
+                          weights_only=True)
     except Exception as e:   # torch raises many kinds for a file that is not a checkpoint
         raise ConfigError(f"{path!r} is not a readable PyTorch checkpoint "
                           f"({type(e).__name__}: {str(e).splitlines()[0]}).") from None
@@ -108,14 +108,13 @@ def read_variables(path: str, arch: Optional[str] = None, *, projector: Optional
                    stem: Optional[str] = None) -> tuple[dict, str]:
     """(bt_jax variables, arch) of a weights file of any of FORMATS; arch inferred from the
     weights when None. A .msgpack file holds a backbone's variables."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ConfigError(f"{path!r} does not exist.")
     if _format(path) == ".msgpack":
-        with open(path, "rb") as f:
-            try:
-                variables = flax.serialization.msgpack_restore(f.read())
-            except Exception:   # msgpack's errors share no base class
-                raise ConfigError(f"{path!r} is not a msgpack file.") from None
+        try:
+            variables = flax.serialization.msgpack_restore(storage.read_bytes(path))
+        except Exception:   # msgpack's errors share no base class
+            raise ConfigError(f"{path!r} is not a msgpack file.") from None
         if not isinstance(variables, dict) or "params" not in variables:
             raise ConfigError(f"{path!r} holds no {{'params', 'batch_stats'}} variables.")
         names = {".".join(k[1:]) for k in interop.leaf_paths(variables)}
@@ -172,6 +171,12 @@ def write_variables(path: str, variables: dict, arch: str, *, projector: bool = 
     run_dir.atomic_write(path, buffer.getvalue())
 
 
+def _same_file(a: str, b: str) -> bool:
+    if storage.is_remote(a) or storage.is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bt_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
                              "projector has biases)")
     args = parser.parse_args(argv)
     try:
-        if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        if _same_file(args.src, args.dst):
             raise ConfigError("SRC and DST are the same file: choose another DST.")
         _format(args.dst)
         run_dir.check_output_file(args.dst, "DST")

@@ -25,7 +25,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
 from bt_jax import defaults
@@ -50,7 +50,7 @@ def load_run(workdir: str, model_cfg, image_size: int
     `export.weights_digest`). Nothing in the workdir is written or deleted."""
     ckpt_dir = run_dir.checkpoints(workdir)
     steps = run_dir.saved_steps(ckpt_dir)
-    exported = os.path.exists(run_dir.path(workdir, run_dir.BACKBONE))
+    exported = storage.exists(run_dir.path(workdir, run_dir.BACKBONE))
     step = export.exported_step(workdir) if exported else None
     if exported and (not steps or (step is not None and step >= steps[-1])):
         try:
@@ -128,7 +128,8 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
                                jax.device_get(random_init), train_split, test_split, stats,
                                seed=config.seed, image_size=d.image_size,
                                split_name=sources.eval_split_name(d), workdir=workdir)
-        results["weights"] = export.weights_record(os.path.abspath(path), None, variables)
+        results["weights"] = export.weights_record(
+            path if storage.is_remote(path) else os.path.abspath(path), None, variables)
         results["evaluated"] = export.describe_weights(results["weights"])
         if writes:
             write_results(results, workdir)

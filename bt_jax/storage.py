@@ -71,6 +71,13 @@ def isdir(path: str) -> bool:
     return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
+def isfile(path: str) -> bool:
+    if is_remote(path):
+        p = _epath(path)
+        return p.exists() and not p.is_dir()
+    return os.path.isfile(path)
+
+
 def makedirs(path: str) -> None:
     """The folder and its parents (an object store has no folders: nothing to do)."""
     if not is_remote(path):

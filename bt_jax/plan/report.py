@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax.plan.chips import Chip
 
 ESTIMATE = "roofline estimate (not a measurement)"
@@ -46,8 +46,8 @@ def step_estimate(programs: list, chip: Chip, per_device_batch: int, num_devices
 
 def write(plan: dict, out: str) -> tuple[str, str]:
     """plan.json (every field) and plan.md (the tables) in `out`; returns their paths."""
-    os.makedirs(out, exist_ok=True)
-    paths = os.path.join(out, "plan.json"), os.path.join(out, "plan.md")
+    storage.makedirs(out)
+    paths = storage.join(out, "plan.json"), storage.join(out, "plan.md")
     for path, text in zip(paths, (json.dumps(plan, indent=1, default=float), markdown(plan))):
         run_dir.atomic_write(path, text)
     return paths

@@ -7,6 +7,8 @@ installed, `create` returns None after one warning line and the run goes on with
 """
 from __future__ import annotations
 
+import os
+import socket
 import struct
 import sys
 import time
@@ -14,6 +16,8 @@ import zlib
 from typing import Optional
 
 import numpy as np
+
+from bt_jax import storage
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -56,6 +60,9 @@ class EventWriter:
             EventFileWriter)
         from bt_jax.data import quiet_tensorflow_start  # pylint: disable=import-outside-toplevel
         self._summary_pb2 = summary_pb2
+        if storage.is_remote(logdir):   # through bt_jax.storage, as every file of the run
+            self._writer = _ObjectEventFile(logdir)
+            return
         # tensorboard loads TensorFlow here where it is installed (for tf.io.gfile's
         # remote file systems), and TF's native libraries announce themselves on stderr.
         with quiet_tensorflow_start():
@@ -96,6 +103,35 @@ class EventWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class _ObjectEventFile:
+    """An events file on an object store: the records (TensorBoard's RecordWriter framing)
+    held in memory and the whole object written again at each flush (an object store has
+    no append). The same add_event / flush / close as tensorboard's EventFileWriter."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+        from tensorboard.summary.writer.record_writer import (  # pylint: disable=import-outside-toplevel
+            RecordWriter)
+        self.path = storage.join(logdir, f"events.out.tfevents.{int(time.time()):010d}."
+                                         f"{socket.gethostname()}.{os.getpid()}")
+        self._data = bytearray()
+        self._records = RecordWriter(self)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def write(self, record: bytes) -> None:   # RecordWriter's file-like side
+        self._data += record
+
+    def add_event(self, event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        storage.write_atomic(self.path, bytes(self._data))
+
+    def close(self) -> None:
+        self.flush()
 
 
 def create(logdir: str) -> Optional[EventWriter]:

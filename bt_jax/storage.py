@@ -212,3 +212,15 @@ def write_figure(fig, path: str, dpi: int = 100) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     write_atomic(path, buffer.getvalue())
+
+
+def copy_tree(local_dir: str, dest: str) -> None:
+    """Every file under local_dir written to the same relative path under `dest` (a local
+    folder or an object store)."""
+    for root, _, files in os.walk(local_dir):
+        rel = os.path.relpath(root, local_dir)
+        target = dest if rel == "." else join(dest, *rel.split(os.sep))
+        makedirs(target)
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                write_atomic(join(target, name), f.read())

@@ -10,7 +10,6 @@ compiler's own counts.
 from __future__ import annotations
 
 import json
-import os
 
 from bt_jax import run_dir, storage
 from bt_jax.plan.chips import Chip

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 
 
 class StepTrace:
@@ -27,14 +29,19 @@ class StepTrace:
         self.start, self.last = start, start + num - 1
         self.enabled = enabled and num > 0
         self.tracing = False
+        self._local = self.logdir
 
     def begin(self, step: int) -> None:
         if self.enabled and step == self.start:
-            os.makedirs(self.logdir, exist_ok=True)
             print(f"Profiling steps {self.start}-{self.last} into "
-                  f"{os.path.join(self.logdir, run_dir.PROFILES)} (TensorBoard's Profile "
+                  f"{storage.join(self.logdir, run_dir.PROFILES)} (TensorBoard's Profile "
                   "tab).", flush=True)
-            jax.profiler.start_trace(self.logdir)
+            # jax.profiler writes through its own file systems: on an object store, into a
+            # local folder first, copied over when the trace stops.
+            self._local = (tempfile.mkdtemp(prefix="bt_jax_profile_")
+                           if storage.is_remote(self.logdir) else self.logdir)
+            os.makedirs(self._local, exist_ok=True)
+            jax.profiler.start_trace(self._local)
             self.tracing = True
 
     def annotation(self, step: int):
@@ -53,4 +60,7 @@ class StepTrace:
         if self.tracing:
             self.tracing = False
             jax.profiler.stop_trace()
+            if self._local != self.logdir:
+                storage.copy_tree(self._local, self.logdir)
+                shutil.rmtree(self._local, ignore_errors=True)
 

@@ -11,9 +11,10 @@ time, command), held in one of two ways:
   (per open file, so two lockers in one process exclude each other too). The kernel (or
   the NFS server) drops it when the holding process ends, however it ends, so a SIGKILLed
   run never blocks its rerun.
-- `create` (filesystems without file locks; the protocol object storage supports, where
-  the record is a create-if-absent object): the record is created exclusively (O_EXCL) and
-  its `heartbeat` refreshed every HEARTBEAT_SECONDS by a thread. It is stale once its
+- `create` (filesystems without file locks, and object stores: gs://, s3://): the record
+  is created exclusively (O_EXCL; on GCS an upload that the store refuses where the object
+  exists, bt_jax.storage.create_exclusive) and its `heartbeat` refreshed every
+  HEARTBEAT_SECONDS by a thread. It is stale once its
   process is gone: on the same host, when that process id no longer runs (or runs another
   program, started at another time); from another host, when the heartbeat is older than
   STALE_SECONDS. A stale record is replaced.
@@ -21,7 +22,7 @@ time, command), held in one of two ways:
 A lock that cannot be taken raises `WorkdirLocked`, one line naming the holder. Taking the
 lock creates the workdir if needed; `release(failed=True)` removes a workdir the lock
 created when nothing but the lock was written into it (a run that failed its checks leaves
-nothing behind). Imports nothing of bt_jax but run_dir and errors.
+nothing behind). Imports nothing of bt_jax but run_dir, storage and errors.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import threading
 import time
 from typing import Optional
 
-from bt_jax import run_dir
+from bt_jax import run_dir, storage
 from bt_jax.errors import ConfigError
 
 LOCK_FILE = run_dir.LOCK
@@ -103,8 +104,7 @@ def describe(record: Optional[dict]) -> str:
 
 def _read_record(path: str) -> Optional[dict]:
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(storage.read_text(path))
         return record if isinstance(record, dict) else None
     except (OSError, ValueError):
         return None
@@ -118,10 +118,12 @@ class WorkdirLock:
         if method not in ("auto", "fcntl", "create"):
             raise ValueError(f"method must be 'auto', 'fcntl' or 'create'; got {method!r}.")
         self.workdir = workdir
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = storage.join(workdir, LOCK_FILE)
+        self.remote = storage.is_remote(workdir)   # an object store: the create protocol
         self.purpose = purpose
         self.method = method
         self._fd: Optional[int] = None
+        self._held_object = False
         self._created: list[str] = []     # folders the lock created, deepest last
         self._stop = threading.Event()
         self._heart: Optional[threading.Thread] = None
@@ -132,6 +134,9 @@ class WorkdirLock:
         """Takes the lock (creating the workdir) or raises WorkdirLocked naming the holder."""
         self._make_workdir()
         try:
+            if self.remote:
+                self._acquire_object()
+                return self
             if self.method in ("auto", "fcntl"):
                 try:
                     self._acquire_fcntl()
@@ -151,6 +156,8 @@ class WorkdirLock:
                               "choose a --workdir you can write to.") from None
 
     def _make_workdir(self) -> None:
+        if self.remote:      # an object store has no folders to make
+            return
         missing, path = [], os.path.abspath(self.workdir)
         while not os.path.exists(path):
             missing.append(path)
@@ -223,6 +230,26 @@ class WorkdirLock:
             return
         raise OSError(errno.EAGAIN, "the lock file kept changing")
 
+    def _acquire_object(self) -> None:
+        """The create protocol on an object store: an exclusive upload of the record."""
+        for _ in range(10):
+            record = own_record(self.purpose)
+            if storage.create_exclusive(self.path, json.dumps(record, indent=1).encode()):
+                self._held_object, self.record = True, record
+                self._heart = threading.Thread(target=self._beat, daemon=True,
+                                               name="workdir-lock-heartbeat")
+                self._heart.start()
+                return
+            holder = _read_record(self.path)
+            if holder is None:        # being written right now, or garbage
+                time.sleep(0.2)
+                holder = _read_record(self.path)
+            if holder is not None and not is_stale(holder):
+                raise self._locked_error(holder)
+            if _read_record(self.path) == holder:   # still the record judged stale
+                storage.remove(self.path)
+        raise OSError(errno.EAGAIN, "the lock object kept changing")
+
     def _break_stale(self, record: Optional[dict]) -> None:
         """Removes a stale record, unless another process replaced it meanwhile."""
         aside = f"{self.path}.stale.{os.getpid()}"
@@ -241,6 +268,10 @@ class WorkdirLock:
         """Writes the record over the old one in place, padded with spaces to a fixed size
         (JSON ignores them): a reader never finds the file empty between two writes."""
         data = json.dumps(record, indent=1).encode()
+        if self._held_object:        # one upload replaces the object whole
+            storage.write_atomic(self.path, data)
+            self.record = record
+            return
         data += b" " * max(0, _RECORD_BYTES - len(data))
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
@@ -258,11 +289,15 @@ class WorkdirLock:
     def release(self, *, failed: bool = False) -> None:
         """Gives the lock back and removes run.lock. failed: also remove the workdir (and
         the folders above it) that acquire created, where nothing else was written."""
-        if self._fd is None:
+        if self._fd is None and not self._held_object:
             return
         self._stop.set()
         if self._heart is not None:
             self._heart.join()
+        if self._held_object:
+            storage.remove(self.path)
+            self._held_object = False
+            return
         try:
             os.remove(self.path)    # before unlocking: no one can lock a removed file
         except FileNotFoundError:

@@ -154,13 +154,19 @@ def create_exclusive(path: str, data: bytes) -> bool:
         return True
     import fsspec  # pylint: disable=import-outside-toplevel
     fs, _, (target,) = fsspec.get_fs_token_paths(path)
+    fs.invalidate_cache()
+    if fs.exists(target):
+        return False
     try:
         fs.pipe_file(target, data, mode="create")
     except (FileExistsError, OSError) as e:
         if isinstance(e, FileExistsError) or "412" in str(e) or "exists" in str(e).lower():
             return False
         raise
-    return True
+    # A store that ignores the precondition (some emulators) lets a racing writer replace
+    # the object: the one whose bytes are there holds it.
+    fs.invalidate_cache()
+    return fs.cat_file(target) == data
 
 
 REACH_TIMEOUT_S = 30.0

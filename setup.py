@@ -21,7 +21,12 @@ DATA = [
     "tensorflow-cpu>=2.16",
     "tensorflow-datasets>=4.9.4",
 ]
-TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5"]
+# gs:// and s3:// workdirs (bt_jax.storage through etils.epath and fsspec).
+GS = ["gcsfs>=2026.10"]
+S3 = ["s3fs>=2026.1"]
+# The tests also run a GCS emulator on 127.0.0.1 (tests/gcs_emulator.py).
+TEST = ["pytest>=7.4", "hypothesis>=6.90", "pytest-xdist>=3.5",
+        "gcp-storage-emulator>=2026.7"] + GS
 # experiments/torch_reference.py only; a CPU build is enough (`pip install torch==2.13.0`
 # on this project's machine). Not installed by `make`.
 BENCH = ["torch>=2.3"]
@@ -50,5 +55,5 @@ setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"data": DATA, "train": DATA, "test": DATA + TEST, "bench": BENCH,
-                    "tpu": TPU},
+                    "tpu": TPU, "gs": GS, "s3": S3},
 )

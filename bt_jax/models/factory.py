@@ -2,13 +2,13 @@
 variables, and the backbone's share of them."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from bt_jax import storage
 from bt_jax.errors import ConfigError
 from bt_jax.models.barlow_twins import BarlowTwins
 from bt_jax.models.conv import CONV_IMPLS
@@ -62,7 +62,7 @@ def check_settings(model_cfg) -> None:
     need(m.stem in STEMS, f"model.stem must be one of {STEMS}; got {m.stem!r}.")
     need(all(d > 0 for d in m.predictor_dims),
          f"model.predictor_dims must be positive widths or (); got {m.predictor_dims}.")
-    need(not m.init_from or os.path.isfile(m.init_from),
+    need(not m.init_from or storage.isfile(m.init_from),
          f"model.init_from={m.init_from!r} does not exist: give a weights file "
          "(.pth / .pt / .safetensors / .msgpack), or '' to start from random weights.")
 

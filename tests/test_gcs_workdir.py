@@ -127,6 +127,13 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_leaves_the_local_disk_alone(
                      f"gs://{BUCKET}/exports/tiny.safetensors")
     assert converted.returncode == 0, converted.stderr[-2000:]
     assert "tiny.safetensors" in _listing(emulator, f"gs://{BUCKET}/exports")
+
+    weights = f"gs://{BUCKET}/exports/tiny.safetensors"
+    started = _run(emulator, local, "-m", "bt_jax.main", "--workdir",
+                   f"gs://{BUCKET}/runs/from_weights", *TINY, "--config.num_steps=2",
+                   "--config.eval.enabled=False", f"--config.model.init_from={weights}")
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert f"Initialised the backbone from {weights!r}." in started.stdout  # no projector
     assert os.listdir(local) == []      # nothing on the local disk
 
 

@@ -67,10 +67,6 @@ def exists(path: str) -> bool:
     return _epath(path).exists() if is_remote(path) else os.path.exists(path)
 
 
-def isdir(path: str) -> bool:
-    return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
-
-
 def isfile(path: str) -> bool:
     if is_remote(path):
         p = _epath(path)

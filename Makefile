@@ -25,10 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --durations=10 -m "not slow" tests
 
-# The fast tests that need an optional package (libtpu: `pip install 'bt_jax[tpu]'`; PyTorch:
-# `pip install torch`). `make test` runs them too where the package is there, else skips them.
+# The fast tests that need an optional package (libtpu: `pip install 'bt_jax[tpu]'`; XLA:GPU:
+# `pip install 'bt_jax[gpu-plan]'`; PyTorch: `pip install torch`). `make test` runs them too
+# where the package is there, else skips them.
 test-extras: $(STAMP)
-	$(PY) -m pytest -q -rs -n 2 -m "(libtpu or torch) and not slow" tests
+	$(PY) -m pytest -q -rs -n 2 -m "(libtpu or cuda_plugin or torch) and not slow" tests
 
 # The tests that take a minute or more each on a 2-core CPU: whole training runs (every
 # artifact and resume, on-device augmentation, folders, the kNN monitor, SIGKILL/SIGTERM

@@ -46,6 +46,12 @@ def _installed_version(name: str, default: str) -> str:
 # compile-only devices on any machine. jax[tpu] must match the jax it runs under: pinned to
 # the installed one (0.10.2 where none is installed yet; CI pins it after `make install`).
 TPU = [f"jax[tpu]=={_installed_version('jax', '0.10.2')}"]
+# `python -m bt_jax.plan` for NVIDIA GPU nodes: XLA:GPU, JAX's CUDA plugin, which compiles
+# for compile-only devices with no GPU and no driver. The plugin alone (about 480 MB):
+# jax[cuda12]'s NVIDIA libraries (cuDNN, cuBLAS, NCCL, ptxas, ...; about 4 GB more) are
+# only needed to run on a GPU, and change no plan (docs/scaling.md). Pinned as TPU.
+GPU_PLAN = [f"jax-cuda12-plugin=={_installed_version('jax', '0.10.2')}",
+            f"jax-cuda12-pjrt=={_installed_version('jax', '0.10.2')}"]
 
 setup(
     name="bt_jax",
@@ -55,5 +61,6 @@ setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"data": DATA, "train": DATA, "test": DATA + TEST, "bench": BENCH,
-                    "tpu": TPU, "gs": GS, "s3": S3},
+                    "tpu": TPU, "gpu-plan": GPU_PLAN, "gs": GS, "s3": S3},
+    package_data={"bt_jax.plan": ["gpus/*.json"]},
 )

@@ -178,6 +178,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def main(argv=None) -> int:
+    from bt_jax.platforms import skip_absent_accelerators  # pylint: disable=import-outside-toplevel
+    skip_absent_accelerators()   # before JAX starts a backend: no chip, no start-up noise
     parser = argparse.ArgumentParser(prog="python -m bt_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src")

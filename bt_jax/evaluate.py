@@ -243,6 +243,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     from absl import app  # noqa: E402
-    from bt_jax.platforms import skip_absent_tpu  # noqa: E402
-    skip_absent_tpu()   # before JAX starts a backend: libtpu installed, no TPU, no noise
+    from bt_jax.platforms import skip_absent_accelerators  # noqa: E402
+    skip_absent_accelerators()   # before JAX starts a backend: no chip, no start-up noise
     app.run(main, flags_parser=parse_flags)

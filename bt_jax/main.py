@@ -12,9 +12,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bt_jax.platforms import skip_absent_tpu  # noqa: E402
+from bt_jax.platforms import skip_absent_accelerators  # noqa: E402
 
-skip_absent_tpu()   # libtpu installed, no TPU attached: no TPU start-up errors
+skip_absent_accelerators()   # libtpu / CUDA plugin without their chip: no start-up errors
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

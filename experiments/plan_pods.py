@@ -34,6 +34,10 @@ ROWS = {
     "v5e_16_float32": ("v5e:4x4", ["--config.model.dtype=float32"]),
     "v4_16_float32": ("v4:2x2x4", ["--config.model.dtype=float32"]),
 }
+# GPU nodes, compiled by XLA:GPU (`pip install 'bt_jax[gpu-plan]'`): one node of 8 and four.
+GPU_ROWS = {f"{gpu}_{nodes * 8}": (f"{gpu}:{nodes}x8" if nodes > 1 else f"{gpu}:8", [])
+            for gpu in ("h100", "h200", "a100", "b200") for nodes in (1, 4)}
+ROWS.update(GPU_ROWS)
 # The largest per-chip batch that fits, searched from a row's plan (its batch is not
 # compiled again) in multiples of 32: each compile that fits costs minutes here, one that
 # the compiler refuses half a minute.
@@ -146,6 +150,8 @@ def tables() -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ROWS:
         path = os.path.join(OUT, name, "plan.json")
+        if name in GPU_ROWS:
+            continue
         if not os.path.exists(path):
             continue
         p = json.load(open(path))
@@ -158,6 +164,7 @@ def tables() -> str:
             f"{'yes' if m['fits'] else 'no'} | {sent:.0f} | "
             + (f"{est['pairs_per_second_per_chip']:.0f} | {est['days_per_1000_epochs']:.2f} | "
                if est else "- | - | ") + f"{p['compile_seconds']:.0f} |")
+    lines += ["", gpu_table()]
     comm = os.path.join(OUT, "comm.json")
     if os.path.exists(comm):
         c = json.load(open(comm))
@@ -169,6 +176,32 @@ def tables() -> str:
             lines.append(f"| {r['global_batch']} | {r['gram']['wire_bytes'] / 1e6:.1f} | "
                          f"{r['direct']['wire_bytes'] / 1e6:.1f} | {r['chosen']} | "
                          f"{r['fewer_bytes']} |")
+    return "\n".join(lines)
+
+
+def gpu_table() -> str:
+    """The GPU rows: memory against the share of the GPU JAX gives XLA, collectives within
+    and between nodes, the estimate."""
+    lines = ["| row | topology | GPUs | memory GiB (of usable) | fits | collectives: count, MB "
+             "sent within a node | across nodes: count, MB sent | est. pairs/s/GPU | "
+             "est. days, 1,000 epochs | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in GPU_ROWS:
+        path = os.path.join(OUT, name, "plan.json")
+        if not os.path.exists(path):
+            continue
+        p = json.load(open(path))
+        r, m, est = p["run"], p["memory"], p["estimate"]
+        sums = [q["collective_summary"] for q in p["programs"]]
+        count = sum(x["count"] for x in sums)
+        intra = sum(x["intra_node_wire_bytes"] for x in sums) / 1e6
+        across = sum(x["inter_node_count"] for x in sums)
+        inter = sum(x["inter_node_wire_bytes"] for x in sums) / 1e6
+        lines.append(
+            f"| {name} | {p['topology']} | {r['num_devices']} | "
+            f"{m['needed_bytes'] / 2 ** 30:.2f} ({m['hbm_bytes'] / 2 ** 30:.1f}) | "
+            f"{'yes' if m['fits'] else 'no'} | {count}, {intra:.0f} | {across}, {inter:.0f} | "
+            f"{est['pairs_per_second_per_chip']:.0f} | {est['days_per_1000_epochs']:.2f} | "
+            f"{p['compile_seconds']:.0f} |")
     return "\n".join(lines)
 
 

@@ -29,13 +29,22 @@ OPTIONAL_PACKAGES = {
                          "compiler to plan with"),
     "torch": ("torch", "PyTorch is not installed (pip install torch): no reference to compare "
                        "with"),
+    "cuda_plugin": ("jax_plugins.xla_cuda12", "JAX's CUDA plugin is not installed (pip install "
+                    "'bt_jax[gpu-plan]'): no GPU compiler to plan with"),
 }
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:      # its parent package (jax_plugins) is missing
+        return False
 
 
 def pytest_collection_modifyitems(config, items):
     del config
     for marker, (module, reason) in OPTIONAL_PACKAGES.items():
-        if importlib.util.find_spec(module) is not None:
+        if _installed(module):
             continue
         for item in items:
             if marker in item.keywords:

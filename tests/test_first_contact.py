@@ -238,15 +238,32 @@ def test_the_tpu_is_left_out_only_where_libtpu_is_installed_and_no_tpu_is_attach
     monkeypatch.setattr(platforms, "_installed", lambda module: module == "libtpu")
     monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
     env = {}
-    assert platforms.skip_absent_tpu(env) == "cpu" and env == {"JAX_PLATFORMS": "cpu"}
+    assert platforms.skip_absent_accelerators(env) == "cpu" and env == {"JAX_PLATFORMS": "cpu"}
     env = {"JAX_PLATFORMS": "tpu"}                   # the user's choice stands
-    assert platforms.skip_absent_tpu(env) is None and env == {"JAX_PLATFORMS": "tpu"}
+    assert platforms.skip_absent_accelerators(env) is None and env == {"JAX_PLATFORMS": "tpu"}
     monkeypatch.setattr(platforms, "tpu_attached", lambda: True)
     env = {}
-    assert platforms.skip_absent_tpu(env) is None and env == {}        # a TPU host
+    assert platforms.skip_absent_accelerators(env) is None and env == {}        # a TPU host
     monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
     monkeypatch.setattr(platforms, "_installed", lambda module: False)
-    assert platforms.skip_absent_tpu(env) is None and env == {}        # no libtpu
+    assert platforms.skip_absent_accelerators(env) is None and env == {}        # no libtpu
+
+
+def test_the_gpu_is_left_out_where_the_cuda_plugin_is_installed_and_no_gpu_is_visible(
+        monkeypatch):
+    from bt_jax import platforms
+    monkeypatch.setattr(platforms, "_installed", lambda m: m == "jax_plugins.xla_cuda12")
+    monkeypatch.setattr(platforms, "nvidia_gpu_visible", lambda: False)
+    env = {}
+    assert platforms.skip_absent_accelerators(env) == "cpu" and env == {"JAX_PLATFORMS": "cpu"}
+    monkeypatch.setattr(platforms, "nvidia_gpu_visible", lambda: True)
+    env = {}
+    assert platforms.skip_absent_accelerators(env) is None and env == {}        # a GPU host
+    # libtpu and the CUDA plugin on a GPU host with no TPU: the GPU, then the CPU
+    monkeypatch.setattr(platforms, "_installed",
+                        lambda m: m in ("libtpu", "jax_plugins.xla_cuda12"))
+    monkeypatch.setattr(platforms, "tpu_attached", lambda: False)
+    assert platforms.skip_absent_accelerators(env) == "cuda,cpu"
 
 
 @pytest.mark.libtpu

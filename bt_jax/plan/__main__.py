@@ -2,9 +2,9 @@
 [--config.FIELD=VALUE ...]
 
 Compiles the trainer's own programs for the topology's chips with the real compiler
-(libtpu for TPU slices, on any machine) and writes DIR/plan.json and DIR/plan.md: memory
-per chip against its HBM, FLOPs and bytes, every collective, compile time and a roofline
-estimate of the step. --topology local plans for this machine's devices and, there, also
+(libtpu for TPU slices, XLA:GPU for NVIDIA GPU nodes: h100:8, a100:4x8, ...; on any
+machine) and writes DIR/plan.json and DIR/plan.md: memory per chip against its HBM, FLOPs
+and bytes, every collective, compile time and a roofline estimate of the step. --topology local plans for this machine's devices and, there, also
 measures the step, so the estimate's error is known. Mistakes end in one line (status 2).
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ for _name in ("TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):   # libtpu's start-u
     os.environ.setdefault(_name, "3")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # compile-only: no chip to lock
 
-from bt_jax.platforms import skip_absent_tpu  # noqa: E402
+from bt_jax.platforms import skip_absent_accelerators  # noqa: E402
 
-skip_absent_tpu()   # libtpu installed, no TPU attached: no TPU start-up errors
+skip_absent_accelerators()   # libtpu / CUDA plugin without their chip: no start-up errors
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -32,7 +32,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                 lock_config=True)
 flags.DEFINE_string("topology", None, "A TPU slice, CHIP:SHAPE (v4:2x2x4, v5e:4x4, "
-                    "v5p:2x2x4, v6e:8x8, ...), or 'local' for this machine's devices.")
+                    "v5p:2x2x4, v6e:8x8, ...), NVIDIA GPU nodes, GPU:GPUS or "
+                    "GPU:NODESxGPUS (h100:8 one node of 8, h100:4x8 four nodes; a100, "
+                    "h200, b200), or 'local' for this machine's devices.")
 flags.DEFINE_string("out", None, "Directory for plan.json and plan.md.")
 flags.DEFINE_bool("max_batch", False, "Also find the largest per-chip batch that fits the "
                   "chip's memory (a search over compiles; each try is printed).")
@@ -79,8 +81,7 @@ def main(argv):
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got "
                                   f"{FLAGS[name].value}.")
         run_dir.check_output_dir(FLAGS.out, "--out")   # before minutes of compiling
-        if topology != "local":
-            chips.parse_topology(topology)
+        chips.check_topology(topology)
         shape = run_shape(config.data, FLAGS.examples, FLAGS.classes)
         devices, chip = chips.devices_for(topology)
         print(f"Planning {_config_name()} on {topology}: {len(devices)} x {chip.name} "

@@ -1,7 +1,8 @@
 """The chips a plan is for: published peak figures, and the devices to compile for.
 
 A TPU topology ("v5e:4x4", "v4:2x2x4", ...) becomes compile-only devices of the real TPU
-compiler (libtpu), on a machine with no TPU (`jax.experimental.topologies`). "local" is
+compiler (libtpu), and a GPU topology ("h100:8", "a100:4x8", ... : `gpus`) compile-only
+devices of XLA:GPU, on a machine with neither (`jax.experimental.topologies`). "local" is
 this machine's own devices: the CPU, or a GPU where there is one.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from bt_jax import platforms
 from bt_jax.errors import ConfigError
+from bt_jax.plan import gpus
 
 GiB = 2 ** 30
 
@@ -29,7 +31,10 @@ class Chip:
     """Published peak figures of one chip (per chip, not per core).
 
     bf16_flops: dense bf16 FLOP/s; hbm_bytes: memory capacity; hbm_bandwidth: bytes/s;
-    ici_bandwidth: bidirectional chip-to-chip bytes/s (all links of the chip); source:
+    ici_bandwidth: bytes/s a chip's collectives move within its interconnect domain (a
+    TPU slice: chip-to-chip, all links, both directions; a GPU node: NVLink, each way);
+    network_bandwidth: bytes/s each way between nodes per GPU (0: one domain, as a TPU
+    slice); devices_per_node: GPUs sharing one NVLink domain (0: all of them); source:
     where the figures are published.
     """
     name: str
@@ -39,6 +44,8 @@ class Chip:
     ici_bandwidth: float
     source: str
     megacore: bool = False      # two TensorCores driven as one device (v4, v5p)
+    network_bandwidth: float = 0.0
+    devices_per_node: int = 0
 
 
 TPU_CHIPS = {
@@ -56,19 +63,8 @@ TPU_CHIPS = {
                 "cloud.google.com/tpu/docs/v6e (918 TFLOP/s bf16, 32 GiB HBM at 1638 GB/s, "
                 "ICI 800 GB/s bidirectional per chip)"),
 }
-# GPUs a local plan may run on: dense (no sparsity) bf16 peaks of the SXM parts.
-GPU_CHIPS = {
-    "H200": Chip("NVIDIA H200", 989e12, 141e9, 4.8e12, 900e9,
-                 "nvidia.com H200 datasheet (989 TFLOP/s dense bf16, 141 GB HBM3e at "
-                 "4.8 TB/s, NVLink 900 GB/s)"),
-    "H100": Chip("NVIDIA H100", 989e12, 80e9, 3.35e12, 900e9,
-                 "nvidia.com H100 SXM datasheet (989 TFLOP/s dense bf16, 80 GB at "
-                 "3.35 TB/s, NVLink 900 GB/s)"),
-    "A100": Chip("NVIDIA A100", 312e12, 80e9, 2.0e12, 600e9,
-                 "nvidia.com A100 SXM datasheet (312 TFLOP/s bf16, 80 GB at 2.0 TB/s, "
-                 "NVLink 600 GB/s)"),
-}
-EXAMPLE_TOPOLOGIES = ("v4:2x2x4", "v5e:4x4", "v5p:2x2x4", "v6e:4x4", "local")
+EXAMPLE_TOPOLOGIES = ("v4:2x2x4", "v5e:4x4", "v5p:2x2x4", "v6e:4x4", "h100:8", "a100:4x8",
+                      "local")
 LIBTPU_FIX = ("pip install 'bt_jax[tpu]' (libtpu, the TPU compiler), or pip install "
               f"'jax[tpu]=={jax.__version__}' (jax[tpu] pinned to the installed jax)")
 
@@ -82,10 +78,21 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
     m = re.fullmatch(r"(v[0-9]+[a-z]*):([0-9]+(?:x[0-9]+){1,2})", name.strip())
     if not m or m.group(1) not in TPU_CHIPS:
         raise ConfigError(
-            f"Unknown topology {name!r}. Give CHIP:SHAPE with CHIP one of "
-            f"{sorted(TPU_CHIPS)} (e.g. {', '.join(EXAMPLE_TOPOLOGIES[:-1])}), or 'local' for "
-            "this machine's own devices.")
+            f"Unknown topology {name!r}. Give a TPU slice CHIP:SHAPE with CHIP one of "
+            f"{sorted(TPU_CHIPS)}, GPU nodes GPU:GPUS or GPU:NODESxGPUS with GPU one of "
+            f"{sorted(gpus.known())} (e.g. {', '.join(EXAMPLE_TOPOLOGIES[:-1])}), or 'local' "
+            "for this machine's own devices.")
     return m.group(1), tuple(int(x) for x in m.group(2).split("x"))
+
+
+def check_topology(name: str) -> None:
+    """Raises a ConfigError for a topology that names no TPU slice, GPU nodes or "local"."""
+    if name == "local":
+        return
+    if gpus.is_gpu_topology(name):
+        gpus.parse_topology(name)
+    else:
+        parse_topology(name)
 
 
 def libtpu_build() -> str:
@@ -165,29 +172,50 @@ def _median_seconds(fn, budget: float) -> float:
     return float(np.median(times))
 
 
+def gpu_chip(spec: "gpus.GpuSpec", per_node: int) -> Chip:
+    """A GPU's roofline figures from its data file (`gpus.known()`), for nodes of
+    per_node GPUs."""
+    fields = ("bf16_flops", "memory_bytes", "hbm_bandwidth", "nvlink_bandwidth",
+              "network_bandwidth")
+    return Chip(spec.name, spec["bf16_flops"], spec["memory_bytes"], spec["hbm_bandwidth"],
+                spec["nvlink_bandwidth"], "; ".join(spec.sources[f] for f in fields),
+                network_bandwidth=spec["network_bandwidth"], devices_per_node=per_node)
+
+
+def gpu_devices(topology: str) -> tuple[Sequence[jax.Device], Chip]:
+    """Compile-only devices of GPU nodes ("h100:8", "h100:4x8"), and their Chip."""
+    devices, spec, per_node = gpus.devices(topology)
+    return devices, gpu_chip(spec, per_node)
+
+
 def local_devices() -> tuple[Sequence[jax.Device], Chip]:
     """This machine's devices and their figures (GPU: published; CPU: measured)."""
     devices = jax.devices()
     kind = devices[0].device_kind
     if devices[0].platform == "gpu":
-        for key, chip in GPU_CHIPS.items():
-            if key in kind:
-                return devices, chip
+        for spec in gpus.known().values():
+            if spec.kind.upper() in kind.upper():
+                return devices, gpu_chip(spec, len(devices))
         raise ConfigError(f"No published figures for the GPU {kind!r}; known: "
-                          f"{sorted(GPU_CHIPS)}. Add its Chip to bt_jax/plan/chips.py.")
+                          f"{sorted(gpus.known())}. Add its data file to bt_jax/plan/gpus/.")
     return devices, measured_cpu_chip()
 
 
 def devices_for(topology: str) -> tuple[Sequence[jax.Device], Chip]:
-    """The devices a plan compiles for and their chip: a TPU slice, or "local"."""
+    """The devices a plan compiles for and their chip: a TPU slice, GPU nodes, or
+    "local"."""
     if topology == "local":
         return local_devices()
+    if gpus.is_gpu_topology(topology):
+        return gpu_devices(topology)
     return tpu_devices(topology)
 
 
 def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
-    """Memory per device: the device's own figure where it reports one (a local GPU),
-    else the chip's published capacity; None on the CPU (host memory)."""
+    """Memory per device a program may use: the device's own figure where it reports one
+    (a local GPU), the share of a planned GPU's memory JAX gives XLA
+    (`gpus.memory_fraction`: 0.75 by default), else the chip's published capacity; None
+    on the CPU (host memory)."""
     stats = None
     try:
         stats = devices[0].memory_stats()
@@ -195,4 +223,6 @@ def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
         stats = None
     if stats and stats.get("bytes_limit"):
         return float(stats["bytes_limit"])
+    if devices[0].platform == "gpu" and chip.hbm_bytes:
+        return chip.hbm_bytes * gpus.memory_fraction()
     return chip.hbm_bytes or None

@@ -24,7 +24,7 @@ from bt_jax.data import in_memory, sources
 from bt_jax.data.layout import batch_layout
 from bt_jax.data.sources.base import imagenet_stats
 from bt_jax.errors import ConfigError
-from bt_jax.plan import hlo
+from bt_jax.plan import hlo, hlo_cost
 from bt_jax.train import programs as programs_lib
 from bt_jax.train.step import update_inputs
 
@@ -68,13 +68,24 @@ def memory_stats(compiled) -> dict:
     return out
 
 
-def cost_stats(compiled) -> dict:
-    """XLA's FLOPs and bytes accessed per device for one run of the program (its
-    "optimal_seconds" is left out: XLA:TPU reports it negative)."""
+XLA_COST = "XLA's cost analysis"
+HLO_COUNT = "counted over the compiled HLO (bt_jax.plan.hlo_cost)"
+
+
+def cost_stats(compiled, hlo_text: str) -> dict:
+    """FLOPs and bytes accessed per device for one run of the program: XLA's cost
+    analysis where the compiler gives one (its "optimal_seconds" is left out: XLA:TPU
+    reports it negative), else (XLA:GPU for compile-only devices) `hlo_cost.count` of the
+    compiled HLO. "matmul_flops" (dots and convolutions) is always counted, "cost_source"
+    says which gave "flops" and "bytes_accessed"."""
+    counted = hlo_cost.count(hlo_text)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if not cost:
+        return {**counted, "cost_source": HLO_COUNT}
     return {"flops": float(cost.get("flops", 0.0)),
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+            "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+            "matmul_flops": counted["matmul_flops"], "cost_source": XLA_COST}
 
 
 class OutOfMemory(Exception):
@@ -108,9 +119,12 @@ def parse_out_of_memory(message: str) -> tuple[Optional[float], Optional[float]]
 
 
 def compile_program(name: str, fn: Callable, *args, num_devices: int,
-                    progress=print) -> tuple[object, dict]:
+                    progress=print, node_of: Optional[Sequence[int]] = None
+                    ) -> tuple[object, dict]:
     """fn.lower(*args).compile(), timed, with a progress line before and after. Returns
-    (compiled, {"name", "compile_seconds", memory_stats, cost_stats, "collectives"})."""
+    (compiled, {"name", "compile_seconds", memory_stats, cost_stats, "collectives",
+    "collective_summary"}); node_of: the node of each device id (GPU nodes), for the
+    collectives' bytes within and between nodes."""
     progress(f"  compiling {name} ...")
     start = time.perf_counter()
     try:
@@ -122,10 +136,11 @@ def compile_program(name: str, fn: Callable, *args, num_devices: int,
             raise OutOfMemory(name, needed, available, text.splitlines()[0][:300]) from None
         raise
     seconds = time.perf_counter() - start
-    items = hlo.collectives(compiled.as_text(), num_devices)
+    text = compiled.as_text()
+    items = hlo.collectives(text, num_devices)
     stats = {"name": name, "compile_seconds": seconds, **memory_stats(compiled),
-             **cost_stats(compiled), "collectives": [c.as_dict() for c in items],
-             "collective_summary": hlo.summarize(items)}
+             **cost_stats(compiled, text), "collectives": [c.as_dict() for c in items],
+             "collective_summary": hlo.summarize(items, node_of)}
     progress(f"  compiled {name} in {seconds:.1f} s: {stats['total_bytes'] / 2 ** 30:.2f} GiB "
              f"per device, {stats['flops'] / 1e12:.3f} TFLOP, {len(items)} collectives")
     return compiled, stats
@@ -184,10 +199,12 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
     batch = programs_lib.abstract_batch(layout, config.batch_size, config.data.image_size,
                                         shape.channels, mesh)
     stats, executables, arguments = [], [], []
+    node_of = nodes_of(mesh)
     if built.make_views is not None:
         views = built.views_step
         compiled, s = compile_program("views (on-device augmentation)", views, batch,
-                                      num_devices=mesh.size, progress=progress)
+                                      num_devices=mesh.size, progress=progress,
+                                      node_of=node_of)
         stats.append(s)
         executables.append(compiled)
         arguments.append((batch,))
@@ -197,7 +214,7 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
     else:
         update = built.train_step
     compiled, s = compile_program("train step", update, state, batch, num_devices=mesh.size,
-                                  progress=progress)
+                                  progress=progress, node_of=node_of)
     stats.append(s)
     executables.append(compiled)
     arguments.append((state, batch))
@@ -205,6 +222,16 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
     return CompiledRun(programs=stats, executables=executables, args=arguments,
                        state_bytes=tree_bytes(state), parameter_bytes=tree_bytes(params),
                        per_device_batch=per_device, num_devices=mesh.size)
+
+
+def nodes_of(mesh) -> Optional[list[int]]:
+    """The node (process) of each device of a GPU mesh, in the mesh's order, which is the
+    order of the device ids in the compiled collectives; None off GPUs (a TPU slice is one
+    interconnect domain across its hosts)."""
+    devices = list(mesh.devices.flat)
+    if devices[0].platform != "gpu":
+        return None
+    return [d.process_index for d in devices]
 
 
 def tree_bytes(tree) -> int:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -46,18 +48,26 @@ class Collective:
 
     @property
     def wire_bytes(self) -> float:
-        """Bytes one device sends for it with a ring algorithm over its group of n:
-        all-reduce 2 (n - 1) / n x size; all-gather (n - 1) / n x its result;
-        reduce-scatter (n - 1) x its result (its input is n results); all-to-all
-        (n - 1) / n x size; collective-permute its size."""
-        n = max(self.group_size, 1)
-        if self.kind == "all-reduce":
-            return 2 * (n - 1) / n * self.bytes
-        if self.kind == "reduce-scatter":
-            return (n - 1) * self.bytes
+        """Bytes one device sends for it with a ring algorithm over its group
+        (`ring_bytes`)."""
+        return ring_bytes(self.kind, self.group_size, self.bytes)
+
+    def node_split(self, node_of: Optional[Sequence[int]]) -> tuple[float, float]:
+        """(bytes a device sends within its node, bytes it sends to other nodes) for a
+        hierarchical algorithm over a group that spans k nodes of g devices each: the
+        collective among the node's g devices (NVLink), then among the k nodes on each
+        device's 1/g share (the network). node_of: the node of each device id of the
+        replica groups (None: one node, as a TPU slice)."""
+        if not node_of:
+            return self.wire_bytes, 0.0
+        group = expand_groups(self.replica_groups, len(node_of))[0]
+        k = len({node_of[i] for i in group})
+        if k <= 1:
+            return self.wire_bytes, 0.0
         if self.kind == "collective-permute":
-            return float(self.bytes)
-        return (n - 1) / n * self.bytes
+            return 0.0, float(self.bytes)
+        g = max(len(group) // k, 1)
+        return ring_bytes(self.kind, g, self.bytes), ring_bytes(self.kind, k, self.bytes) / g
 
     @property
     def operand_shapes(self) -> tuple[str, ...]:
@@ -80,6 +90,38 @@ class Collective:
         return {**dataclasses.asdict(self), "shapes": list(self.shapes),
                 "operand_shapes": list(self.operand_shapes), "wire_bytes": self.wire_bytes,
                 "backward": self.backward}
+
+
+def ring_bytes(kind: str, n: int, size: int) -> float:
+    """Bytes one device sends for a collective of `size` bytes (its result; a
+    reduce-scatter's result is 1/n of its input) with a ring algorithm over n devices:
+    all-reduce 2 (n - 1) / n x size; all-gather and all-to-all (n - 1) / n x size;
+    reduce-scatter (n - 1) x size; collective-permute its size."""
+    n = max(n, 1)
+    if kind == "all-reduce":
+        return 2 * (n - 1) / n * size
+    if kind == "reduce-scatter":
+        return float((n - 1) * size)
+    if kind == "collective-permute":
+        return float(size)
+    return (n - 1) / n * size
+
+
+def expand_groups(groups: str, num_devices: int) -> list[list[int]]:
+    """The replica groups as lists of device ids: "{{0,1},{2,3}}" as written; the iota form
+    "[2,4]<=[8]" (ids 0..7 reshaped to 2 groups of 4) or "[4,2]<=[2,4]T(1,0)" (reshaped to
+    [2,4], transposed, then to 4 groups of 2); none: one group of every device."""
+    if not groups or groups == "{}":
+        return [list(range(num_devices))]
+    if groups.startswith("["):
+        m = re.fullmatch(r"\[([0-9,]+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?", groups)
+        shape = [int(x) for x in m.group(1).split(",")]
+        ids = np.arange(int(np.prod([int(x) for x in m.group(2).split(",")])))
+        ids = ids.reshape([int(x) for x in m.group(2).split(",")])
+        if m.group(3):
+            ids = ids.transpose([int(x) for x in m.group(3).split(",")])
+        return ids.reshape(shape[0], -1).tolist()
+    return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([0-9,]*)\}", groups)]
 
 
 def array_bytes(dtype: str, dims: str) -> int:
@@ -155,18 +197,23 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
     return out
 
 
-def summarize(items: list[Collective]) -> dict:
+def summarize(items: list[Collective], node_of: Optional[Sequence[int]] = None) -> dict:
     """Counts and bytes per kind, and per pass: {"count", "bytes", "wire_bytes",
-    "by_kind": {kind: {"count", "bytes", "wire_bytes"}}, "backward_all_reduce_bytes"}.
-    The backward all-reduces carry the gradients (shard_map's transpose of replicated
-    parameters) and BatchNorm's backward statistics."""
+    "intra_node_wire_bytes", "inter_node_wire_bytes", "inter_node_count", "by_kind":
+    {kind: {"count", "bytes", "wire_bytes"}}, "backward_all_reduce_bytes"}. The backward
+    all-reduces carry the gradients (shard_map's transpose of replicated parameters) and
+    BatchNorm's backward statistics. node_of: as `Collective.node_split`."""
     by_kind = {}
     for c in items:
         k = by_kind.setdefault(c.kind, {"count": 0, "bytes": 0, "wire_bytes": 0.0})
         k["count"] += 1
         k["bytes"] += c.bytes
         k["wire_bytes"] += c.wire_bytes
+    splits = [c.node_split(node_of) for c in items]
     return {"count": len(items), "bytes": sum(c.bytes for c in items),
             "wire_bytes": sum(c.wire_bytes for c in items), "by_kind": by_kind,
+            "intra_node_wire_bytes": sum(a for a, _ in splits),
+            "inter_node_wire_bytes": sum(b for _, b in splits),
+            "inter_node_count": sum(1 for _, b in splits if b > 0),
             "backward_all_reduce_bytes": sum(c.bytes for c in items
                                              if c.kind == "all-reduce" and c.backward)}

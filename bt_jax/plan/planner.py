@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from bt_jax.errors import ConfigError
-from bt_jax.plan import report
+from bt_jax.plan import gpus, report
 from bt_jax.plan.chips import devices_for, hbm_of, libtpu_build
 from bt_jax.plan.compile import CompiledRun, OutOfMemory, RunShape, compile_run, peak_bytes
 from bt_jax.train.step import update_inputs
@@ -37,14 +37,24 @@ def lowering_advice(run: dict) -> str:
         tips.append("a narrower projector (model.projector_dims)")
     if run["augment_on"] == "device":
         tips.append("--config.data.augment_on=host")
-    tips.append("a chip with more HBM (--topology v5p:..., v4:...)")
+    if run.get("platform") == "gpu":
+        tips.append("more of the GPU's memory for XLA (XLA_PYTHON_CLIENT_MEM_FRACTION=0.9; "
+                    "JAX gives it 0.75 by default), or a GPU with more (--topology h200:..., "
+                    "b200:...)")
+    else:
+        tips.append("a chip with more HBM (--topology v5p:..., v4:...)")
     return "; ".join(tips)
 
 
 def compiler_name(platform: str) -> str:
-    """'XLA:TPU (jax 0.10.2, libtpu 0.0.42.1)'; 'XLA:CPU (jax 0.10.2)' off TPU."""
-    tpu = f", {libtpu_build()}" if platform == "tpu" else ""
-    return f"XLA:{platform.upper()} (jax {jax.__version__}{tpu})"
+    """'XLA:TPU (jax 0.10.2, libtpu 0.0.42.1)', 'XLA:GPU (jax 0.10.2, cuDNN 9.8.0)',
+    'XLA:CPU (jax 0.10.2)'."""
+    extra = ""
+    if platform == "tpu":
+        extra = f", {libtpu_build()}"
+    elif platform == "gpu":
+        extra = ", cuDNN " + ".".join(map(str, gpus.cudnn_version()))
+    return f"XLA:{platform.upper()} (jax {jax.__version__}{extra})"
 
 
 def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape, *,
@@ -69,8 +79,11 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
             "compiler": compiler_name(devices[0].platform),
             "chip": {"name": chip.name, "bf16_flops": chip.bf16_flops,
                      "hbm_bytes": chip.hbm_bytes, "hbm_bandwidth": chip.hbm_bandwidth,
-                     "ici_bandwidth": chip.ici_bandwidth, "source": chip.source},
-            "run": {"config": config_name, "num_devices": n, "global_batch": config.batch_size,
+                     "ici_bandwidth": chip.ici_bandwidth,
+                     "network_bandwidth": chip.network_bandwidth,
+                     "devices_per_node": chip.devices_per_node, "source": chip.source},
+            "run": {"config": config_name, "platform": devices[0].platform,
+                    "num_devices": n, "global_batch": config.batch_size,
                     "per_device_batch": config.batch_size // n, "backbone": config.model.backbone,
                     "projector_dims": list(config.model.projector_dims),
                     "dtype": config.model.dtype, "image_size": config.data.image_size,
@@ -83,6 +96,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
             "refused_by_compiler": str(oom)}, estimate=None)
         return plan, None
     needed = peak_bytes(run)
+    if devices[0].platform == "gpu":
+        plan["memory_fraction"] = hbm / chip.hbm_bytes if hbm and chip.hbm_bytes else None
     plan.update(programs=run.programs,
                 compile_seconds=sum(p["compile_seconds"] for p in run.programs),
                 state_bytes=run.state_bytes, parameter_bytes=run.parameter_bytes,

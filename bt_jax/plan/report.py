@@ -17,14 +17,25 @@ from bt_jax.plan.chips import Chip
 ESTIMATE = "roofline estimate (not a measurement)"
 
 
+def collective_seconds(summary: dict, chip: Chip) -> float:
+    """Seconds the program's collectives take at the chip's bandwidths: on GPU nodes the
+    bytes within a node over NVLink plus those between nodes over the network
+    (`hlo.Collective.node_split`); on a TPU slice every byte over ICI; 0 where the chip
+    has no interconnect figure (one CPU)."""
+    if not chip.ici_bandwidth:
+        return 0.0
+    if chip.network_bandwidth:
+        return (summary["intra_node_wire_bytes"] / chip.ici_bandwidth
+                + summary["inter_node_wire_bytes"] / chip.network_bandwidth)
+    return summary["wire_bytes"] / chip.ici_bandwidth
+
+
 def roofline(program: dict, chip: Chip) -> dict:
     """{"compute_seconds", "memory_seconds", "collective_seconds", "seconds", "bound"} of one
-    compiled program on one chip (collectives: 0 where the chip has no interconnect
-    figure, as one CPU)."""
+    compiled program on one chip."""
     compute = program["flops"] / chip.bf16_flops
     memory = program["bytes_accessed"] / chip.hbm_bandwidth
-    wire = program["collective_summary"]["wire_bytes"]
-    comm = wire / chip.ici_bandwidth if chip.ici_bandwidth else 0.0
+    comm = collective_seconds(program["collective_summary"], chip)
     return {"compute_seconds": compute, "memory_seconds": memory, "collective_seconds": comm,
             "seconds": max(compute, memory) + comm,
             "bound": "compute" if compute >= memory else "memory"}
@@ -74,12 +85,17 @@ def markdown(plan: dict) -> str:
                      f"| {_gib(p['alias_bytes'])} | {_gib(p['temp_bytes'])} | "
                      f"{_gib(p['total_bytes'])} | {_gib(p['generated_code_bytes'])} |")
     m = plan["memory"]
+    share = "" if plan.get("memory_fraction") is None else (
+        f" (the {plan['memory_fraction']:.2f} of the GPU's "
+        f"{_gib(plan['chip']['hbm_bytes'])} GiB JAX gives XLA: XLA_PYTHON_CLIENT_MEM_FRACTION)")
     lines += ["", f"Needed per chip: {_gib(m['needed_bytes'])} GiB of {_gib(m['hbm_bytes'])} "
-              f"GiB: {'fits' if m['fits'] else 'does NOT fit'}.", ""]
+              f"GiB{share}: {'fits' if m['fits'] else 'does NOT fit'}.", ""]
     if est is None:   # the compiler refused a program: no cost, no estimate
         return "\n".join(lines + [f"The compiler refused it: {m.get('refused_by_compiler')}",
                                    ""])
+    sources = sorted({p.get("cost_source", "XLA's cost analysis") for p in plan["programs"]})
     lines += [f"## Cost per chip per step and the {ESTIMATE}", "",
+              f"FLOPs and bytes: {', '.join(sources)}.", "",
               "| program | TFLOP | GB accessed | collective MB sent | compute s | memory s | "
               "collective s | estimate s |", "|---|---|---|---|---|---|---|---|"]
     for p, e in zip(plan["programs"], est["programs"]):
@@ -87,6 +103,7 @@ def markdown(plan: dict) -> str:
                      f"| {p['collective_summary']['wire_bytes'] / 1e6:.1f} | "
                      f"{e['compute_seconds']:.4f} | {e['memory_seconds']:.4f} | "
                      f"{e['collective_seconds']:.4f} | {e['seconds']:.4f} |")
+    lines += collective_lines(plan)
     lines += ["", f"Estimate: {est['step_seconds'] * 1e3:.1f} ms per step, "
               f"{est['pairs_per_second_per_chip']:.0f} pairs/s per chip, "
               f"{est['hours_per_epoch']:.3g} h per epoch of {est['epoch_examples']:,} images, "
@@ -112,6 +129,25 @@ def markdown(plan: dict) -> str:
               "and BatchNorm's backward statistics).", "",
               f"Chip figures: {plan['chip']['source']}.", ""]
     return "\n".join(lines)
+
+
+def collective_lines(plan: dict) -> list[str]:
+    """GPU nodes: the collectives' bytes within a node (NVLink) and between nodes (the
+    network), and the figures each is timed at; nothing for a TPU slice or one CPU."""
+    chip = plan["chip"]
+    if not chip.get("network_bandwidth"):
+        return []
+    sums = [p["collective_summary"] for p in plan["programs"]]
+    intra = sum(s["intra_node_wire_bytes"] for s in sums)
+    inter = sum(s["inter_node_wire_bytes"] for s in sums)
+    across = sum(s["inter_node_count"] for s in sums)
+    count = sum(s["count"] for s in sums)
+    return ["", f"Collectives per GPU per step: {count}, {intra / 1e6:.1f} MB sent within a node "
+            f"(NVLink, {chip['ici_bandwidth'] / 1e9:.0f} GB/s each way) and {across} of them "
+            f"across nodes, {inter / 1e6:.1f} MB sent between nodes (network, "
+            f"{chip['network_bandwidth'] / 1e9:.0f} GB/s each way per GPU), for a "
+            f"hierarchical algorithm over nodes of {chip['devices_per_node']} "
+            "(`hlo.Collective.node_split`)."]
 
 
 def max_batch_lines(search) -> list[str]:

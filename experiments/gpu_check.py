@@ -19,6 +19,13 @@ Parts:
   torch_step    the same step in PyTorch: torchvision's resnet50, channels_last, autocast
                 bf16, the same projector, loss and LARS (experiments/torch_reference.py),
                 and the ratio of the two pairs/s.
+  plan          `python -m bt_jax.plan`'s plan of that step (the first per-device batch)
+                for the GPU in hand, compiled for compile-only devices from its data file
+                (bt_jax/plan/gpus/; on an H100 x 8, topology "h100:8"), beside what
+                resnet50_step measured: memory per device against the measured peak, the
+                estimated step against the measured median, the device name and memory
+                limit the plan assumed against the device's own. On a CPU (--dry-run) the
+                plan is "--topology local".
   loss_paths    value and gradients of the loss on the direct ([D, D]) and Gram ([N, N])
                 paths at N = 256 / 1024 / 2048, D = 8192.
   augmentation  the on-device augmentation of both views at 224 px: pairs/s.
@@ -145,6 +152,53 @@ def resnet50_step(sizes: dict) -> dict:
     return {"status": "measured", "model": f"{sizes['backbone']} {sizes['stem']} stem, "
             f"{sizes['image_size']} px, bfloat16, projector "
             + "-".join(map(str, sizes["projector"])), "rows": rows}
+
+
+def plan_topology() -> str:
+    """The planner's topology for the devices in hand: "<gpu>:<count>" for a GPU with a data
+    file (bt_jax/plan/gpus/), "local" on a CPU."""
+    from bt_jax.plan import gpus  # pylint: disable=import-outside-toplevel
+    if not _gpu():
+        return "local"
+    kind = jax.devices()[0].device_kind.upper()
+    for spec in gpus.known().values():
+        if spec.kind.upper() in kind:
+            return f"{spec.kind}:{min(jax.local_device_count(), spec['gpus_per_node'])}"
+    raise ValueError(f"no data file for {jax.devices()[0].device_kind!r} in bt_jax/plan/gpus/")
+
+
+def plan_vs_measured(sizes: dict, report: dict) -> dict:
+    """The plan of resnet50_step's first row for this GPU, beside the row's measurements."""
+    # pylint: disable=import-outside-toplevel
+    from bt_jax.plan import planner
+    from bt_jax.plan.compile import RunShape
+    step = report.get("resnet50_step", {})
+    if step.get("status") != "measured":
+        return not_measured("resnet50_step did not measure a step to compare with")
+    row = step["rows"][0]
+    config = benchmark.step_config(_step_args(sizes, row["per_device_batch"]))
+    topology = plan_topology()
+    shape = RunShape(examples=1_281_167, num_classes=1000, channels=3, gather_on_host=False)
+    plan, _ = planner.make_plan(config, topology, shape, progress=lambda *_: None)
+    needed_mib = plan["memory"]["needed_bytes"] / 2 ** 20
+    est_ms = plan["estimate"]["step_seconds"] * 1e3
+    out = {"status": "measured", "topology": topology, "compiler": plan["compiler"],
+           "per_device_batch": row["per_device_batch"],
+           "device_kind_planned": plan["device_kind"],
+           "device_kind_here": jax.devices()[0].device_kind,
+           "planned_memory_mib": needed_mib,
+           "planned_limit_mib": (plan["memory"]["hbm_bytes"] or 0) / 2 ** 20 or None,
+           "measured_peak_memory_mib": row["peak_memory_mib"],
+           "estimated_step_ms": est_ms, "measured_step_ms": row["median_step_ms"],
+           "measured_over_estimated_step": row["median_step_ms"] / est_ms,
+           "plan_compile_s": plan["compile_seconds"]}
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    out["device_limit_mib"] = (limit / 2 ** 20 if limit else
+                               not_measured(f"the {jax.devices()[0].platform} backend "
+                                            "reports no memory limit"))
+    if isinstance(row["peak_memory_mib"], (int, float)):
+        out["measured_over_planned_memory"] = row["peak_memory_mib"] / needed_mib
+    return out
 
 
 def torch_step(sizes: dict) -> dict:
@@ -317,7 +371,7 @@ def parse_args(argv=None):
     p.add_argument("--fmnist-dir", default="", help="folder of Fashion-MNIST's IDX files")
     p.add_argument("--quality-seconds", type=float, default=None,
                    help="training time of the quality run (default 120; 5 with --dry-run)")
-    p.add_argument("--parts", default="environment,torch_step,resnet50_step,loss_paths,"
+    p.add_argument("--parts", default="environment,torch_step,resnet50_step,plan,loss_paths,"
                    "augmentation,quality", help="comma list of the parts to run")
     return p.parse_args(argv)
 
@@ -341,6 +395,7 @@ def main(argv=None) -> int:
              # PyTorch first: its cached memory is handed back before JAX allocates.
              "torch_step": lambda: torch_step(sizes),
              "resnet50_step": lambda: resnet50_step(sizes),
+             "plan": lambda: plan_vs_measured(sizes, report),
              "loss_paths": lambda: loss_paths(sizes),
              "augmentation": lambda: augmentation(sizes),
              "quality": lambda: quality(sizes, args.fmnist_dir, args.out)}

@@ -57,8 +57,9 @@ def to_markdown(report: dict) -> str:
         else:
             lines.append(_fmt(part) + (f": {part.get('error', '')}" if part.get("error") else ""))
         lines.append("")
-    for key, title in (("augmentation", "On-device augmentation"), ("quality",
-                                                                     "Fashion-MNIST quality")):
+    for key, title in (("plan", "The plan of the step against the measured step"),
+                       ("augmentation", "On-device augmentation"),
+                       ("quality", "Fashion-MNIST quality")):
         part = report.get(key, not_measured("not reached"))
         lines.append(f"## {title}")
         if part.get("status") == "measured":

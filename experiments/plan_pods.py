@@ -41,7 +41,7 @@ ROWS.update(GPU_ROWS)
 # The largest per-chip batch that fits, searched from a row's plan (its batch is not
 # compiled again) in multiples of 32: each compile that fits costs minutes here, one that
 # the compiler refuses half a minute.
-SEARCHES = {"v5e_16": 32, "v4_16": 32}
+SEARCHES = {"v5e_16": 32, "v4_16": 32, "h100_8": 32}
 COMM_BATCHES = (2048, 4096, 16384, 32768)
 COMM_TOPOLOGY = "v5e:4x4"
 

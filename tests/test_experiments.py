@@ -896,6 +896,12 @@ def test_gpu_check_dry_run_writes_every_field_without_tensorflow(tmp_path):
         assert row["pairs_per_s"] > 0 and row["compile_s"] > 0 and row["flops_per_step"] > 0
         assert row["mfu"]["status"] == "not measured"          # GPU-only numbers
         assert row["peak_memory_mib"]["status"] == "not measured"
+    plan = report["plan"]                   # the planner beside the measured step
+    assert plan["status"] == "measured" and plan["topology"] == "local"
+    assert plan["per_device_batch"] == 8 and plan["planned_memory_mib"] > 0
+    assert plan["estimated_step_ms"] > 0 and plan["measured_over_estimated_step"] > 0
+    assert plan["device_kind_planned"] == plan["device_kind_here"]
+    assert "The plan of the step against the measured step" in md
     torch_part = report["torch_step"]
     try:
         import torch  # noqa: F401

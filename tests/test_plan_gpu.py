@@ -352,3 +352,19 @@ def test_max_batch_searches_gpu_memory(tmp_path):
     assert fits and refused and result["max_per_chip_batch"] == max(t["per_chip_batch"] for t in fits)
     assert all(t["needed_bytes"] <= hbm for t in fits)
     assert all(t["needed_bytes"] > hbm for t in refused)
+
+
+@pytest.mark.cuda_plugin
+def test_gpu_devices_are_made_where_jax_started_without_jax_platforms():
+    """A script that started JAX's backends on a machine with no GPU and JAX_PLATFORMS
+    unset (the CUDA plugin's driver check failed, so it never registered) still plans for
+    GPU nodes: the plugin is registered without the check."""
+    code = ("import jax; jax.devices(); from bt_jax.plan import gpus; "
+            "d, spec, n = gpus.devices('a100:2'); "
+            "print(len(d), d[0].device_kind, d[0].platform, n)")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "2 NVIDIA A100-SXM4-80GB gpu 2"
+    assert "JAX_SKIP_CUDA_CONSTRAINTS_CHECK" not in os.environ

@@ -145,15 +145,40 @@ def devices(topology: str) -> tuple[Sequence[jax.Device], GpuSpec, int]:
         raise ConfigError(f"Planning for {topology!r} needs XLA:GPU, which is not installed: "
                           f"{INSTALL_FIX}.")
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    try:
-        desc = topologies.get_topology_desc(platform="cuda", topology_name="",
+
+    def describe():
+        return topologies.get_topology_desc(platform="cuda", topology_name="",
                                             target_config=target_config(spec),
                                             topology=f"1x{nodes}x{per_node}")
+    try:
+        try:
+            desc = describe()
+        except Exception:  # pylint: disable=broad-except  # the plugin did not start
+            register_cuda_plugin()
+            desc = describe()
     except Exception as e:  # pylint: disable=broad-except  # the plugin's XlaRuntimeError
         raise ConfigError(f"XLA:GPU could not make devices for {topology!r} "
                           f"({str(e).splitlines()[0][:200]}). Check that jax[cuda12] matches "
                           f"jax {jax.__version__}: {INSTALL_FIX}.") from None
     return desc.devices, spec, per_node
+
+
+def register_cuda_plugin() -> None:
+    """Registers JAX's CUDA plugin where it did not start: JAX started its backends with no
+    GPU and JAX_PLATFORMS unset, and the plugin's check of the CUDA driver (cuInit) failed
+    before it registered (`bt_jax.platforms.skip_absent_accelerators` avoids that for the
+    command line). Compile-only devices need no driver: the check is skipped."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    plugin = importlib.import_module(CUDA_PLUGIN)
+    before = os.environ.get("JAX_SKIP_CUDA_CONSTRAINTS_CHECK")
+    os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
+    try:
+        plugin.initialize()
+    finally:
+        if before is None:
+            os.environ.pop("JAX_SKIP_CUDA_CONSTRAINTS_CHECK")
+        else:
+            os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = before
 
 
 def memory_fraction() -> float:

@@ -18,6 +18,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bt_jax.platforms import skip_absent_accelerators  # noqa: E402
+
+skip_absent_accelerators()   # libtpu / the CUDA plugin with no chip here: no start-up noise
 OUT = os.path.join(ROOT, "experiments", "results", "plans")
 RECIPE = ["--config", "configs/imagenet.py", "--config.model.dtype=bfloat16"]
 # name: (topology, extra arguments). The paper's recipe: ResNet-50, 8192-8192-8192,

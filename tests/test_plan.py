@@ -250,6 +250,30 @@ def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
     assert len(compiled) <= 10, compiled                 # the line alone would need ~15
 
 
+def test_max_batch_search_bisects_where_memory_stays_just_over_the_limit(monkeypatch):
+    """XLA:GPU holds the memory near its limit over a range of batches (an H100's 59.8 to
+    60.3 GiB from 896 to 1,024 per GPU, 59.3 usable): the line through the bracket then
+    creeps down from above one step a try; the search must bisect there too."""
+    from bt_jax.plan import planner
+    from bt_jax.plan.compile import RunShape
+    gib, compiled = 2 ** 30, []
+
+    def fake_plan(config, topology, shape, **kwargs):
+        per_chip = config.batch_size // 4
+        compiled.append(per_chip)
+        need = per_chip * gib / 64 if per_chip <= 640 else 16.5 * gib + per_chip * 2 ** 17
+        return {"memory": {"needed_bytes": need, "fits": need <= 16 * gib}}, None
+
+    monkeypatch.setattr(planner, "make_plan", fake_plan)
+    _four_fake_chips(monkeypatch)
+    c = defaults.base_config()
+    c.batch_size = 4 * 512
+    result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=32,
+                                    progress=lambda line: None)
+    assert result["max_per_chip_batch"] == 640 and result["complete"]
+    assert len(compiled) <= 8, compiled                  # the line alone creeps: about 13
+
+
 def test_max_batch_search_resumes_from_earlier_tries(monkeypatch):
     """An interrupted search given its tries back compiles none of them again and ends
     where an uninterrupted search ends."""

@@ -223,6 +223,6 @@ def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
         stats = None
     if stats and stats.get("bytes_limit"):
         return float(stats["bytes_limit"])
-    if devices[0].platform == "gpu" and chip.hbm_bytes:
+    if getattr(devices[0], "platform", None) == "gpu" and chip.hbm_bytes:
         return chip.hbm_bytes * gpus.memory_fraction()
     return chip.hbm_bytes or None

@@ -209,14 +209,16 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, shape: RunS
     hi = lo * 2
     while compiles < max_tries and attempt(hi):
         lo, hi = hi, hi * 2
-    lows_in_a_row, stalled = 0, False
+    last_end, same_end, stalled = None, 0, False
     while hi in memo and hi - lo > step and compiles < max_tries:
         mid = _next_try(lo, hi, memo, hbm, step, bisect=stalled)
         if attempt(mid):
-            lo, lows_in_a_row = mid, lows_in_a_row + 1
+            lo, end = mid, "lo"
         else:
-            hi, lows_in_a_row = mid, 0
-        stalled = stalled or lows_in_a_row >= 2
+            hi, end = mid, "hi"
+        same_end = same_end + 1 if end == last_end else 1
+        last_end = end
+        stalled = stalled or same_end >= 2
     return result(lo, hi)
 
 

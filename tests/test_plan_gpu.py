@@ -368,3 +368,16 @@ def test_gpu_devices_are_made_where_jax_started_without_jax_platforms():
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "2 NVIDIA A100-SXM4-80GB gpu 2"
     assert "JAX_SKIP_CUDA_CONSTRAINTS_CHECK" not in os.environ
+
+
+@pytest.mark.cuda_plugin
+@pytest.mark.parametrize("kind", ["a100", "b200", "h100", "h200"])
+def test_one_gpu_of_each_kind_is_the_device_its_data_file_describes(kind):
+    """`<gpu>:1` is one compile-only device named as the real GPU names itself, with the
+    data file's memory behind the plan's limit."""
+    devices, chip = chips.devices_for(f"{kind}:1")
+    spec = gpus.known()[kind]
+    assert len(devices) == 1 and devices[0].platform == "gpu"
+    assert devices[0].device_kind == spec["device_kind"]
+    assert chip.hbm_bytes == spec["memory_bytes"] and chip.devices_per_node == 1
+    assert chips.hbm_of(chip, devices) == pytest.approx(gpus.memory_fraction() * spec["memory_bytes"])

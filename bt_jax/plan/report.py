@@ -124,9 +124,15 @@ def markdown(plan: dict) -> str:
                          f"{'backward' if c['backward'] else 'forward'} | {shapes} | "
                          f"{c['bytes'] / 1e6:.3f} | {c['wire_bytes'] / 1e6:.3f} | "
                          f"{c['group_size']} {c['replica_groups'][:40]} |")
-    lines += ["", f"Parameters: {plan['parameter_bytes'] / 1e6:.1f} MB per chip; backward "
-              f"all-reduces: {plan['backward_all_reduce_bytes'] / 1e6:.1f} MB (the gradients "
-              "and BatchNorm's backward statistics).", "",
+    if plan["run"].get("platform") == "gpu":   # XLA:GPU's combined all-reduces lose JAX's names
+        reduced = sum(p["collective_summary"]["by_kind"].get("all-reduce", {}).get("bytes", 0)
+                      for p in plan["programs"])
+        reduced = (f"all-reduces: {reduced / 1e6:.1f} MB (the gradients and BatchNorm's "
+                   "statistics: XLA:GPU's combined all-reduces keep no pass of their own)")
+    else:
+        reduced = (f"backward all-reduces: {plan['backward_all_reduce_bytes'] / 1e6:.1f} MB "
+                   "(the gradients and BatchNorm's backward statistics)")
+    lines += ["", f"Parameters: {plan['parameter_bytes'] / 1e6:.1f} MB per chip; {reduced}.", "",
               f"Chip figures: {plan['chip']['source']}.", ""]
     return "\n".join(lines)
 

@@ -145,13 +145,17 @@ def group_size(groups: str, num_devices: int) -> int:
 
 def _result_arrays(type_text: str, kind: str, is_start: bool) -> list[tuple[str, str]]:
     """(dtype, dims) of what the collective produces. An async "-start" op's type is a
-    tuple that also holds its operands (all-gather: (input, output); permute: (input,
-    output, contexts)): keep the outputs only."""
+    tuple that also holds its operands (all-gather and reduce-scatter: (inputs, outputs),
+    as XLA:GPU writes "((f32[256]), f32[32])"; permute: (input, output, contexts)): keep
+    the outputs only."""
     arrays = [(t, d) for t, d in _ARRAY.findall(type_text) if t in DTYPE_BYTES]
-    if is_start and kind in ("all-gather", "collective-permute", "all-to-all") and \
-            len(arrays) >= 2:
-        half = len(arrays) // 2 if kind == "all-gather" else 1
-        arrays = arrays[half:2 * half] if kind == "all-gather" else arrays[1:2]
+    if is_start and kind in ("all-gather", "reduce-scatter", "collective-permute",
+                             "all-to-all") and len(arrays) >= 2:
+        if kind in ("all-gather", "reduce-scatter"):
+            half = len(arrays) // 2
+            arrays = arrays[half:2 * half]
+        else:
+            arrays = arrays[1:2]
     return arrays
 
 

@@ -513,12 +513,26 @@ def test_plan_pods_rows_are_the_papers_recipe_and_its_table_reads_plans(tmp_path
     assert (c.model.backbone, tuple(c.model.projector_dims), c.batch_size) == (
         "resnet50", (8192, 8192, 8192), 2048)
     assert c.model.dtype == "float32" and pods._recipe([]).model.dtype == "bfloat16"
-    assert {t.split(":")[0] for t, _ in pods.ROWS.values()} == {"v4", "v5e", "v5p", "v6e"}
+    assert {t.split(":")[0] for t, _ in pods.ROWS.values()} == {
+        "v4", "v5e", "v5p", "v6e", "a100", "b200", "h100", "h200"}
+    assert {t for t, _ in pods.GPU_ROWS.values()} == {
+        f"{g}:{n}" for g in ("a100", "b200", "h100", "h200") for n in ("8", "4x8")}
     monkeypatch.setattr(pods, "OUT", str(tmp_path))
     os.makedirs(tmp_path / "v5e_16")
     report.write(_plan_dict(False), str(tmp_path / "v5e_16"))
+    gpu = _plan_dict(False)          # a GPU row: 4 nodes of 8, bytes within and between
+    gpu.update(topology="h100:4x8", memory={"needed_bytes": 6 * 2 ** 30,
+                                            "hbm_bytes": 60 * 2 ** 30, "fits": True})
+    gpu["run"]["num_devices"] = 32
+    gpu["programs"][0]["collective_summary"].update(
+        count=152, intra_node_wire_bytes=1356e6, inter_node_wire_bytes=145e6,
+        inter_node_count=152)
+    os.makedirs(tmp_path / "h100_32")
+    report.write(gpu, str(tmp_path / "h100_32"))
     table = pods.tables()
     assert "| v5e_16 | v5e:4x4 | 16 | 128 | bfloat16 | 5.00 (16) | yes |" in table
+    assert "| h100_32 | h100:4x8 | 32 | 6.00 (60.0) | yes | 152, 1356 | 152, 145 |" in table
+    assert table.count("h100_32") == 1          # in the GPU table only
 
 
 @pytest.mark.slow

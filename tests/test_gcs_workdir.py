@@ -68,10 +68,10 @@ def _run(url, cwd, *args, timeout=600):
 
 
 def _listing(url, path):
-    r = _run(url, ROOT, "-c", "import sys, bt_jax; from bt_jax import storage; "
-             f"print(storage.listdir({path!r}))")
+    r = _run(url, ROOT, "-c", "import json, bt_jax; from bt_jax import storage; "
+             f"print(json.dumps(sorted(storage.listdir({path!r}))))")
     assert r.returncode == 0, r.stderr[-2000:]
-    return eval(r.stdout.strip().splitlines()[-1])   # a list of names
+    return json.loads(r.stdout.strip().splitlines()[-1])   # a list of names
 
 
 @pytest.mark.slow    # three short runs and an evaluation: about 3 minutes on 2 cores

@@ -21,7 +21,7 @@ DATA = [
     "tensorflow-cpu>=2.16",
     "tensorflow-datasets>=4.9.4",
 ]
-# gs:// and s3:// workdirs (bt_jax.storage through etils.epath and fsspec).
+# gs:// and s3:// workdirs (bt_jax.io.storage through etils.epath and fsspec).
 GS = ["gcsfs>=2026.10"]
 S3 = ["s3fs>=2026.1"]
 # The tests also run a GCS emulator on 127.0.0.1 (tests/gcs_emulator.py).

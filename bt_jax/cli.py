@@ -1,51 +1,132 @@
-"""What the command-line entry points share (`bt_jax.main`, `bt_jax.plan`): absl's
-parsing of --config and its --config.FIELD overrides, with every mistake reported in one
-line (exit status 2) instead of a traceback."""
+"""The one command-line convention of bt_jax's entry points (`bt_jax.main`,
+`bt_jax.evaluate`, `bt_jax.convert`, `bt_jax.plan`):
+
+- absl flags, each entry point's own set (`define(values, argv)` on a fresh
+  `flags.FlagValues`): --name=value or --name value, --noname for a boolean, hyphens
+  accepted for underscores (--max-batch, --no-projector);
+- --config FILE (a recipe with get_config()) and --config.FIELD=VALUE overrides, where a
+  config applies;
+- --help (or -h) prints the entry point's docstring and its flags, exit status 0;
+- every mistake, on the command line or in the config, is one line on stderr naming the
+  problem and the fix, exit status 2, before anything is written.
+
+An entry point is `define(values, argv)` and `run(values, args) -> exit status`;
+`sys.exit(cli.main(run, define, __doc__))` runs it.
+"""
 from __future__ import annotations
 
 import os
 import re
 import sys
+from typing import Callable, Optional
 
 from absl import flags
 
 from bt_jax import config as config_lib
 from bt_jax.errors import ConfigError
 
-FLAGS = flags.FLAGS
+HELP = ("--help", "-h", "-help", "--helpfull", "--helpshort")
 
 
 def fail(message: str) -> None:
+    """The one line of a mistake, and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with unknown config fields reported in one line (a field that moved
-    names its new place)."""
+def normalise(argv: list[str]) -> list[str]:
+    """Hyphenated flag names as absl's underscored ones: --max-batch=8 -> --max_batch=8,
+    --no-projector -> --noprojector. --config.FIELD overrides and values stay as given."""
+    out = [argv[0]] if argv else []
+    for arg in argv[1:]:
+        if arg.startswith("--") and not arg.startswith("--config"):
+            name, eq, value = arg[2:].partition("=")
+            if name.startswith("no-"):
+                name = "no" + name[3:]
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def help_text(doc: str, values: flags.FlagValues) -> str:
+    """The entry point's docstring, then each of its flags with its help and default."""
+    lines = [doc.strip(), "", "Flags:"]
+    for name in sorted(set(values)):
+        if "." in name:
+            continue
+        flag = values[name]
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str], define: Callable[[flags.FlagValues, list[str]], None]
+          ) -> tuple[flags.FlagValues, list[str]]:
+    """(the entry point's flags parsed, the positional arguments after the program's name).
+
+    Raises:
+      ConfigError: one line for any mistake (an unknown flag or config field, a field that
+        moved, a recipe that is not there or does not load, a bare number for a tuple).
+    """
+    argv = normalise(argv)
     missing = missing_config_file(argv)
     if missing:
-        fail(f"--config {missing!r}: no such file. Recipes are Python files with "
-             "get_config(), e.g. configs/digits.py, configs/fashion_mnist.py, "
-             "configs/cifar10.py.")
+        raise ConfigError(f"--config {missing!r}: no such file. Recipes are Python files "
+                          "with get_config(), e.g. configs/digits.py, "
+                          "configs/fashion_mnist.py, configs/cifar10.py.")
     for name in override_names(argv[1:]):
         if name in config_lib.RENAMED:
-            fail(f"--config.{name}: {config_lib.renamed_message(name)}")
+            raise ConfigError(f"--config.{name}: {config_lib.renamed_message(name)}")
     recipe = config_file(argv)
     if recipe:
         make_recipe_parts_importable(recipe)
-        try:
-            check_recipe(recipe)
-        except ConfigError as e:
-            fail(str(e))
+        check_recipe(recipe)
+    values = flags.FlagValues()
+    define(values, argv)
     try:
-        rest = FLAGS(argv)
+        rest = values(argv)
+        values.validate_all_flags()
     except (AttributeError, KeyError) as e:
-        fail(unknown_field_message(argv, e))
+        raise ConfigError(unknown_field_message(argv, e)) from None
     except flags.Error as e:
-        fail(f"{e}. Run with --helpfull for the flags.")
-    check_tuple_overrides(argv[1:], FLAGS.config)
-    return rest
+        raise ConfigError(f"{str(e).splitlines()[0]}. Run with --help for the flags.") from None
+    if "config" in values and values.config is not None:
+        check_tuple_overrides(argv[1:], values.config, error=ConfigError)
+    return values, rest[1:]
+
+
+def main(run: Callable[[flags.FlagValues, list[str]], Optional[int]],
+         define: Callable[[flags.FlagValues, list[str]], None], doc: str,
+         argv: Optional[list[str]] = None) -> int:
+    """Parses argv (default sys.argv) with `define`'s flags and calls run(values, args);
+    returns the exit status: run's (None: 0), 0 after --help, 2 after one line for a
+    mistake (a ConfigError or FileNotFoundError from parsing or from run)."""
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        if any(a in HELP for a in argv[1:]):
+            values = flags.FlagValues()
+            define(values, normalise([a for a in argv if a not in HELP]))
+            print(help_text(doc, values))
+            return 0
+        values, args = parse(argv, define)
+        flags.FLAGS.mark_as_parsed()   # absl's own logging: no "before flag parsing" line
+        logging.set_verbosity(logging.WARNING)   # Orbax logs every save and read at INFO
+        status = run(values, args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if status is None else int(status)
+
+
+def define_config(values: flags.FlagValues, argv: list[str], help_text_: str,
+                  required: bool = True) -> None:
+    """--config FILE (a recipe's get_config()) with its --config.FIELD=VALUE overrides."""
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    config_flags.DEFINE_config_file("config", None, help_text_, flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    if required:
+        flags.mark_flag_as_required("config", flag_values=values)
 
 
 def unknown_field_message(argv: list[str], e: Exception) -> str:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import storage
+from bt_jax.io import storage
 
 # A matrix whose largest singular value is below this fraction of its RMS entry times
 # sqrt(N * D) is constant up to float rounding: complete collapse.

@@ -25,16 +25,16 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from bt_jax import run_dir, storage
-from bt_jax import checkpoint as ckpt_lib
+from bt_jax import cli, defaults
 from bt_jax import config as config_lib
-from bt_jax import defaults
-from bt_jax import cli, convert, export
 from bt_jax.config import ConfigError
-from bt_jax.data import sources, pipeline
+from bt_jax.io import checkpoint as ckpt_lib
+from bt_jax.io import export, run_dir, storage, weights
+from bt_jax.data import sources
 from bt_jax.evals.runner import evaluate_all, format_table, write_results
 from bt_jax.models.factory import backbone_variables, create_model, init_variables
-from bt_jax.run_lock import WorkdirLock
+from bt_jax.train import setup
+from bt_jax.io.run_lock import WorkdirLock
 from bt_jax.train.workdir import read_run_config
 
 
@@ -104,37 +104,23 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
     if one is given."""
     if workdir is not None:
         run_dir.check_output_dir(workdir, "--workdir")   # before minutes of evaluation
-    variables, arch = convert.read_variables(path, projector=False)
-    variables = convert.backbone_of(variables)
-    fields = convert.model_fields(variables, arch)
-    changes = convert.mismatched_fields(config.model, fields)
+    variables, arch = weights.read_variables(path, projector=False)
+    variables = weights.backbone_of(variables)
+    fields = weights.model_fields(variables, arch)
+    changes = weights.mismatched_fields(config.model, fields)
     config = config.copy_and_resolve_references()
     with config.unlocked():
         for name, value in fields.items():
-            if not convert.fits(name, config.model[name], value):
+            if not weights.fits(name, config.model[name], value):
                 config.model[name] = value
     defaults.validate(config)
     print(f"Evaluating {arch} weights from {path!r} on {config.data.name}"
           + (f" (the weights set {', '.join(changes)})" if changes else "") + ".", flush=True)
-    d = config.data
-    train_split, test_split = sources.labelled_splits(d, config.seed)
-    stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
-    model = create_model(config.model)
-    random_init = backbone_variables(init_variables(
-        model, jax.random.key(config.seed), d.image_size))
+    record = export.weights_record(
+        path if storage.is_remote(path) else os.path.abspath(path), None, variables)
     writes = workdir is not None and jax.process_index() == 0   # tsne.png, results.json
     with _lock(workdir) if writes else contextlib.nullcontext():
-        results = evaluate_all(config.eval, model.backbone, variables,
-                               jax.device_get(random_init), train_split, test_split, stats,
-                               seed=config.seed, image_size=d.image_size,
-                               split_name=sources.eval_split_name(d), workdir=workdir)
-        results["weights"] = export.weights_record(
-            path if storage.is_remote(path) else os.path.abspath(path), None, variables)
-        results["evaluated"] = export.describe_weights(results["weights"])
-        if writes:
-            write_results(results, workdir)
-    print(format_table(results), flush=True)
-    return results
+        return _evaluate(config, workdir, variables, record)
 
 
 def _lock(workdir: str) -> WorkdirLock:
@@ -147,25 +133,33 @@ def evaluate_workdir(workdir: str, config) -> dict:
     the workdir's lock (a run still training there holds it: WorkdirLocked)."""
     defaults.validate(config)
     with _lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-        return _evaluate_workdir(workdir, config)
+        backbone, variables, probe, weights = load_run(workdir, config.model,
+                                                       config.data.image_size)
+        print(f"Evaluating {export.describe_weights(weights)} of {workdir!r}.", flush=True)
+        return _evaluate(config, workdir, variables, weights, backbone=backbone,
+                         online_probe=probe)
 
 
-def _evaluate_workdir(workdir: str, config) -> dict:
-    backbone, variables, probe, weights = load_run(workdir, config.model,
-                                                   config.data.image_size)
-    print(f"Evaluating {export.describe_weights(weights)} of {workdir!r}.", flush=True)
+def _evaluate(config, workdir: Optional[str], variables: dict, weights: dict, *,
+              backbone: Optional[nn.Module] = None, online_probe: Optional[dict] = None
+              ) -> dict:
+    """The evaluation both entry points share: the run's assembly (`train.setup`: the
+    views' statistics, the random-init encoder) on one local device, config.eval's
+    protocols on `variables` (the backbone's) and the baselines, results.json into
+    workdir (where given, from the chief), and the table printed."""
+    run = setup.assemble(config, jax.local_devices()[:1], state="real")
     d = config.data
     train_split, test_split = sources.labelled_splits(d, config.seed)
-    stats = pipeline.normalization_stats(sources.pretrain_split(d, config.seed))
-    random_init = backbone_variables(init_variables(
-        create_model(config.model), jax.random.key(config.seed), d.image_size))
-    results = evaluate_all(config.eval, backbone, variables, jax.device_get(random_init),
-                           train_split, test_split, stats, seed=config.seed,
-                           image_size=d.image_size, split_name=sources.eval_split_name(d),
-                           online_probe=probe, workdir=workdir)
+    random_init = backbone_variables({"params": run.state.params,
+                                      "batch_stats": run.state.batch_stats})
+    results = evaluate_all(config.eval, backbone or run.programs.plain_model.backbone,
+                           variables, jax.device_get(random_init), train_split, test_split,
+                           run.stats, seed=config.seed, image_size=d.image_size,
+                           split_name=sources.eval_split_name(d), online_probe=online_probe,
+                           workdir=workdir)
     results["weights"] = weights
     results["evaluated"] = export.describe_weights(weights)
-    if jax.process_index() == 0:
+    if workdir is not None and jax.process_index() == 0:
         write_results(results, workdir)
     print(format_table(results), flush=True)
     return results
@@ -188,61 +182,54 @@ def config_of_workdir(workdir: str):
     return config
 
 
-def main(argv) -> None:
-    """python -m bt_jax.evaluate --workdir RUN [--config FILE] [--config.FIELD=VALUE ...]
-    python -m bt_jax.evaluate --backbone WEIGHTS --config FILE [--workdir OUT]"""
-    from absl import flags, logging  # pylint: disable=import-outside-toplevel
-    logging.set_verbosity(logging.WARNING)   # Orbax logs every read at INFO
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {argv[1:]}")
-    workdir, weights = flags.FLAGS.workdir, flags.FLAGS.backbone
-    try:
-        if weights:
-            if not cli.config_file(sys.argv):
-                raise ConfigError("--backbone needs --config: the recipe whose dataset and "
-                                  "protocols evaluate the weights.")
-            evaluate_backbone(weights, flags.FLAGS.config, workdir)
-            return
-        if not workdir:
-            raise ConfigError("Pass --workdir RUN (a training run), or --backbone WEIGHTS "
-                              "--config RECIPE.")
-        evaluate_workdir(workdir, flags.FLAGS.config)
-    except (ConfigError, FileNotFoundError) as e:
-        cli.fail(str(e))
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """The flags, with --config defaulting to the run's own config.json: without --config,
-    --config.FIELD=VALUE overrides apply to the config the run was trained with."""
+def define(values, argv: list[str]) -> None:
+    """The evaluation's flags, with --config defaulting to the run's own config.json:
+    without --config, --config.FIELD=VALUE overrides apply to the config the run was
+    trained with."""
     from absl import flags  # pylint: disable=import-outside-toplevel
     from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
     workdir = cli.flag_value(argv, "workdir")
     if not cli.config_file(argv) and workdir and not cli.flag_value(argv, "backbone"):
-        try:
-            config = config_of_workdir(workdir)
-        except ConfigError as e:
-            cli.fail(str(e))
+        config = config_of_workdir(workdir)
         try:   # (the overrides' flags are defined here, from the command line)
             config_flags.DEFINE_config_dict(
                 "config", config, "The run's config.json; fields can be overridden, e.g. "
-                "--config.eval.knn.k=20.", lock_config=True, sys_argv=argv)
+                "--config.eval.knn.k=20.", flag_values=values, lock_config=True,
+                sys_argv=argv)
         except (AttributeError, KeyError) as e:
-            cli.fail(cli.unknown_field_message(argv, e))
+            raise ConfigError(cli.unknown_field_message(argv, e)) from None
     else:
-        config_flags.DEFINE_config_file(
-            "config", None, "A recipe with get_config() (default: the run's config.json); "
-            "fields can be overridden, e.g. --config.eval.linear_sgd.epochs=10.",
-            lock_config=True)
+        cli.define_config(values, argv, "A recipe with get_config() (default: the run's "
+                          "config.json); fields can be overridden, e.g. "
+                          "--config.eval.linear_sgd.epochs=10.", required=False)
     flags.DEFINE_string("workdir", None, "The run to evaluate (its backbone.msgpack or "
                         "checkpoints/, and config.json); with --backbone, where "
-                        "results.json goes.")
+                        "results.json goes.", flag_values=values)
     flags.DEFINE_string("backbone", None, "Weights to evaluate instead of a run: "
-                        ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).")
-    return cli.parse_flags(argv)
+                        ".pth / .pt / .safetensors / .msgpack (see bt_jax.convert).",
+                        flag_values=values)
+
+
+def run(values, args: list[str]) -> None:
+    """python -m bt_jax.evaluate --workdir RUN [--config FILE] [--config.FIELD=VALUE ...]
+    python -m bt_jax.evaluate --backbone WEIGHTS --config FILE [--workdir OUT]"""
+    if args:
+        raise ConfigError(f"unexpected arguments {args}: pass --workdir RUN or --backbone "
+                          "WEIGHTS --config RECIPE.")
+    workdir, weights = values.workdir, values.backbone
+    if weights:
+        if values.config is None:
+            raise ConfigError("--backbone needs --config: the recipe whose dataset and "
+                              "protocols evaluate the weights.")
+        evaluate_backbone(weights, values.config, workdir)
+        return
+    if not workdir:
+        raise ConfigError("Pass --workdir RUN (a training run), or --backbone WEIGHTS "
+                          "--config RECIPE.")
+    evaluate_workdir(workdir, values.config)
 
 
 if __name__ == "__main__":
-    from absl import app  # noqa: E402
     from bt_jax.platforms import skip_absent_accelerators  # noqa: E402
     skip_absent_accelerators()   # before JAX starts a backend: no chip, no start-up noise
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(cli.main(run, define, __doc__))

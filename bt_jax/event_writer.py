@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from bt_jax import storage
+from bt_jax.io import storage
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -60,7 +60,7 @@ class EventWriter:
             EventFileWriter)
         from bt_jax.data import quiet_tensorflow_start  # pylint: disable=import-outside-toplevel
         self._summary_pb2 = summary_pb2
-        if storage.is_remote(logdir):   # through bt_jax.storage, as every file of the run
+        if storage.is_remote(logdir):   # through bt_jax.io.storage, as every file of the run
             self._writer = _ObjectEventFile(logdir)
             return
         # tensorboard loads TensorFlow here where it is installed (for tf.io.gfile's

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax import losses
 
 

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Callable, Optional
 
-from bt_jax.run_dir import read_json
+from bt_jax.io.run_dir import read_json
 
 # Fields that change neither the compiled step's shapes nor its cost: its length, the
 # seed, learning-rate and loss-weight constants, and what runs outside the step.

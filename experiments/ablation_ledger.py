@@ -7,7 +7,7 @@ import json
 import os
 from typing import Optional
 
-from bt_jax.run_dir import read_json
+from bt_jax.io.run_dir import read_json
 
 LEDGER = "runs.json"
 

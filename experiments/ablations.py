@@ -51,7 +51,7 @@ from ablation_sweeps import (SCALES, SWEEPS, Run, Scale, recipe,  # noqa: E402,F
                              repeat_runs, sweep_runs)
 import ablation_summary  # noqa: E402
 from ablation_ledger import LEDGER, ledger_entry, read_ledger, write_ledger  # noqa: E402,F401
-from bt_jax.run_dir import read_json  # noqa: E402
+from bt_jax.io.run_dir import read_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -98,24 +98,21 @@ def bench_train_step(args, xla_options=None, conv_impl: str = "auto",
     inside the step (fuse_views)."""
     from bt_jax import parallel, train  # pylint: disable=import-outside-toplevel
     config = step_config(args, conv_impl)
-    mesh = parallel.make_mesh(jax.devices()[:args.devices])
-    parallel.per_device_batch_size(args.batch, mesh)
-    model = train.create_model(config.model, axis_name=parallel.BATCH_AXIS)
     total = args.steps + args.warmup + 1
-    tx = train.create_optimizer(config.optim, config.batch_size, steps_per_epoch=total,
-                                total_steps=total)
-    state = train.init_state(train.create_model(config.model), tx, jax.random.key(0),
-                             args.image_size)
-    state = parallel.replicate(state, mesh)
+    config.num_steps = total
+    if args.augment == "device":
+        config.data.augment_on = "device"
+    # The trainer's assembly (`train.assemble`) on a synthetic epoch of `total` steps: its
+    # mesh, model, LARS schedules, on-device views and state.
+    run = train.assemble(config, jax.devices()[:args.devices],
+                         shape=train.RunShape(examples=args.batch * total, num_classes=0,
+                                              channels=3, gather_on_host=True))
+    mesh, model, tx = run.mesh, run.programs.model, run.programs.tx
+    make_views = run.programs.make_views
+    state = parallel.replicate(run.state, mesh)
     rng = np.random.default_rng(0)
     s = args.image_size
-    make_views = None
-    if args.augment == "device":
-        from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
-        from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
-        config.data.augment_on = "device"
-        make_views = device_augment.make_view_fn(0, *view_configs(config.data), [0.5] * 3,
-                                                 [0.25] * 3)
+    if make_views is not None:
         host = {"image": rng.integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8),
                 "index": np.arange(args.batch, dtype=np.int32),
                 "epoch": np.zeros(args.batch, np.int32)}

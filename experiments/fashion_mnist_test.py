@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import fashion_mnist_tuning as tuning  # noqa: E402  (the tuning log's readers and writers)
-from bt_jax.run_dir import read_json  # noqa: E402
+from bt_jax.io.run_dir import read_json  # noqa: E402
 
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_test.csv")
 FIELDS = ("name", "recipe", "seed", "status", "wall_min", "train_pairs_per_s",

@@ -27,7 +27,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from bt_jax.run_dir import read_json  # noqa: E402
+from bt_jax.io.run_dir import read_json  # noqa: E402
 
 CSV_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_tuning.csv")
 PLOT_PATH = os.path.join(ROOT, "experiments", "results", "fashion_mnist_pareto.png")

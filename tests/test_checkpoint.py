@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import checkpoint as ckpt_lib
+from bt_jax.io import checkpoint as ckpt_lib
 from bt_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

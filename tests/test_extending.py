@@ -104,7 +104,8 @@ def test_the_readmes_python_snippets_run_as_written(tmp_path, monkeypatch):
     run in place of runs/demo and with the embeddings the loss snippet leaves to the user."""
     import jax
     import jax.numpy as jnp
-    from bt_jax import export, train
+    from bt_jax.io import export
+    from bt_jax import train
     c = defaults.base_config()
     c.data.image_size = 16
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625

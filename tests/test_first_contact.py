@@ -12,7 +12,9 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from bt_jax import checkpoint, convert, run_dir
+from bt_jax.io import checkpoint, run_dir
+from bt_jax.io import weights
+from bt_jax import convert
 from bt_jax.train import metrics_log, workdir as workdir_lib
 from workdirs import digests
 
@@ -80,7 +82,7 @@ def test_a_mistake_is_one_line_and_writes_nothing(tmp_path, case):
 
 def test_convert_into_a_missing_folder_is_one_line(tmp_path, capsys):
     src = tmp_path / "w.safetensors"
-    convert.write_safetensors(str(src), {"conv1.weight": jnp.zeros((4, 3, 3, 3))})
+    weights.write_safetensors(str(src), {"conv1.weight": jnp.zeros((4, 3, 3, 3))})
     dst = tmp_path / "missing" / "w.safetensors"
     assert convert.main([str(src), str(dst)]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,7 +1,7 @@
 """A gs:// workdir against a GCS emulator on 127.0.0.1 (tests/gcs_emulator.py): the trainer
 writes everything into the bucket and nothing onto the local disk, is killed, resumes,
 and the evaluation CLI, load_encoder and bt_jax.convert read from the bucket. The clients
-find the emulator through STORAGE_EMULATOR_HOST alone (bt_jax.storage.use_emulators)."""
+find the emulator through STORAGE_EMULATOR_HOST alone (bt_jax.io.storage.use_emulators)."""
 import json
 import os
 import re
@@ -117,7 +117,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_leaves_the_local_disk_alone(
     assert "Barlow Twins" in evaluated.stdout
 
     encoded = _run(emulator, local, "-c", "import numpy as np; import bt_jax; "
-                   "from bt_jax.export import load_encoder; "
+                   "from bt_jax.io.export import load_encoder; "
                    f"f = load_encoder({workdir!r})(np.zeros((2, 16, 16, 1), np.uint8)); "
                    "print(f.shape)")
     assert encoded.returncode == 0, encoded.stderr[-2000:]
@@ -152,7 +152,7 @@ def test_an_unknown_scheme_or_an_unreachable_bucket_is_one_line_before_anything_
 def test_the_workdir_lock_is_an_exclusive_object(emulator):
     code = f"""
 import bt_jax
-from bt_jax.run_lock import WorkdirLock, WorkdirLocked
+from bt_jax.io.run_lock import WorkdirLock, WorkdirLocked
 first = WorkdirLock("gs://{BUCKET}/locked").acquire()
 try:
     WorkdirLock("gs://{BUCKET}/locked").acquire()

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import torchvision_models
-from bt_jax import convert, interop
+from bt_jax.io import interop
+from bt_jax.io import weights
+from bt_jax import convert
 from bt_jax.errors import ConfigError
 from bt_jax.models import BarlowTwins, make_backbone
 
@@ -44,7 +46,7 @@ def r18_cifar():
 
 
 def test_round_trips_are_exact(r18_cifar):
-    backbone = convert.backbone_of(r18_cifar)
+    backbone = weights.backbone_of(r18_cifar)
     state = interop.to_torch(backbone, "resnet18")
     assert state["conv1.weight"].shape == (16, 3, 3, 3)                 # OIHW
     assert state["layer2.0.downsample.0.weight"].shape == (32, 16, 1, 1)
@@ -63,7 +65,7 @@ def test_round_trips_are_exact(r18_cifar):
 def test_wrappers_fair_hub_fair_checkpoint_solo_learn_and_data_parallel(r18_cifar):
     full = interop.to_torch(r18_cifar, "resnet18", projector=True)
     backbone = {k: v for k, v in full.items() if not k.startswith("projector")}
-    want_backbone = convert.backbone_of(r18_cifar)
+    want_backbone = weights.backbone_of(r18_cifar)
     # FAIR's torch-hub resnet50.pth: a plain torchvision state dict without fc
     assert _equal(interop.from_torch(backbone, "resnet18"), want_backbone)
     # with a classifier head and DataParallel's prefix
@@ -102,7 +104,7 @@ def test_the_stem_and_width_are_inferred_from_conv1():
 
 
 def test_mismatches_name_the_keys(r18_cifar):
-    state = interop.to_torch(convert.backbone_of(r18_cifar), "resnet18")
+    state = interop.to_torch(weights.backbone_of(r18_cifar), "resnet18")
     with pytest.raises(ConfigError, match=r"missing keys: layer1.0.bn3.bias, .* and \d+ more"):
         interop.from_torch(state, "resnet50")
     missing = {k: v for k, v in state.items() if k != "layer4.1.bn2.running_mean"}
@@ -122,7 +124,7 @@ def test_mismatches_name_the_keys(r18_cifar):
     with pytest.raises(ConfigError, match="is a str, not a tensor"):
         interop.from_torch({**state, "note": "hello"}, "resnet18")
     with pytest.raises(ConfigError, match="not bt_jax's resnet34"):
-        interop.to_torch(convert.backbone_of(r18_cifar), "resnet34")
+        interop.to_torch(weights.backbone_of(r18_cifar), "resnet34")
 
 
 def _torch_resnet(arch: str, stem: str, width: float):
@@ -159,7 +161,7 @@ def _torch_forward_matches(arch: str, stem: str, width: float, size: int, tmp_pa
                 m.running_var.uniform_(0.5, 2.0)
     torch.save(net.state_dict(), tmp_path / "net.pth")
     assert convert.main([str(tmp_path / "net.pth"), str(tmp_path / "backbone.msgpack")]) == 0
-    variables, found = convert.read_variables(str(tmp_path / "backbone.msgpack"))
+    variables, found = weights.read_variables(str(tmp_path / "backbone.msgpack"))
     assert found == arch
     backbone = make_backbone(arch, stem=stem, width=width, zero_init_residual=False)
     # 16 images: in train mode the last stage's BatchNorm normalises over 16 values per
@@ -231,24 +233,24 @@ def test_safetensors_is_the_format_of_its_spec(tmp_path):
     tensors = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
                "b.num_batches_tracked": np.array(7, np.int64)}
     path = str(tmp_path / "t.safetensors")
-    convert.write_safetensors(path, tensors)
+    weights.write_safetensors(path, tensors)
     raw = open(path, "rb").read()
     length = int.from_bytes(raw[:8], "little")
     assert length % 8 == 0 and raw[8:9] == b"{"
     assert raw[8 + length:8 + length + 24] == tensors["a.weight"].tobytes()
-    back = convert.read_safetensors(path)
+    back = weights.read_safetensors(path)
     assert back.keys() == tensors.keys()
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype
                for k, v in tensors.items())
     (tmp_path / "bad.safetensors").write_bytes(b"\x01\x02")
     with pytest.raises(ConfigError, match="not a safetensors file"):
-        convert.read_safetensors(str(tmp_path / "bad.safetensors"))
+        weights.read_safetensors(str(tmp_path / "bad.safetensors"))
 
 
 @pytest.mark.torch
 def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path, capsys):
     src = str(tmp_path / "src.safetensors")
-    convert.write_safetensors(src, interop.to_torch(r18_cifar, "resnet18", projector=True))
+    weights.write_safetensors(src, interop.to_torch(r18_cifar, "resnet18", projector=True))
     chain = [src, str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors"),
              str(tmp_path / "c.msgpack"), str(tmp_path / "d.pt")]
     # the command itself once (python -m), the rest of the chain in this process
@@ -257,10 +259,10 @@ def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path, cap
     assert out.returncode == 0 and "Wrote" in out.stdout, out.stderr
     for a, b in zip(chain[1:], chain[2:]):
         assert convert.main([a, b]) == 0
-    full, _ = convert.read_variables(chain[2])
+    full, _ = weights.read_variables(chain[2])
     assert _equal(full, r18_cifar)                               # projector kept until .msgpack
-    final, arch = convert.read_variables(chain[-1])
-    assert arch == "resnet18" and _equal(final, convert.backbone_of(r18_cifar))
+    final, arch = weights.read_variables(chain[-1])
+    assert arch == "resnet18" and _equal(final, weights.backbone_of(r18_cifar))
     capsys.readouterr()
     assert convert.main([src, str(tmp_path / "x.h5")]) == 2
     assert "unknown format '.h5'" in capsys.readouterr().err
@@ -288,7 +290,7 @@ def _weights_file(tmp_path, c, name="w.safetensors", width=None, projector=True)
                         projector_dims=tuple(c.model.projector_dims))
     variables = _random_variables(model, jnp.zeros((2, 16, 16, 3)), seed=3)
     path = str(tmp_path / name)
-    convert.write_variables(path, variables, c.model.backbone, projector=projector)
+    weights.write_variables(path, variables, c.model.backbone, projector=projector)
     return path, variables
 
 
@@ -363,8 +365,8 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     r.eval.finetune.fractions, r.eval.knn.k = (), 20
     train_split, test_split = sources.labelled_splits(r.data, r.seed)
     backbone = train.create_model(r.model).backbone
-    ref = runner.evaluate_all(r.eval, backbone, convert.backbone_of(want),
-                              convert.backbone_of(want), train_split, test_split,
+    ref = runner.evaluate_all(r.eval, backbone, weights.backbone_of(want),
+                              weights.backbone_of(want), train_split, test_split,
                               sources.pretrain_split(r.data, r.seed).normalization_stats(),
                               seed=r.seed, image_size=r.data.image_size)
     assert got["knn_top1"] == ref["knn_top1"] and got["linear_top1"] == ref["linear_top1"]
@@ -375,6 +377,6 @@ def test_evaluate_backbone_and_train_from_pytorch_weights(tmp_path):
     c.eval.enabled = False
     c.monitor.online_probe = False
     train.train_and_evaluate(c, str(tmp_path / "run"))
-    from bt_jax import export
+    from bt_jax.io import export
     _, exported = export.load_backbone(str(tmp_path / "run"))
     assert _equal(exported["params"], want["params"]["backbone"])

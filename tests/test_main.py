@@ -11,7 +11,8 @@ import pytest
 
 from bt_jax import config as config_lib
 from bt_jax import defaults
-from bt_jax import export, train
+from bt_jax.io import export
+from bt_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

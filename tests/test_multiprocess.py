@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import checkpoint as ckpt_lib
+from bt_jax.io import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config", "configs/digits.py", "--config.num_steps=4", "--config.log_every_steps=1",

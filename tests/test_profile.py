@@ -7,7 +7,8 @@ import os
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults, run_dir, train
+from bt_jax.io import run_dir
+from bt_jax import defaults, train
 from bt_jax.train.profile import StepTrace
 from test_main import _tiny
 

@@ -15,7 +15,8 @@ import pytest
 
 from bt_jax import config as config_lib
 from bt_jax import defaults
-from bt_jax import export, train
+from bt_jax.io import export
+from bt_jax import train
 from bt_jax.data import sources
 from bt_jax.models import make_backbone
 from workdirs import digests

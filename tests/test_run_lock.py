@@ -1,4 +1,4 @@
-"""One writer per workdir (bt_jax/run_lock.py): both ways of holding the lock, a second
+"""One writer per workdir (bt_jax/io/run_lock.py): both ways of holding the lock, a second
 locker refused with one line naming the holder, a stale lock (SIGKILLed holder) taken over,
 and the CLI's refusal that leaves the holder's files untouched."""
 import json
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from bt_jax import run_lock
-from bt_jax.run_lock import WorkdirLock, WorkdirLocked
+from bt_jax.io import run_lock
+from bt_jax.io.run_lock import WorkdirLock, WorkdirLocked
 from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ METHODS = ["fcntl", "create"]
 
 HOLDER = """
 import sys, time
-from bt_jax.run_lock import WorkdirLock
+from bt_jax.io.run_lock import WorkdirLock
 lock = WorkdirLock(sys.argv[1], purpose="training", method=sys.argv[2]).acquire()
 print("held", flush=True)
 time.sleep(600)

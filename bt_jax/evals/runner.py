@@ -10,7 +10,7 @@ from typing import Optional
 import flax.linen as nn
 import numpy as np
 
-from bt_jax import run_dir
+from bt_jax.io import run_dir
 from bt_jax import diagnostics, evals, progress
 from bt_jax.data import pipeline, sources
 from bt_jax.evals import classifier, knn, linear_fast

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bt_jax import storage
+from bt_jax.io import storage
 from bt_jax.errors import ConfigError
 from bt_jax.models.barlow_twins import BarlowTwins
 from bt_jax.models.conv import CONV_IMPLS

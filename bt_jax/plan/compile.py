@@ -1,14 +1,13 @@
 """Compile the trainer's own programs for a set of devices, from shapes alone, and read
 what the compiler says of them: memory per device, FLOPs, bytes, collectives.
 
-The programs come from `train.programs.build_programs`, the function the trainer itself
-calls, on the trainer's mesh (`parallel.make_mesh`) and shardings: the state replicated,
+The programs come from `train.setup.assemble`, the function the trainer itself calls,
+on the trainer's mesh (`parallel.make_mesh`) and shardings: the state replicated,
 the batch split over "batch". Nothing is materialised: the state is `jax.eval_shape` of
 its initialiser, the batch `jax.ShapeDtypeStruct`s in the pipeline's layout.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 import time
@@ -18,41 +17,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from bt_jax import defaults
 from bt_jax import parallel
-from bt_jax.data import in_memory, sources
-from bt_jax.data.layout import batch_layout
-from bt_jax.data.sources.base import imagenet_stats
-from bt_jax.errors import ConfigError
 from bt_jax.plan import hlo, hlo_cost
 from bt_jax.train import programs as programs_lib
+from bt_jax.train import setup
+from bt_jax.train.setup import RunShape, conv_impl_for, run_shape  # noqa: F401  (re-exported)
 from bt_jax.train.step import update_inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class RunShape:
-    """What the plan needs to know of the data: examples per epoch, classes (the online
-    probe), channels of stored images, and whether the pipeline holds the split in
-    memory (gather_on_host) or streams it."""
-    examples: int
-    num_classes: int
-    channels: int
-    gather_on_host: bool
-
-
-def run_shape(data: ml_collections.ConfigDict, examples: int = 0, classes: int = 0) -> RunShape:
-    """The RunShape of config.data from its source's registered `SourceShape`; examples /
-    classes (> 0) override it, and are needed where the source has none (folders, any
-    "tfds:<name>")."""
-    source = sources.get_source(data.name)
-    shape = source.shape
-    if shape is None and not (examples and classes):
-        raise ConfigError(f"data.name={data.name!r} has no known size: pass --examples=N "
-                          "(images per epoch) and --classes=C.")
-    n = examples or shape.pretrain_examples - data.validation_examples
-    return RunShape(examples=n, num_classes=classes or shape.num_classes,
-                    channels=shape.channels if shape else 3,
-                    gather_on_host=source.stream is None)
 
 
 def memory_stats(compiled) -> dict:
@@ -163,14 +133,6 @@ class CompiledRun:
     num_devices: int
 
 
-def conv_impl_for(conv_impl: str, platform: str) -> str:
-    """model.conv_impl as a run on `platform` resolves it. "auto" picks each layer's form
-    from `jax.default_backend()` when the model is traced, which is this machine's CPU
-    when planning for a TPU: off the CPU it is "xla", what "auto" gives there
-    (`models.conv.choose_conv_impl`), so the plan compiles the TPU trainer's program."""
-    return "xla" if conv_impl == "auto" and platform != "cpu" else conv_impl
-
-
 def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
                 shape: RunShape, progress=print) -> CompiledRun:
     """Compiles the train step (and the on-device augmentation ahead of it, where
@@ -180,23 +142,10 @@ def compile_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
       ConfigError: an invalid config, or a batch the devices do not divide.
       OutOfMemory: the compiler found that a program does not fit a device.
     """
-    defaults.validate(config)
-    model_cfg = copy.deepcopy(config.model)
-    model_cfg.conv_impl = conv_impl_for(model_cfg.conv_impl, devices[0].platform)
-    mesh = parallel.make_mesh(devices)
-    per_device = parallel.per_device_batch_size(config.batch_size, mesh)
-    spe = in_memory.full_batches(shape.examples, config.batch_size)
-    total_steps = config.num_steps or config.num_epochs * spe
-    layout = batch_layout(config.data.augment_on, shape.gather_on_host)
-    # The views' normalisation: a constant in the program, whose value changes no cost.
-    make_views = programs_lib.view_program(layout, config.data, config.seed, imagenet_stats())
-    built = programs_lib.build_programs(
-        model_cfg, config.optim, config.loss, config.monitor, mesh,
-        global_batch=config.batch_size, steps_per_epoch=spe, total_steps=total_steps,
-        make_views=make_views)
-    probe = shape.num_classes if config.monitor.online_probe else 0
-    state = programs_lib.abstract_state(built, config.seed, config.data.image_size, probe, mesh)
-    batch = programs_lib.abstract_batch(layout, config.batch_size, config.data.image_size,
+    run = setup.assemble(config, devices, shape=shape, state="abstract")
+    mesh, built, state = run.mesh, run.programs, run.state
+    per_device = config.batch_size // mesh.size
+    batch = programs_lib.abstract_batch(run.layout, config.batch_size, config.data.image_size,
                                         shape.channels, mesh)
     stats, executables, arguments = [], [], []
     node_of = nodes_of(mesh)

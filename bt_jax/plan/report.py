@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax.plan.chips import Chip
 
 ESTIMATE = "roofline estimate (not a measurement)"

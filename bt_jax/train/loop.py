@@ -8,13 +8,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from bt_jax import run_dir
-from bt_jax import checkpoint as ckpt_lib
+from bt_jax.io import run_dir
+from bt_jax.io import checkpoint as ckpt_lib
 from bt_jax import config as config_lib
-from bt_jax import defaults
-from bt_jax import diagnostics, export, losses, parallel, plots
+from bt_jax.io import export
+from bt_jax import diagnostics, losses, parallel, plots
 from bt_jax.data import sources, pipeline
-from bt_jax.data.layout import batch_layout
 from bt_jax.data.views import view_configs
 from bt_jax.evals import monitor as monitor_lib
 from bt_jax.evals.common import probe_subset
@@ -23,21 +22,12 @@ from bt_jax.models.factory import backbone_variables
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
 from bt_jax.train.profile import StepTrace
-from bt_jax.train.programs import build_programs, initial_state, view_program
+from bt_jax.train import setup
 from bt_jax.train.state import init_from_file
 from bt_jax.train.step import make_diagnose_fn
-from bt_jax.run_lock import WorkdirLock
+from bt_jax.io.run_lock import WorkdirLock
 from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results,
                                   read_run_config, saved_steps, write_run_config)
-
-
-def pretrain_num_classes(source) -> int:
-    """Classes of the pretraining split's labels; 0 when it has none (the online probe is
-    then off)."""
-    labels = getattr(source, "labels", None)
-    if labels is not None and not np.any(np.asarray(labels) >= 0):
-        return 0
-    return int(getattr(source, "num_classes", 0) or 0)
 
 
 def _check_finite(loss, step: int) -> None:
@@ -57,14 +47,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Everything is checked before anything is written: a relaunch that fails leaves the
     # workdir as it was, and a first run that fails leaves nothing.
-    defaults.validate(config)
     check_workdir(workdir)
     read_run_config(workdir)   # a corrupt config.json is one line, before any work
-    mesh = parallel.make_mesh()
-    parallel.per_device_batch_size(config.batch_size, mesh)
-    source = sources.pretrain_split(config.data, config.seed)
-    layout = batch_layout(config.data.augment_on, source.gather_on_host)
-    pipeline.require_packages(layout, source)
+    run = setup.assemble(config)
     splits = None
     if config.eval.enabled:   # loaded first: a missing test split fails before training
         splits = sources.labelled_splits(config.data, config.seed)
@@ -72,18 +57,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # lock from here to the end; a run that fails before writing anything leaves nothing.
     chief = jax.process_index() == 0
     with WorkdirLock(workdir, purpose="training") if chief else contextlib.nullcontext():
-        return _train_and_evaluate(config, workdir, mesh, source, layout, splits)
+        return _train_and_evaluate(config, workdir, run, splits)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, source, layout,
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: setup.Run,
                         splits) -> dict:
     """train_and_evaluate once the config, the data and the workdir are checked (and, on
     the chief, the workdir's lock held)."""
     chief = jax.process_index() == 0
     check_resumable(workdir, config.model)
-    spe = pipeline.steps_per_epoch(source, config.batch_size, jax.process_count())
-    total_steps = config.num_steps or config.num_epochs * spe
-    stats = pipeline.normalization_stats(source)
+    mesh, source, spe, total_steps = run.mesh, run.source, run.steps_per_epoch, run.total_steps
+    stats, programs, layout = run.stats, run.programs, run.layout
     train_split, test_split = splits or (None, None)
     finished = finished_results(workdir, total_steps, config.eval.enabled)
     if finished is not None:
@@ -101,12 +85,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh, s
     off = config_lib.evaluations_off_line(config.monitor, config.eval)
     if off:
         print(off, flush=True)
-    programs = build_programs(
-        config.model, config.optim, config.loss, config.monitor, mesh,
-        global_batch=config.batch_size, steps_per_epoch=spe, total_steps=total_steps,
-        make_views=view_program(layout, config.data, config.seed, stats))
-    probe_classes = pretrain_num_classes(source) if config.monitor.online_probe else 0
-    state = initial_state(programs, config.seed, config.data.image_size, probe_classes)
+    state = run.state
     init_backbone = jax.device_get(  # a host copy: the state's buffers are donated below
         backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
     if config.model.init_from and not resuming:

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Optional
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax import diagnostics, event_writer, losses
 
 

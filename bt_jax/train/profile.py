@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 
 
 class StepTrace:

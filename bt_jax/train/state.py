@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from bt_jax import convert, optim
+from bt_jax import optim
 from bt_jax.errors import ConfigError
+from bt_jax.io import weights
 from bt_jax.models import BarlowTwins
 from bt_jax.models.factory import init_variables
 
@@ -101,8 +102,8 @@ def init_from_file(state: TrainState, model_cfg: ml_collections.ConfigDict) -> T
       ConfigError where the file's ResNet is not config.model's (naming the fields).
     """
     path = model_cfg.init_from
-    variables, arch = convert.read_variables(path)
-    bad = convert.mismatched_fields(model_cfg, convert.model_fields(variables, arch))
+    variables, arch = weights.read_variables(path)
+    bad = weights.mismatched_fields(model_cfg, weights.model_fields(variables, arch))
     if bad:
         raise ConfigError(f"model.init_from={path!r} holds another network: "
                           f"{'; '.join(bad)}. Set those fields to the weights' values.")
@@ -110,7 +111,7 @@ def init_from_file(state: TrainState, model_cfg: ml_collections.ConfigDict) -> T
     if "projector" in variables["params"] and _same_shapes(
             variables["params"]["projector"], state.params["projector"]):
         parts.append("projector")
-    backbone = convert.backbone_of(variables)
+    backbone = weights.backbone_of(variables)
     loaded = {"backbone": backbone, "projector": {
         "params": variables["params"].get("projector"),
         "batch_stats": variables.get("batch_stats", {}).get("projector", {})}}

@@ -7,9 +7,10 @@ from typing import Optional
 
 import ml_collections
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax import config as config_lib
-from bt_jax import defaults, export
+from bt_jax.io import export
+from bt_jax import defaults
 
 
 # config.model fields that do not change the model's variables: a resume may change them.

@@ -13,7 +13,7 @@ time, command), held in one of two ways:
   run never blocks its rerun.
 - `create` (filesystems without file locks, and object stores: gs://, s3://): the record
   is created exclusively (O_EXCL; on GCS an upload that the store refuses where the object
-  exists, bt_jax.storage.create_exclusive) and its `heartbeat` refreshed every
+  exists, bt_jax.io.storage.create_exclusive) and its `heartbeat` refreshed every
   HEARTBEAT_SECONDS by a thread. It is stale once its
   process is gone: on the same host, when that process id no longer runs (or runs another
   program, started at another time); from another host, when the heartbeat is older than
@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Optional
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax.errors import ConfigError
 
 LOCK_FILE = run_dir.LOCK

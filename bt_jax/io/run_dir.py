@@ -11,7 +11,7 @@ and the one way files are written there (atomically).
 
 Also the checks every command makes of the paths it will write (before writing) and of
 the JSON files it reads, each failure one ConfigError line. Every read and write goes
-through bt_jax.storage, so WORKDIR may be a local path or gs://BUCKET/... . Imports nothing
+through bt_jax.io.storage, so WORKDIR may be a local path or gs://BUCKET/... . Imports nothing
 of bt_jax but storage and errors: every module may ask it.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import os
 from typing import Union
 
-from bt_jax import storage
+from bt_jax.io import storage
 from bt_jax.errors import ConfigError
 
 CONFIG = "config.json"

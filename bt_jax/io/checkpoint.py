@@ -18,8 +18,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from bt_jax import run_dir
-from bt_jax import storage
+from bt_jax.io import run_dir
+from bt_jax.io import storage
 from bt_jax.errors import ConfigError
 
 

@@ -30,7 +30,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from bt_jax import run_dir, storage
+from bt_jax.io import run_dir, storage
 from bt_jax.data.views import normalize
 from bt_jax.errors import ConfigError
 from bt_jax.models import make_backbone

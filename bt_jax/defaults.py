@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _assembled(component_parts: list) -> ml_collections.ConfigDict:
     c = config_lib.assemble(component_parts)
-    c.eval.protocols = evals.PROTOCOLS
+    c.eval.protocols = evals.PROTOCOLS.names()
     return c
 
 
@@ -67,7 +67,7 @@ def check_protocol_choice(e: ml_collections.ConfigDict) -> None:
     unknown = [p for p in e.protocols if p not in evals.PROTOCOLS]
     if unknown:
         raise ConfigError(f"eval.protocols: unknown protocol(s) {unknown}; choose from "
-                          f"{evals.PROTOCOLS}.")
+                          f"{evals.PROTOCOLS.names()}.")
     if e.linear_protocol not in ("linear_fast", "linear_sgd"):
         raise ConfigError("eval.linear_protocol must be 'linear_fast' or 'linear_sgd'; got "
                           f"{e.linear_protocol!r}.")

@@ -36,29 +36,82 @@ def _module(name: str, code: str) -> types.ModuleType:
     return module
 
 
-def test_the_readme_npz_source_registers_and_loads(tmp_path):
+def _register(monkeypatch, registry, module_name: str, code_block: str, line_block: str):
+    """The page's module (exec'd as `module_name`) and its one registry line, read from
+    the page and added to `registry` as written."""
+    monkeypatch.setitem(sys.modules, module_name, _module(module_name,
+                                                          _readme_block(code_block)))
+    (name, target), = re.findall(r'"(\w+)": "([\w.:]+)",', _readme_block(line_block))
+    monkeypatch.setitem(registry.entries, name, target)
+    return name
+
+
+def test_every_pluggable_kind_registers_one_way():
+    """Objectives, sources, protocols and backbones: each registry a `Registry` of
+    "module:ATTRIBUTE" lines, each line naming an object of its module."""
+    from bt_jax import losses, registry
+    from bt_jax.models.backbones import BACKBONES
+    for reg in (losses.OBJECTIVES, sources.SOURCES, evals.PROTOCOLS, BACKBONES):
+        assert isinstance(reg, registry.Registry)
+        for name, target in reg.entries.items():
+            module, _, attribute = target.partition(":")
+            assert getattr(sys.modules[module] if module in sys.modules else
+                           __import__(module, fromlist=[attribute]), attribute) is reg.get(name)
+    (name, target), = re.findall(r'"(\w+)": "([\w.:]+)",', _readme_block(
+        "# bt_jax/losses/__init__.py, in OBJECTIVES:"))   # the page's line is the real one
+    assert losses.OBJECTIVES.entries[name] == target
+    with pytest.raises(config_lib.ConfigError, match=r"Unknown model.backbone 'vit'; "
+                       r"registered backbones: \['resnet18', 'resnet34', 'resnet50'\]"):
+        BACKBONES.get("vit")
+    with pytest.raises(ValueError, match="module:ATTRIBUTE"):
+        registry.Registry("thing", "a.b", {"x": "no_colon"}, home="here")
+
+
+def test_the_readme_npz_source_registers_and_loads(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for split, n in (("train", 30), ("test", 10)):
         np.savez(tmp_path / f"{split}.npz", images=rng.integers(0, 256, (n, 6, 6, 3), np.uint8),
                  labels=np.arange(n) % 3)
-    try:
-        _module("bt_jax.data.sources.npz", _readme_block("# bt_jax/data/sources/npz.py"))
+    with monkeypatch.context() as m:
+        assert _register(m, sources.SOURCES, "bt_jax.data.sources.npz",
+                         "# bt_jax/data/sources/npz.py",
+                         "# bt_jax/data/sources/__init__.py, in SOURCES:") == "npz"
         test = sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
         assert test.images.shape == (10, 8, 8, 3) and test.num_classes == 3
         c = defaults.base_config()
         c.data.name, c.data.path, c.data.image_size = "npz", str(tmp_path), 8
         train = sources.pretrain_split(c.data)
         assert len(train) == 30 and train.gather_on_host
-    finally:
-        sources.SOURCES.pop("npz", None)
     with pytest.raises(config_lib.ConfigError, match="Unknown dataset 'npz'"):
         sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
 
 
+def test_the_readme_backbone_registers_and_trains_its_config(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    from bt_jax.models import make_backbone
+    from bt_jax.models.backbones import BACKBONES
+    from bt_jax.models.factory import create_model, init_variables
+    assert _register(monkeypatch, BACKBONES, "bt_jax.models.resnet26",
+                     "# bt_jax/models/resnet26.py",
+                     "# bt_jax/models/backbones.py, in BACKBONES:") == "resnet26"
+    net = make_backbone("resnet26", stem="cifar", width=0.125)
+    variables = net.init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)), train=False)
+    blocks = [k for k in variables["params"] if k.startswith("layer")]
+    assert len(blocks) == 8 and net.apply(variables, jnp.zeros((2, 16, 16, 3)),
+                                          train=False).shape == (2, 256)  # 512 * 0.125 * 4
+    c = defaults.base_config()
+    c.model.backbone, c.model.stem, c.model.width = "resnet26", "cifar", 0.125
+    c.model.projector_dims, c.data.image_size = (32, 32), 16
+    defaults.validate(c)
+    v = init_variables(create_model(c.model), jax.random.key(0), 16)
+    assert "backbone" in v["params"] and "projector" in v["params"]
+
+
 def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
-    module = _module("bt_jax.evals.class_mean", _readme_block("# bt_jax/evals/class_mean.py"))
-    monkeypatch.setitem(sys.modules, "bt_jax.evals.class_mean", module)
-    monkeypatch.setattr(evals, "PROTOCOLS", evals.PROTOCOLS + ("class_mean",))
+    assert _register(monkeypatch, evals.PROTOCOLS, "bt_jax.evals.class_mean",
+                     "# bt_jax/evals/class_mean.py",
+                     "# bt_jax/evals/__init__.py, in PROTOCOLS:") == "class_mean"
     c = defaults.base_config()
     c.eval.protocols = ("linear_fast", "knn", "class_mean")
     c.eval.linear_protocol = "linear_fast"

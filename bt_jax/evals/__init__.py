@@ -1,6 +1,6 @@
 """Evaluation protocols, chosen by name in config.eval.protocols (big_vision's `evals`
 are the model): each is one module of this package that defines `PROTOCOL`, a
-`common.Protocol`.
+`common.Protocol`, and one line in PROTOCOLS below (`bt_jax.registry`).
 
 - linear_fast: L-BFGS softmax regression on cached features (`linear_fast.py`);
 - knn: weighted kNN on cached features (`knn.py`);
@@ -9,16 +9,17 @@ are the model): each is one module of this package that defines `PROTOCOL`, a
 
 `runner.evaluate_all` runs the listed protocols on the trained encoder and (where a
 protocol says so) on the random-init and raw-pixel baselines, and builds results.json.
-A new protocol is a new module here plus its name in PROTOCOLS. This file imports nothing
-of bt_jax, so that config.py can check names against it.
 """
-import importlib
+from bt_jax.registry import Registry
 
-PROTOCOLS = ("linear_fast", "knn", "linear_sgd", "finetune")
+PROTOCOLS = Registry("protocol", "eval.protocols", {
+    "linear_fast": "bt_jax.evals.linear_fast:PROTOCOL",
+    "knn": "bt_jax.evals.knn:PROTOCOL",
+    "linear_sgd": "bt_jax.evals.linear_sgd:PROTOCOL",
+    "finetune": "bt_jax.evals.finetune:PROTOCOL",
+}, home="bt_jax/evals/__init__.py")
 
 
 def get_protocol(name: str):
-    """The `common.Protocol` of module bt_jax.evals.<name>."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"Unknown evaluation protocol {name!r}; known: {PROTOCOLS}.")
-    return importlib.import_module(f"bt_jax.evals.{name}").PROTOCOL
+    """The `common.Protocol` registered as `name`; ConfigError naming the known ones."""
+    return PROTOCOLS.get(name)

@@ -40,7 +40,7 @@ import numpy as np
 
 from bt_jax.errors import ConfigError
 from bt_jax.models import Projector, make_backbone
-from bt_jax.models.resnet import BACKBONES
+from bt_jax.models.backbones import BACKBONES
 
 ARCHS = tuple(sorted(BACKBONES))
 # Keys of PyTorch checkpoints that have no bt_jax counterpart, dropped without a word.

@@ -7,10 +7,10 @@ under `jit`, `grad`, `vmap` and `shard_map`. Inside `shard_map`, pass the mesh a
 device.
 
 A new objective is one module with an `OBJECTIVE = Objective(name, fn, progress, curves)`
-(see `common.Objective`) and one line in OBJECTIVES below; the trainer, its progress line,
-metrics.jsonl, TensorBoard and training_curves.png take its scalars from it.
+(see `common.Objective`) and one line in OBJECTIVES below (`bt_jax.registry`); the
+trainer, its progress line, metrics.jsonl, TensorBoard and training_curves.png take its
+scalars from it.
 """
-from bt_jax.losses import barlow_twins, info_nce, vicreg
 from bt_jax.losses.barlow_twins import (CORRELATION_PATHS, NORMALIZATIONS, REDUNDANCY_MODES,
                                         barlow_twins_loss, barlow_twins_terms,
                                         choose_correlation_path, correlation_of_standardized,
@@ -20,18 +20,16 @@ from bt_jax.losses.barlow_twins import (CORRELATION_PATHS, NORMALIZATIONS, REDUN
 from bt_jax.losses.common import Objective
 from bt_jax.losses.info_nce import info_nce_loss
 from bt_jax.losses.vicreg import vicreg_loss, vicreg_terms
+from bt_jax.registry import Registry
 
-OBJECTIVES = {o.name: o for o in (
-    barlow_twins.OBJECTIVE,
-    info_nce.OBJECTIVE,
-    vicreg.OBJECTIVE,
-)}
+OBJECTIVES = Registry("objective", "loss.kind", {
+    "barlow_twins": "bt_jax.losses.barlow_twins:OBJECTIVE",
+    "info_nce": "bt_jax.losses.info_nce:OBJECTIVE",
+    "vicreg": "bt_jax.losses.vicreg:OBJECTIVE",
+}, home="bt_jax/losses/__init__.py")
 
 
 def get_objective(kind: str) -> Objective:
-    """The objective registered as `kind` (config's loss.kind); ValueError naming the
-    registered ones otherwise."""
-    if kind not in OBJECTIVES:
-        raise ValueError(f"Unknown loss.kind {kind!r}; registered objectives: "
-                         f"{sorted(OBJECTIVES)} (bt_jax/losses/__init__.py).")
-    return OBJECTIVES[kind]
+    """The objective registered as `kind` (config's loss.kind); ConfigError (a ValueError)
+    naming the registered ones otherwise."""
+    return OBJECTIVES.get(kind)

@@ -13,8 +13,8 @@ from bt_jax.errors import ConfigError
 from bt_jax.models.barlow_twins import BarlowTwins
 from bt_jax.models.conv import CONV_IMPLS
 from bt_jax.models.projector import LINEAR_INITS
-from bt_jax.models.resnet import (BACKBONES, STEMS, make_backbone, min_image_size,
-                                  stem_minimums)
+from bt_jax.models.backbones import BACKBONES, make_backbone
+from bt_jax.models.resnet import STEMS, min_image_size, stem_minimums
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

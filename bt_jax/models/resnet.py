@@ -187,17 +187,3 @@ class ResNet(nn.Module):
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
-
-BACKBONES = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
-
-
-def make_backbone(name: str, **kwargs) -> ResNet:
-    """Backbone by config name ("resnet18" | "resnet34" | "resnet50")."""
-    if name not in BACKBONES:
-        raise ValueError(
-            f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
-            "(config field model.backbone).")
-    if "width" in kwargs and not kwargs["width"] > 0:
-        raise ValueError(f"width must be positive (1.0: the standard network; config field "
-                         f"model.width); got {kwargs['width']}.")
-    return BACKBONES[name](**kwargs)

@@ -10,8 +10,8 @@ the interface the input pipeline sees (`base`'s docstring):
 `load_split` gives the in-memory evaluation splits; `pretrain_split` the split pretraining
 reads. Every failure to find data is a ConfigError naming what was looked for and where.
 
-A new source is one module here that calls `register(name, Source(load, stream))`, and
-its import below.
+A new source is one module here that defines a `Source(load, stream)` and one line in
+SOURCES below (`bt_jax.registry`).
 """
 from __future__ import annotations
 
@@ -19,20 +19,30 @@ from typing import Union
 
 import numpy as np
 
-# Each module registers its sources on import.
-from bt_jax.data.sources import folder, memory, tfds  # noqa: F401
-from bt_jax.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, SOURCES, SPLITS, Source,
-                                      SourceShape, Split, channel_stats, register)
+from bt_jax.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, SPLITS, Source,
+                                      SourceShape, Split, channel_stats)
 from bt_jax.data.sources.folder import FileSplit
 from bt_jax.data.sources.tfds import TFDS_PREFIX, TFDSSplit, TFDSSpec, source_of
 from bt_jax.data.subsets import as_mask, class_balanced
 from bt_jax.errors import ConfigError
+from bt_jax.registry import Registry
+
+SOURCES = Registry("source", "data.name", {
+    "digits": "bt_jax.data.sources.memory:DIGITS",
+    "fashion_mnist": "bt_jax.data.sources.memory:FASHION_MNIST",
+    "cifar10": "bt_jax.data.sources.memory:CIFAR10",
+    "cifar100": "bt_jax.data.sources.memory:CIFAR100",
+    "folder": "bt_jax.data.sources.folder:FOLDER",
+    "stl10": "bt_jax.data.sources.tfds:STL10",
+    "imagenette": "bt_jax.data.sources.tfds:IMAGENETTE",
+    "imagenet2012": "bt_jax.data.sources.tfds:IMAGENET2012",
+}, home="bt_jax/data/sources/__init__.py")
 
 PretrainSplit = Union[Split, FileSplit, TFDSSplit]
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "SPLITS", "FileSplit", "PretrainSplit",
            "Source", "SourceShape", "Split", "TFDSSplit", "channel_stats", "get_source",
-           "labelled_splits", "load_split", "pretrain_split", "register",
+           "labelled_splits", "load_split", "pretrain_split",
            "split_off_validation", "validation_mask"]
 
 
@@ -43,7 +53,7 @@ def get_source(name: str) -> Source:
     if name not in SOURCES:
         raise ConfigError(f"Unknown dataset {name!r} (config field data.name); known datasets: "
                           f"{sorted(SOURCES) + [TFDS_PREFIX + '<name>']}.")
-    return SOURCES[name]
+    return SOURCES.get(name)
 
 
 def _check_image_size(image_size: int) -> None:

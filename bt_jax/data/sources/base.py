@@ -17,7 +17,7 @@ A split given to `bt_jax.data.pipeline` (an in-memory `Split`, a `folder.FileSpl
 - `decode_error(error, indices)`: the one-line error for a tf.data error on a batch
   (`indices()` gives its example indices), or None to let the error through.
 
-A named source is a `Source` in `SOURCES` (`register`): how to load its labelled splits
+A named source is a `Source` (registered in `sources.SOURCES`): how to load its labelled splits
 into memory and, for large ones, how pretraining streams it.
 """
 from __future__ import annotations
@@ -181,12 +181,3 @@ class Source:
     stream: Optional[Callable[[Any, str], Any]] = None
     pretrain_split: str = "train"
     shape: Optional[SourceShape] = None
-
-
-SOURCES: dict[str, Source] = {}
-
-
-def register(name: str, source: Source) -> Source:
-    """Adds a named source (data.name=name) to `SOURCES`; returns it."""
-    SOURCES[name] = source
-    return source

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from bt_jax.data import import_tensorflow
-from bt_jax.data.sources.base import IndexedSplit, Source, Split, imagenet_stats, register
+from bt_jax.data.sources.base import IndexedSplit, Source, Split, imagenet_stats
 from bt_jax.data.sources.tfds import center_square
 from bt_jax.errors import ConfigError
 
@@ -285,5 +285,5 @@ def load_folder(split: str, image_size: int, path: str = "", *, strict: bool = F
     return Split(np.stack(images), np.asarray(labels, np.int32), files.num_classes)
 
 
-register("folder", Source(load_folder, stream=lambda d, split: folder_files(
-    d.path, split, strict=d.strict_decode, verify=d.verify_files)))
+FOLDER = Source(load_folder, stream=lambda d, split: folder_files(
+    d.path, split, strict=d.strict_decode, verify=d.verify_files))

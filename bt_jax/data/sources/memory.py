@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from bt_jax.data.sources.base import Source, SourceShape, Split, register, resize_uint8
+from bt_jax.data.sources.base import Source, SourceShape, Split, resize_uint8
 from bt_jax.data.sources.tfds import TFDSSpec, load_tfds_in_memory
 from bt_jax.data.subsets import as_mask, class_balanced
 from bt_jax.errors import ConfigError
@@ -203,9 +203,7 @@ def load_cifar(name: str, split: str, image_size: int, path: str = "", *,
 
 
 
-register("digits", Source(load_digits, shape=SourceShape(1438, 10, channels=1)))
-register("fashion_mnist", Source(load_fashion_mnist, shape=SourceShape(60_000, 10, channels=1)))
-register("cifar10", Source(functools.partial(load_cifar, "cifar10"),
-                           shape=SourceShape(50_000, 10)))
-register("cifar100", Source(functools.partial(load_cifar, "cifar100"),
-                            shape=SourceShape(50_000, 100)))
+DIGITS = Source(load_digits, shape=SourceShape(1438, 10, channels=1))
+FASHION_MNIST = Source(load_fashion_mnist, shape=SourceShape(60_000, 10, channels=1))
+CIFAR10 = Source(functools.partial(load_cifar, "cifar10"), shape=SourceShape(50_000, 10))
+CIFAR100 = Source(functools.partial(load_cifar, "cifar100"), shape=SourceShape(50_000, 100))

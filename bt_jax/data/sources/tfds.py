@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bt_jax.data import import_tensorflow, import_tfds, in_memory
-from bt_jax.data.sources.base import Source, SourceShape, Split, imagenet_stats, register
+from bt_jax.data.sources.base import Source, SourceShape, Split, imagenet_stats
 from bt_jax.errors import ConfigError
 
 
@@ -322,5 +322,6 @@ def source_of(spec: TFDSSpec) -> Source:
     return Source(load, stream, spec.pretrain, shape=spec.shape)
 
 
-for _name, _spec in TFDS_SOURCES.items():
-    register(_name, source_of(_spec))
+STL10 = source_of(TFDS_SOURCES["stl10"])
+IMAGENETTE = source_of(TFDS_SOURCES["imagenette"])
+IMAGENET2012 = source_of(TFDS_SOURCES["imagenet2012"])

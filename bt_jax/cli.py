@@ -134,7 +134,7 @@ def unknown_field_message(argv: list[str], e: Exception) -> str:
     overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
     hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
     return (f"unknown config field among {overrides} ({hint}). Fields are listed in "
-            "bt_jax/config.py (the run's) and beside each component (bt_jax/defaults.py "
+            "bt_jax/config.py (the run's) and beside each component (bt_jax/config/__init__.py "
             "lists them); a recipe may only override fields that exist.")
 
 
@@ -194,7 +194,7 @@ def check_recipe(path: str) -> None:
         raise ConfigError(f"--config {file!r}: get_config() returned an object "
                           f"of type {type(config).__name__}; it must return an "
                           "ml_collections.ConfigDict (start from "
-                          "bt_jax.defaults.base_config()).")
+                          "bt_jax.config.base_config()).")
 
 
 def override_names(args: list[str]) -> list[str]:

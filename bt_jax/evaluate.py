@@ -25,7 +25,9 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from bt_jax import cli, defaults
+from bt_jax import cli
+
+from bt_jax import config as config_lib
 from bt_jax import config as config_lib
 from bt_jax.config import ConfigError
 from bt_jax.io import checkpoint as ckpt_lib
@@ -113,7 +115,7 @@ def evaluate_backbone(path: str, config, workdir: Optional[str] = None) -> dict:
         for name, value in fields.items():
             if not weights.fits(name, config.model[name], value):
                 config.model[name] = value
-    defaults.validate(config)
+    config_lib.validate(config)
     print(f"Evaluating {arch} weights from {path!r} on {config.data.name}"
           + (f" (the weights set {', '.join(changes)})" if changes else "") + ".", flush=True)
     record = export.weights_record(
@@ -131,7 +133,7 @@ def _lock(workdir: str) -> WorkdirLock:
 def evaluate_workdir(workdir: str, config) -> dict:
     """Evaluates a finished or stopped run and writes/updates its results.json, holding
     the workdir's lock (a run still training there holds it: WorkdirLocked)."""
-    defaults.validate(config)
+    config_lib.validate(config)
     with _lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
         backbone, variables, probe, weights = load_run(workdir, config.model,
                                                        config.data.image_size)
@@ -172,7 +174,7 @@ def config_of_workdir(workdir: str):
     if saved is None:
         raise ConfigError(f"{run_dir.path(workdir, run_dir.CONFIG)!r} does not exist: pass "
                           "the --workdir of a training run, or --config.")
-    config = defaults.base_config()
+    config = config_lib.base_config()
     try:
         config.update_from_flattened_dict(config_lib.flatten(saved))
     except (KeyError, AttributeError, TypeError) as e:

@@ -1,12 +1,12 @@
 """What the recipes of this folder share: solo-learn's CIFAR recipe (configs/cifar10.py,
 cifar100.py, stl10.py) and the Fashion-MNIST recipe chosen on the validation split
 (configs/fashion_mnist_quick.py, fashion_mnist.py), each built on
-`bt_jax.defaults.base_config` (the paper's ImageNet settings). A recipe imports them as
+`bt_jax.config.base_config` (the paper's ImageNet settings). A recipe imports them as
 `from configs.common import cifar_recipe` (bt_jax's recipe loader puts this folder's
 parent on the import path)."""
 import ml_collections
 
-from bt_jax.defaults import base_config
+from bt_jax.config import base_config
 
 
 def cifar_recipe() -> ml_collections.ConfigDict:

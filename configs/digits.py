@@ -3,7 +3,7 @@
 Runs in minutes on a 2-core CPU:
   python -m bt_jax.main --config configs/digits.py --workdir runs/demo
 """
-from bt_jax.defaults import base_config
+from bt_jax.config import base_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ Reads the IDX files: `apt-get install -y dataset-fashion-mnist` (or --config.dat
 without them, TFDS's fashion_mnist).
   python -m bt_jax.main --config configs/fashion_mnist_narrow.py --workdir runs/fmnist_narrow
 """
-from bt_jax.defaults import base_config
+from bt_jax.config import base_config
 
 
 def get_config():

@@ -11,7 +11,7 @@ ILSVRC2012_img_val.tar in DIR/downloads/manual, run `tfds build imagenet2012
 moves the colour ops onto the accelerator; --config.model.dtype=bfloat16 halves activations.
   python -m bt_jax.main --config configs/imagenet.py --workdir runs/imagenet
 """
-from bt_jax.defaults import base_config
+from bt_jax.config import base_config
 
 
 def get_config():

@@ -175,8 +175,8 @@ def time_pil(items, size: int, cores: int, repeats: int) -> list[float]:
 # ------------------------------------------------------------------------ tf.data (bt_jax)
 
 def _config(size: int, batch: int, augment_on: str = "host"):
-    from bt_jax import defaults
-    c = defaults.base_config()
+    from bt_jax import config as config_lib
+    c = config_lib.base_config()
     c.batch_size = batch
     c.data.image_size = size
     c.data.augment_on = augment_on

@@ -74,7 +74,7 @@ CSV_FIELDS = ("what", "impl", "device", "devices", "threads", "model", "image_si
 
 def step_config(args, conv_impl: str = "auto"):
     """An ml_collections config for the benchmarked model (the trainer's own fields)."""
-    from bt_jax.defaults import base_config  # pylint: disable=import-outside-toplevel
+    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
     c = base_config()
     c.batch_size = args.batch
     c.data.image_size = args.image_size
@@ -210,7 +210,7 @@ def loss_floats_moved(n: int, d: int, path: str, devices: int) -> float:
 
 def bench_augment(args) -> dict:
     """The on-device augmentation alone (both views of args.batch uint8 images)."""
-    from bt_jax.defaults import base_config  # pylint: disable=import-outside-toplevel
+    from bt_jax.config import base_config  # pylint: disable=import-outside-toplevel
     from bt_jax.data import device_augment  # pylint: disable=import-outside-toplevel
     from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
     c = base_config()

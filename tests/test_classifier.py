@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import defaults, train
+from bt_jax import config as config_lib, train
 from bt_jax.evals import classifier, common
 from bt_jax.data import sources
 
@@ -17,7 +17,7 @@ def digits16():
 
 
 def _tiny_backbone():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
     c.model.projector_dims = (32, 32)
     model = train.create_model(c.model)

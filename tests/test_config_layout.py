@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from bt_jax import cli, config as config_lib, defaults, evals, losses
+from bt_jax import cli, config as config_lib, evals, losses
 from bt_jax.models import factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def test_config_py_imports_no_model_loss_or_eval_module():
 
 
 def test_each_component_declares_its_settings_where_the_config_puts_them():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     for name in evals.PROTOCOLS:
         protocol = evals.get_protocol(name)
         assert protocol.defaults, name
@@ -64,33 +64,33 @@ def test_each_component_declares_its_settings_where_the_config_puts_them():
     ("monitor.knn_every_epochs", -1.0, "monitor.knn_every_epochs must be >= 0"),
 ])
 def test_each_component_checks_its_own_settings(field, value, message):
-    c = defaults.base_config()
-    defaults.validate(c)
+    c = config_lib.base_config()
+    config_lib.validate(c)
     *parents, leaf = field.split(".")
     node = c
     for part in parents:
         node = node[part]
     node[leaf] = value
     with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_an_old_name_in_a_recipe_is_one_line_naming_the_new_one():
     for old, new in config_lib.RENAMED.items():
-        c = defaults.base_config()
+        c = config_lib.base_config()
         *parents, leaf = old.split(".")
         node = c
         for part in parents:
             node = node[part]
         node[leaf] = 1            # an unlocked ConfigDict takes a new field silently
         with pytest.raises(config_lib.ConfigError) as e:
-            defaults.validate(c)
+            config_lib.validate(c)
         assert str(e.value).startswith(f"{old} is now {new}:") and "\n" not in str(e.value)
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.eval.knn.kk = 3              # a typo, not an old name
     with pytest.raises(config_lib.ConfigError, match=r"unknown config field 'eval.knn.kk'; "
                        r"eval.knn's fields are \['bank_chunk', 'k', 'temperature'\]"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_an_old_name_on_the_command_line_is_one_line_naming_the_new_one(tmp_path):
@@ -111,19 +111,19 @@ def test_an_old_name_on_the_command_line_is_one_line_naming_the_new_one(tmp_path
 
 
 def test_an_old_linear_protocol_value_names_the_new_one():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.eval.linear_protocol = "fast"
     with pytest.raises(config_lib.ConfigError, match="'fast' is now 'linear_fast'"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_an_old_config_json_translates_into_the_recipe_it_was_written_from():
     old = json.load(open(OLD_CONFIG_JSON))
     assert "knn_k" in old["eval"] and "temperature" in old["loss"]   # the old layout
     translated = config_lib.translate_saved(old)
-    config = defaults.base_config()
+    config = config_lib.base_config()
     config.update_from_flattened_dict(config_lib.flatten(translated))
-    defaults.validate(config)
+    config_lib.validate(config)
     recipe = cli.load_recipe(os.path.join(ROOT, "configs", "digits.py"))
     assert config_lib.diff(recipe, config) == []       # every field, every value
     # The fine-tuning ran on the linear probe's views, which the old layout shared.

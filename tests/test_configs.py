@@ -6,7 +6,6 @@ import jax
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax import cli, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +26,7 @@ def load(path):
 @pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
 def test_recipe_is_valid(path):
     c = load(path)
-    defaults.validate(c)
+    config_lib.validate(c)
     model = train.create_model(c.model)
     shapes = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0),
                                                          c.data.image_size))
@@ -110,18 +109,18 @@ def test_recipe_loss_and_optimiser_train_one_step_on_a_shrunk_model(path):
 
 
 def test_validate_names_the_bad_field():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.model.dtype = "float16"
     with pytest.raises(config_lib.ConfigError, match="model.dtype"):
-        defaults.validate(c)
-    c = defaults.base_config()
+        config_lib.validate(c)
+    c = config_lib.base_config()
     c.loss.redundancy = "both"
     with pytest.raises(config_lib.ConfigError, match="loss.redundancy"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_learning_rates_scale_with_batch_and_follow_the_schedule():
-    c = defaults.base_config()     # paper: weights 0.2, biases 0.0048, times batch/256
+    c = config_lib.base_config()     # paper: weights 0.2, biases 0.0048, times batch/256
     c.batch_size = 1024
     c.optim.warmup_epochs = 10
     w, b = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=100,
@@ -138,7 +137,7 @@ def test_learning_rates_scale_with_batch_and_follow_the_schedule():
 
 
 def test_warm_up_may_be_a_fraction_of_an_epoch():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 256
     c.optim.warmup_epochs = 0.05       # 12 of 234 steps (the small ablation scale)
     w, _ = train.learning_rate_schedules(c.optim, c.batch_size, steps_per_epoch=234,
@@ -185,8 +184,8 @@ def test_recipes_hold_design_md_numbers():
 
 
 def test_config_diff_lists_changed_fields_readably():
-    a = defaults.base_config()
-    b = defaults.base_config()
+    a = config_lib.base_config()
+    b = config_lib.base_config()
     assert config_lib.diff(a, b) == []
     b.batch_size = 512
     b.model.projector_dims = [8192, 8192, 8192]   # a list equal to the tuple: no change

@@ -7,7 +7,7 @@ import pytest
 
 from bt_jax import parallel
 from bt_jax.config import ConfigError
-from bt_jax.defaults import base_config, validate
+from bt_jax.config import base_config, validate
 from bt_jax.models import conv, make_backbone
 from numpy_reference import conv2d_and_grads
 

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax.data import augment, sources, pipeline
 from numpy_reference import gaussian_blur, torchvision_mean_crop_area
 from batches import config_batches
@@ -154,7 +153,7 @@ def test_bad_augmentation_settings_are_clear_errors():
 
 
 def _config(batch_size=32):
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.seed = 3
     c.batch_size = batch_size
     c.data.image_size = 16

@@ -57,7 +57,7 @@ def _ablations():
 
 
 def test_every_ablation_run_is_a_valid_config_at_both_scales():
-    from bt_jax.defaults import validate
+    from bt_jax.config import validate
     ab = _ablations()
     for scale in ab.SCALES.values():
         for sweep in ab.SWEEPS:

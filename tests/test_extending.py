@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax import evals
 from bt_jax.data import sources
 from bt_jax.evals import common, runner
@@ -78,7 +77,7 @@ def test_the_readme_npz_source_registers_and_loads(tmp_path, monkeypatch):
                          "# bt_jax/data/sources/__init__.py, in SOURCES:") == "npz"
         test = sources.load_split("npz", "test", image_size=8, path=str(tmp_path))
         assert test.images.shape == (10, 8, 8, 3) and test.num_classes == 3
-        c = defaults.base_config()
+        c = config_lib.base_config()
         c.data.name, c.data.path, c.data.image_size = "npz", str(tmp_path), 8
         train = sources.pretrain_split(c.data)
         assert len(train) == 30 and train.gather_on_host
@@ -100,10 +99,10 @@ def test_the_readme_backbone_registers_and_trains_its_config(monkeypatch):
     blocks = [k for k in variables["params"] if k.startswith("layer")]
     assert len(blocks) == 8 and net.apply(variables, jnp.zeros((2, 16, 16, 3)),
                                           train=False).shape == (2, 256)  # 512 * 0.125 * 4
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.model.backbone, c.model.stem, c.model.width = "resnet26", "cifar", 0.125
     c.model.projector_dims, c.data.image_size = (32, 32), 16
-    defaults.validate(c)
+    config_lib.validate(c)
     v = init_variables(create_model(c.model), jax.random.key(0), 16)
     assert "backbone" in v["params"] and "projector" in v["params"]
 
@@ -112,10 +111,10 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
     assert _register(monkeypatch, evals.PROTOCOLS, "bt_jax.evals.class_mean",
                      "# bt_jax/evals/class_mean.py",
                      "# bt_jax/evals/__init__.py, in PROTOCOLS:") == "class_mean"
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.eval.protocols = ("linear_fast", "knn", "class_mean")
     c.eval.linear_protocol = "linear_fast"
-    defaults.validate(c)
+    config_lib.validate(c)
     assert [p.name for p in runner.selected_protocols(c.eval)] == list(c.eval.protocols)
 
     rng = np.random.default_rng(1)
@@ -138,18 +137,18 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
     assert c.eval.class_mean.top_k == 1      # its own settings, declared beside its code
     c.eval.class_mean.top_k = 0
     with pytest.raises(config_lib.ConfigError, match="eval.class_mean.top_k must be >= 1"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_unknown_protocols_and_an_unlisted_linear_protocol_are_one_clear_error():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.eval.protocols = ("knn", "linear_sgd", "nope")
     with pytest.raises(config_lib.ConfigError, match=r"unknown protocol\(s\) \['nope'\]"):
-        defaults.validate(c)
+        config_lib.validate(c)
     c.eval.protocols = ("knn", "linear_fast")
     with pytest.raises(config_lib.ConfigError, match="'linear_sgd' reports a protocol that "
                        "eval.protocols"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_the_readmes_python_snippets_run_as_written(tmp_path, monkeypatch):
@@ -159,7 +158,7 @@ def test_the_readmes_python_snippets_run_as_written(tmp_path, monkeypatch):
     import jax.numpy as jnp
     from bt_jax.io import export
     from bt_jax import train
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.data.image_size = 16
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.0625
     c.model.projector_dims = (32, 32)

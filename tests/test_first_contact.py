@@ -12,9 +12,9 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from bt_jax.io import checkpoint, run_dir
-from bt_jax.io import weights
+from bt_jax import config as config_lib
 from bt_jax import convert
+from bt_jax.io import checkpoint, run_dir, weights
 from bt_jax.train import metrics_log, workdir as workdir_lib
 from workdirs import digests
 
@@ -104,8 +104,7 @@ def test_evaluate_applies_overrides_to_the_runs_own_config(tmp_path):
     one is one line."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    from bt_jax import defaults
-    config = defaults.base_config()
+    config = config_lib.base_config()
     (workdir / "config.json").write_text(config.to_json_best_effort())
     r = _run("bt_jax.evaluate", "--workdir", str(workdir), "--config.eval.knn.k=5")
     _one_error_line(r, r"holds neither checkpoints/ nor backbone.msgpack")
@@ -117,8 +116,7 @@ def test_evaluate_applies_overrides_to_the_runs_own_config(tmp_path):
 def test_evaluate_a_truncated_export_without_checkpoints_is_one_line(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    from bt_jax import defaults
-    (workdir / "config.json").write_text(defaults.base_config().to_json_best_effort())
+    (workdir / "config.json").write_text(config_lib.base_config().to_json_best_effort())
     (workdir / "backbone.msgpack").write_bytes(b"\x82\xa6params\x81")   # cut short
     r = _run("bt_jax.evaluate", "--workdir", str(workdir))
     _one_error_line(r, r"backbone.msgpack' cannot be read: it is truncated")
@@ -309,11 +307,11 @@ def _with(config, name: str, value):
 
 
 def test_every_numeric_field_at_minus_one_is_refused_before_the_run_starts():
-    """Every number of a recipe set to -1, one at a time: defaults.validate (which runs
+    """Every number of a recipe set to -1, one at a time: config_lib.validate (which runs
     before anything is written) refuses each with a ConfigError; set to 0, none raises
     anything but a ConfigError (0 is meaningful for many: off, none, the invariance term
     only)."""
-    from bt_jax import config as config_lib, defaults
+    from bt_jax import config as config_lib
     from bt_jax.cli import load_recipe
     base = load_recipe("configs/digits.py")
     numbers = {name: v for name, v in config_lib.flatten(base).items()
@@ -322,12 +320,12 @@ def test_every_numeric_field_at_minus_one_is_refused_before_the_run_starts():
     accepted = []
     for name, value in numbers.items():
         try:
-            defaults.validate(_with(base, name, type(value)(-1)))
+            config_lib.validate(_with(base, name, type(value)(-1)))
             accepted.append(name)
         except config_lib.ConfigError as e:
             assert "\n" not in str(e)
         try:
-            defaults.validate(_with(base, name, type(value)(0)))
+            config_lib.validate(_with(base, name, type(value)(0)))
         except config_lib.ConfigError:
             pass
     assert accepted == []

@@ -269,8 +269,8 @@ def test_convert_command_both_ways_through_every_format(r18_cifar, tmp_path, cap
 
 
 def _digits_config():
-    from bt_jax import defaults
-    c = defaults.base_config()
+    from bt_jax import config as config_lib
+    c = config_lib.base_config()
     c.batch_size = 64
     c.num_steps = 1
     c.data.name, c.data.image_size = "digits", 16
@@ -326,11 +326,11 @@ def test_init_from_loads_the_backbone_and_a_fitting_projector(tmp_path):
 
 
 def test_init_from_that_does_not_exist_is_a_config_error():
-    from bt_jax import defaults
+    from bt_jax import config as config_lib
     c = _digits_config()
     c.model.init_from = "/no/such/weights.pth"
     with pytest.raises(ConfigError, match="model.init_from='/no/such/weights.pth' does not exist"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax.io import export
 from bt_jax import train
 
@@ -18,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(num_steps):
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 64
     c.num_steps = num_steps
     c.log_every_steps = 2

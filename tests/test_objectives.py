@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax import losses, parallel, train
 from numpy_reference import numerical_grad, vicreg_and_grads
 
@@ -73,7 +72,7 @@ def test_vicreg_refuses_a_batch_of_one_and_unequal_shapes():
 
 
 def test_every_registered_objective_returns_its_progress_and_curve_scalars():
-    cfg = defaults.base_config().loss
+    cfg = config_lib.base_config().loss
     z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(3))
     assert sorted(losses.OBJECTIVES) == ["barlow_twins", "info_nce", "vicreg"]
     for name, objective in losses.OBJECTIVES.items():
@@ -87,15 +86,15 @@ def test_every_registered_objective_returns_its_progress_and_curve_scalars():
 
 
 def test_loss_kind_vicreg_is_validated_and_its_weights_checked():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.loss.kind = "vicreg"
-    defaults.validate(c)
+    config_lib.validate(c)
     c.loss.vicreg.variance_weight = -1.0
     with pytest.raises(config_lib.ConfigError, match="loss.vicreg"):
-        defaults.validate(c)
+        config_lib.validate(c)
     c.loss.kind = "byol"
     with pytest.raises(config_lib.ConfigError, match="loss.kind must be one of"):
-        defaults.validate(c)
+        config_lib.validate(c)
 
 
 def test_the_progress_line_and_the_curves_show_the_objectives_own_scalars(tmp_path, capsys):

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import defaults
+from bt_jax import config as config_lib
 from bt_jax.errors import ConfigError
 from bt_jax.plan import chips, hlo, planner, report
 from bt_jax.plan.compile import RunShape, compile_run, parse_out_of_memory, run_shape
@@ -136,7 +136,7 @@ def test_a_batch_the_chips_do_not_divide_is_one_error():
 
 
 def test_a_plan_that_does_not_fit_says_what_and_how_to_lower_it():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     plan = {"memory": {"needed_bytes": 20.5 * 2 ** 30, "hbm_bytes": 16 * 2 ** 30,
                        "fits": False},
             "chip": {"name": "TPU v5e"},
@@ -166,7 +166,7 @@ def test_the_compilers_out_of_memory_message_is_read():
 
 
 def test_run_shape_from_the_registered_source_and_overrides():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.data.name = "imagenet2012"
     s = run_shape(c.data)
     assert (s.examples, s.num_classes, s.channels, s.gather_on_host) == (1_281_167, 1000, 3,
@@ -198,7 +198,7 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch):
 
     monkeypatch.setattr(planner, "make_plan", fake_plan)
     lines = []
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 512                   # 128 per chip
     result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=8,
                                     progress=lines.append)
@@ -242,7 +242,7 @@ def test_max_batch_search_bisects_where_the_memory_curve_flattens(monkeypatch):
     from bt_jax.plan import planner
     from bt_jax.plan.compile import RunShape
     compiled = _flattening_memory_plans(monkeypatch)
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 4 * 1024
     result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=32,
                                     progress=lambda line: None)
@@ -266,7 +266,7 @@ def test_max_batch_search_bisects_where_memory_stays_just_over_the_limit(monkeyp
 
     monkeypatch.setattr(planner, "make_plan", fake_plan)
     _four_fake_chips(monkeypatch)
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 4 * 512
     result = planner.find_max_batch(c, "v5e:2x2", RunShape(1000, 10, 3, False), step=32,
                                     progress=lambda line: None)
@@ -280,7 +280,7 @@ def test_max_batch_search_resumes_from_earlier_tries(monkeypatch):
     from bt_jax.plan import planner
     from bt_jax.plan.compile import RunShape
     compiled = _flattening_memory_plans(monkeypatch)
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 4 * 1024
     shape = RunShape(1000, 10, 3, False)
     whole = planner.find_max_batch(c, "v5e:2x2", shape, step=32, progress=lambda line: None)
@@ -304,7 +304,7 @@ def test_max_batch_search_stopped_by_its_compile_limit_says_so_and_resumes(monke
     monkeypatch.setattr(planner, "make_plan", lambda config, *a, **k: (
         {"memory": {"needed_bytes": 14 * gib + config.batch_size // 4 * 2 ** 20,
                     "fits": 14 * gib + config.batch_size // 4 * 2 ** 20 <= 16 * gib}}, None))
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 4 * 256
     shape = RunShape(1000, 10, 3, False)
     cut = planner.find_max_batch(c, "v5e:2x2", shape, step=32, max_tries=3,
@@ -321,7 +321,7 @@ def test_max_batch_search_stopped_by_its_compile_limit_says_so_and_resumes(monke
 
 
 def _tiny_config():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.data.name = "cifar10"
     c.data.image_size = 32
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.125
@@ -358,7 +358,7 @@ def test_batch_shapes_state_the_pipelines_own_layout(augment_on):
     """The planner compiles for `BatchLayout.shapes`: it must be what the pipeline yields."""
     from bt_jax.data import sources
     from bt_jax.data.layout import batch_layout
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.data.name, c.data.image_size, c.data.augment_on, c.batch_size = "digits", 16, augment_on, 8
     c.data.augment.blur_prob = (0.0, 0.0)
     source = sources.pretrain_split(c.data, c.seed)

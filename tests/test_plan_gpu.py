@@ -25,8 +25,8 @@ TINY = ["--config.data.image_size=32", "--config.model.backbone=resnet18",
 
 
 def _tiny_config():
-    from bt_jax import defaults
-    c = defaults.base_config()
+    from bt_jax import config as config_lib
+    c = config_lib.base_config()
     c.data.name = "cifar10"
     c.data.image_size = 32
     c.model.backbone, c.model.stem, c.model.width = "resnet18", "cifar", 0.25

@@ -8,7 +8,7 @@ import pytest
 
 from bt_jax import config as config_lib
 from bt_jax.io import run_dir
-from bt_jax import defaults, train
+from bt_jax import config as config_lib, train
 from bt_jax.train.profile import StepTrace
 from test_main import _tiny
 
@@ -37,7 +37,7 @@ def test_profile_traces_the_chosen_steps_of_the_train_step(tmp_path, capsys):
 def test_no_trace_when_off_on_other_processes_or_past_the_window(tmp_path):
     """num_steps 0 (the default), a process other than the chief, and a run resumed past
     start_step trace nothing; bad settings are one ConfigError line."""
-    assert defaults.base_config().profile.num_steps == 0
+    assert config_lib.base_config().profile.num_steps == 0
     for trace, steps in ((StepTrace(str(tmp_path), 2, 0), (1, 2, 3)),
                          (StepTrace(str(tmp_path), 2, 2, enabled=False), (1, 2, 3)),
                          (StepTrace(str(tmp_path), 2, 2), (3, 4))):       # resumed at 3
@@ -51,4 +51,4 @@ def test_no_trace_when_off_on_other_processes_or_past_the_window(tmp_path):
         bad = _tiny(2)
         bad.profile.start_step, bad.profile.num_steps = start, num
         with pytest.raises(config_lib.ConfigError, match="profile.start_step must be >= 1"):
-            defaults.validate(bad)
+            config_lib.validate(bad)

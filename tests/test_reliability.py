@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax.io import export
 from bt_jax import train
 from bt_jax.data import sources
@@ -27,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(num_steps=4):
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 64
     c.num_steps = num_steps
     c.data.name = "digits"

@@ -11,7 +11,6 @@ from PIL import Image
 
 import tiny_tfds
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax import parallel
 from bt_jax.data import augment, sources, device_augment, pipeline
 from bt_jax.data.views import ViewConfig
@@ -27,7 +26,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def _config(name, path="", *, batch=8, split="", augment_on="host"):
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.seed = 3
     c.batch_size = batch
     c.data.name = name

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from bt_jax import config as config_lib
-from bt_jax import defaults
 from bt_jax import parallel, train
 
 
 def tiny_config():
-    c = defaults.base_config()
+    c = config_lib.base_config()
     c.batch_size = 16
     c.data.image_size = 8
     c.model.backbone = "resnet18"

@@ -111,18 +111,18 @@ def test_training_with_the_monitor_logs_it_and_ends_on_the_end_of_run_knn(tmp_pa
 
 
 def test_eval_disabled_turns_off_the_monitor_in_one_line():
-    from bt_jax import config as config_lib, defaults
+    from bt_jax import config as config_lib
     c = _digits_config(0)
     c.eval.enabled = False
     c.monitor.knn_every_epochs = 1
-    defaults.validate(c)     # a recipe with a monitor, run with evaluation off: no error
-    assert config_lib.knn_monitor_epochs(c.monitor, c.eval) == 0     # the loop's monitor: off
-    line = config_lib.evaluations_off_line(c.monitor, c.eval)
+    config_lib.validate(c)     # a recipe with a monitor, run with evaluation off: no error
+    assert monitor.knn_monitor_epochs(c.monitor, c.eval) == 0     # the loop's monitor: off
+    line = runner.evaluations_off_line(c.monitor, c.eval)
     assert "\n" not in line and line.startswith("eval.enabled=False")
     assert "no kNN monitor" in line and "online probe still trains" in line
     c.monitor.knn_every_epochs, c.monitor.online_probe = 0, False
-    assert "monitor" not in config_lib.evaluations_off_line(c.monitor, c.eval)
-    assert config_lib.evaluations_off_line(c.monitor, c.eval).endswith("no results.json).")
+    assert "monitor" not in runner.evaluations_off_line(c.monitor, c.eval)
+    assert runner.evaluations_off_line(c.monitor, c.eval).endswith("no results.json).")
     c.eval.enabled, c.monitor.knn_every_epochs = True, 1
-    assert config_lib.evaluations_off_line(c.monitor, c.eval) == ""
-    assert config_lib.knn_monitor_epochs(c.monitor, c.eval) == 1
+    assert runner.evaluations_off_line(c.monitor, c.eval) == ""
+    assert monitor.knn_monitor_epochs(c.monitor, c.eval) == 1

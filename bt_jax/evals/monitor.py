@@ -22,6 +22,11 @@ from bt_jax.evals import common
 from bt_jax.evals.knn import knn_accuracy
 
 
+def knn_monitor_epochs(monitor_cfg, eval_cfg) -> float:
+    """monitor.knn_every_epochs, or 0 (off) where eval.enabled is False."""
+    return monitor_cfg.knn_every_epochs if eval_cfg.enabled else 0.0
+
+
 def monitor_steps(every_epochs: float, steps_per_epoch: int, total_steps: int) -> frozenset:
     """The steps after which the monitor runs: every `every_epochs` epochs (rounded to whole
     steps) and the last step; empty when every_epochs is 0 (off)."""

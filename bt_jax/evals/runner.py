@@ -18,6 +18,17 @@ from bt_jax.evals.common import (Context, Representation, extract_features, pixe
                                  probe_subset, topk_accuracy)
 
 
+def evaluations_off_line(monitor_cfg, eval_cfg) -> str:
+    """The one line a run with eval.enabled=False prints: what it turns off, or ""."""
+    if eval_cfg.enabled:
+        return ""
+    line = ("eval.enabled=False: no evaluation runs (no protocol, no results.json"
+            + (", no kNN monitor" if monitor_cfg.knn_every_epochs > 0 else "") + ")")
+    if monitor_cfg.online_probe:   # part of the train state: a resume must restore it
+        line += "; the online probe still trains (monitor.online_probe=False stops it)"
+    return line + "."
+
+
 def selected_protocols(eval_cfg) -> list:
     """The `common.Protocol`s of eval_cfg.protocols that their own settings
     (eval_cfg.<name>) want run."""

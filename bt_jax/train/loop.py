@@ -10,14 +10,14 @@ import numpy as np
 
 from bt_jax.io import run_dir
 from bt_jax.io import checkpoint as ckpt_lib
-from bt_jax import config as config_lib
 from bt_jax.io import export
 from bt_jax import diagnostics, losses, parallel, plots
 from bt_jax.data import sources, pipeline
 from bt_jax.data.views import view_configs
 from bt_jax.evals import monitor as monitor_lib
 from bt_jax.evals.common import probe_subset
-from bt_jax.evals.runner import evaluate_all, format_table, write_results
+from bt_jax.evals.runner import (evaluate_all, evaluations_off_line, format_table,
+                                 write_results)
 from bt_jax.models.factory import backbone_variables
 from bt_jax.train.metrics_log import MetricsLog
 from bt_jax.train.preemption import Preempted, PreemptionWatch
@@ -82,7 +82,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
     if chief and not resuming:   # a new run: its workdir and config.json first
         write_run_config(workdir, config_json)
 
-    off = config_lib.evaluations_off_line(config.monitor, config.eval)
+    off = evaluations_off_line(config.monitor, config.eval)
     if off:
         print(off, flush=True)
     state = run.state
@@ -119,7 +119,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
     log = MetricsLog(workdir, total_steps, config.batch_size, steps_per_epoch=spe,
                      write_files=chief, eval_split=eval_split, progress=objective.progress)
     monitor, monitor_at = None, monitor_lib.monitor_steps(
-        config_lib.knn_monitor_epochs(config.monitor, config.eval), spe, total_steps)
+        monitor_lib.knn_monitor_epochs(config.monitor, config.eval), spe, total_steps)
     if monitor_at:
         probe_train = probe_subset(train_split, config.eval.probe_train_examples,
                                    config.seed)

@@ -21,7 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from bt_jax import defaults, parallel
+from bt_jax import config as config_lib
+from bt_jax import parallel
 from bt_jax.data import pipeline, sources
 from bt_jax.data.layout import BatchLayout, batch_layout
 from bt_jax.data.sources.base import imagenet_stats
@@ -122,7 +123,7 @@ def assemble(config: ml_collections.ConfigDict,
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}; got {state!r}.")
-    defaults.validate(config)
+    config_lib.validate(config)
     devices = list(devices) if devices is not None else jax.devices()
     mesh = parallel.make_mesh(devices)
     parallel.per_device_batch_size(config.batch_size, mesh)

@@ -10,7 +10,6 @@ import ml_collections
 from bt_jax.io import run_dir, storage
 from bt_jax import config as config_lib
 from bt_jax.io import export
-from bt_jax import defaults
 
 
 # config.model fields that do not change the model's variables: a resume may change them.
@@ -37,7 +36,7 @@ def check_resumable(workdir: str, model_cfg: ml_collections.ConfigDict) -> None:
         return
     now_model = json.loads(model_cfg.to_json_best_effort())
     # Fields added to the model since the run was saved held their defaults then.
-    model_defaults = json.loads(defaults.base_config().to_json_best_effort())["model"]
+    model_defaults = json.loads(config_lib.base_config().to_json_best_effort())["model"]
     saved_model = {**model_defaults, **saved.get("model", {})}
     changed = [f"model.{k}" for k in sorted(set(saved_model) | set(now_model))
                if saved_model.get(k) != now_model.get(k) and k not in NOT_THE_MODEL]
@@ -103,7 +102,7 @@ def write_run_config(workdir: str, config_json: str) -> None:
     saved = read_run_config(workdir) if saved_steps(workdir) else None
     if saved is not None:
         # Fields added since the run was saved held their defaults then: not a change.
-        today = json.loads(defaults.base_config().to_json_best_effort())
+        today = json.loads(config_lib.base_config().to_json_best_effort())
         changes = config_lib.diff(ml_collections.ConfigDict(with_absent_fields(saved, today)),
                                   ml_collections.ConfigDict(json.loads(config_json)))
         if changes:

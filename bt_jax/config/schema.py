@@ -2,13 +2,12 @@
 
 - `run_sections()`: what belongs to the run rather than to one component: its length, the
   data and its augmentations, the optimiser, checkpoints, the training-time monitors
-  (`monitor.*`) and what every evaluation shares (`eval.*`).
+  (`monitor.*`) and what every evaluation shares (`eval.*`), with their checks
+  (`run_parts`).
 - `Part` and `assemble`: each component (an objective of bt_jax/losses, a protocol of
   bt_jax/evals, the model) declares its defaults and checks its own sub-config beside its
-  code; `bt_jax/defaults.py` lists the parts and hands them to `assemble` and `check`.
-- `RENAMED` and `translate_saved`: fields that moved. An old name in a recipe or on the
-  command line is one line naming the new one; an old run's config.json is translated
-  on read. This module imports no model, loss or evaluation module.
+  code; `bt_jax.config` lists the parts and hands them to `assemble` and `check_parts`.
+This module imports no model, loss or evaluation module.
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ import ml_collections
 from bt_jax.data.layout import AUGMENT_ON
 from bt_jax.errors import ConfigError
 
-__all__ = ["ConfigError", "Part", "run_sections", "run_parts", "assemble", "check_parts",
-           "check_length", "check_names", "RENAMED", "translate_saved", "flatten", "diff"]
+from bt_jax.config.legacy import OLD_LINEAR_PROTOCOLS, RENAMED, renamed_message
+from bt_jax.config.tree import flatten, sub_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +127,7 @@ def run_sections() -> ml_collections.ConfigDict:
     c.eval.enabled = True
     c.eval.batch_size = 512      # feature extraction
     c.eval.baselines = True      # also probe a random-init encoder and raw pixels
-    # The evaluation protocols to run, by module of bt_jax/evals/ (defaults.py: all of
+    # The evaluation protocols to run, by module of bt_jax/evals/ (bt_jax.config: all of
     # evals.PROTOCOLS); each is skipped where its own settings ask for no work
     # (linear_sgd.epochs=0, finetune.fractions=()).
     c.eval.protocols = ()
@@ -159,104 +158,10 @@ def assemble(parts) -> ml_collections.ConfigDict:
     return c
 
 
-def sub_config(tree, path: str):
-    """The section of a config (any ConfigDict or dict tree) at a dotted path ("eval.knn")."""
-    node = tree
-    for name in path.split("."):
-        node = node[name]
-    return node
-
-
 def check_parts(tree, parts) -> None:
     """Each part's own check, on its own sub-config of `tree` (the whole config)."""
     for part in parts:
         part.check(sub_config(tree, part.path))
-
-
-# Fields that moved, old dotted name -> new.
-RENAMED = {
-    "eval.fast_l2_grid": "eval.linear_fast.l2_grid",
-    "eval.fast_holdout_fraction": "eval.linear_fast.holdout_fraction",
-    "eval.fast_max_iter": "eval.linear_fast.max_iter", "eval.knn_k": "eval.knn.k",
-    "eval.knn_temperature": "eval.knn.temperature",
-    "eval.knn_bank_chunk": "eval.knn.bank_chunk",
-    "eval.linear_epochs": "eval.linear_sgd.epochs",
-    "eval.linear_batch_size": "eval.linear_sgd.batch_size",
-    "eval.linear_lr": "eval.linear_sgd.lr",
-    "eval.linear_weight_decay": "eval.linear_sgd.weight_decay",
-    "eval.linear_crop_scale": "eval.linear_sgd.crop_scale",
-    "eval.linear_flip_prob": "eval.linear_sgd.flip_prob",
-    "eval.semi_fractions": "eval.finetune.fractions",
-    "eval.semi_epochs": "eval.finetune.epochs",
-    "eval.semi_batch_size": "eval.finetune.batch_size",
-    "eval.semi_lr_backbone": "eval.finetune.lr_backbone",
-    "eval.semi_lr_head": "eval.finetune.lr_head",
-    "eval.semi_weight_decay": "eval.finetune.weight_decay",
-    "eval.online_probe": "monitor.online_probe",
-    "eval.online_probe_lr": "monitor.online_probe_lr",
-    "eval.monitor_every_epochs": "monitor.knn_every_epochs",
-    "eval.diagnostics_every_steps": "monitor.diagnostics_every_steps",
-    "loss.temperature": "loss.info_nce.temperature",
-}
-# Before eval.finetune had its own views, fine-tuning used the linear probe's.
-_ALSO_SET_BY_OLD = {"eval.linear_crop_scale": "eval.finetune.crop_scale",
-                    "eval.linear_flip_prob": "eval.finetune.flip_prob"}
-# eval.linear_protocol named the probe without its protocol's prefix.
-_OLD_LINEAR_PROTOCOLS = {"fast": "linear_fast", "sgd": "linear_sgd"}
-
-
-def renamed_message(old: str) -> str:
-    """One line: where an old field lives now."""
-    return (f"{old} is now {RENAMED[old]}: write --config.{RENAMED[old]}=... (or "
-            f"c.{RENAMED[old]} = ... in a recipe).")
-
-
-def check_names(tree, reference) -> None:
-    """ConfigError for a field `tree` (a whole config) has and `reference` (the assembled
-    defaults) does not: an old name gets one line naming the new one, an unknown one the
-    section's fields. A recipe can add fields to an unlocked ConfigDict without noticing."""
-    known = flatten(reference)
-    for name in flatten(tree):
-        if name in known:
-            continue
-        if name in RENAMED:
-            raise ConfigError(renamed_message(name))
-        section = name.rpartition(".")[0]
-        fields = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section)
-        raise ConfigError(f"unknown config field {name!r}" + (
-            f"; {section}'s fields are {fields}" if fields else "") + ".")
-
-
-def translate_saved(saved: dict) -> dict:
-    """A run's config.json of an earlier layout in today's: every old field under its new
-    name (the fine-tuning's views from the linear probe's, as they were used), and
-    eval.linear_protocol's old values ("fast", "sgd") as protocol names. A config.json of
-    today's layout comes back unchanged."""
-    flat = flatten(saved)
-    out = {}
-    for name, value in flat.items():
-        if name in RENAMED:
-            out.setdefault(RENAMED[name], value)
-            if name in _ALSO_SET_BY_OLD:
-                out.setdefault(_ALSO_SET_BY_OLD[name], value)
-        else:
-            out[name] = value
-    protocol = out.get("eval.linear_protocol")
-    if protocol in _OLD_LINEAR_PROTOCOLS:
-        out["eval.linear_protocol"] = _OLD_LINEAR_PROTOCOLS[protocol]
-    return unflatten(out)
-
-
-def unflatten(flat: dict) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    out: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def _need(ok: bool, message: str) -> None:
@@ -326,9 +231,9 @@ def check_monitor(m) -> None:
 
 def check_eval_shared(e) -> None:
     """config.eval's fields every protocol shares (each protocol checks eval.<name>)."""
-    _need(e.linear_protocol not in _OLD_LINEAR_PROTOCOLS,
+    _need(e.linear_protocol not in OLD_LINEAR_PROTOCOLS,
           f"eval.linear_protocol={e.linear_protocol!r} is now "
-          f"{_OLD_LINEAR_PROTOCOLS.get(e.linear_protocol)!r}: the protocol's name.")
+          f"{OLD_LINEAR_PROTOCOLS.get(e.linear_protocol)!r}: the protocol's name.")
     _need(e.batch_size > 0, f"eval.batch_size (images per feature-extraction batch) must be "
           f"positive; got {e.batch_size}.")
     _need(e.probe_train_examples >= 0, "eval.probe_train_examples must be >= 0 (0: every "
@@ -345,55 +250,17 @@ def run_parts() -> list[Part]:
             Part("eval", {}, check_eval_shared)]
 
 
-def knn_monitor_epochs(monitor_cfg, eval_cfg) -> float:
-    """monitor.knn_every_epochs, or 0 (off) where eval.enabled is False."""
-    return monitor_cfg.knn_every_epochs if eval_cfg.enabled else 0.0
-
-
-def evaluations_off_line(monitor_cfg, eval_cfg) -> str:
-    """The one line a run with eval.enabled=False prints: what it turns off, or ""."""
-    if eval_cfg.enabled:
-        return ""
-    line = ("eval.enabled=False: no evaluation runs (no protocol, no results.json"
-            + (", no kNN monitor" if monitor_cfg.knn_every_epochs > 0 else "") + ")")
-    if monitor_cfg.online_probe:   # part of the train state: a resume must restore it
-        line += "; the online probe still trains (monitor.online_probe=False stops it)"
-    return line + "."
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    """{"section.field": value} of a ConfigDict or a nested dict (e.g. a run's config.json),
-    lists as tuples: the form `ConfigDict.update_from_flattened_dict` takes."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def diff(reference, other) -> list[str]:
-    """["field: old -> new", ...] for every leaf field where `other` differs from
-    `reference` (two ConfigDict or dict trees; sorted by name; fields only one of them
-    has show "(absent)")."""
-    a, b = flatten(reference), flatten(other)
-    lines = []
-    for name in sorted(set(a) | set(b)):
-        old, new = a.get(name, "(absent)"), b.get(name, "(absent)")
-        if old != new and not (isinstance(old, (tuple, list)) and isinstance(new, (tuple, list))
-                               and tuple(old) == tuple(new)):
-            lines.append(f"{name}: {old!r} -> {new!r}")
-    return lines
-
-
-_MOVED = {"base_config": "bt_jax.defaults.base_config", "validate": "bt_jax.defaults.validate",
-          "cifar_recipe": "configs/common.py's cifar_recipe",
-          "fashion_mnist_recipe": "configs/common.py's fashion_mnist_recipe"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        raise ImportError(f"bt_jax.config.{name} is now {_MOVED[name]}.")
-    raise AttributeError(f"module 'bt_jax.config' has no attribute {name!r}")
+def check_names(tree, reference) -> None:
+    """ConfigError for a field `tree` (a whole config) has and `reference` (the assembled
+    defaults) does not: an old name gets one line naming the new one, an unknown one the
+    section's fields. A recipe can add fields to an unlocked ConfigDict without noticing."""
+    known = flatten(reference)
+    for name in flatten(tree):
+        if name in known:
+            continue
+        if name in RENAMED:
+            raise ConfigError(renamed_message(name))
+        section = name.rpartition(".")[0]
+        fields = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section)
+        raise ConfigError(f"unknown config field {name!r}" + (
+            f"; {section}'s fields are {fields}" if fields else "") + ".")

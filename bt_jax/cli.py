@@ -134,8 +134,9 @@ def unknown_field_message(argv: list[str], e: Exception) -> str:
     overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
     hint = re.sub(r"\s+", " ", str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
     return (f"unknown config field among {overrides} ({hint}). Fields are listed in "
-            "bt_jax/config.py (the run's) and beside each component (bt_jax/config/__init__.py "
-            "lists them); a recipe may only override fields that exist.")
+            "bt_jax/config/schema.py (the run's) and beside each component "
+            "(bt_jax/config/__init__.py lists them); a recipe may only override fields that "
+            "exist.")
 
 
 def flag_value(argv: list[str], name: str) -> str:
@@ -161,8 +162,15 @@ def missing_config_file(argv: list[str]) -> str:
 
 def check_recipe(path: str) -> None:
     """Raises ConfigError (one line) unless the recipe at path (FILE or FILE:ARG) is Python
-    that defines get_config() returning a ConfigDict: a syntax error names its line, an
-    error raised by get_config() its type and message."""
+    that defines get_config() returning a ConfigDict (`read_recipe`)."""
+    read_recipe(path)
+
+
+def read_recipe(path: str):
+    """The ConfigDict of the recipe at path (FILE or FILE:ARG), as its get_config() returns
+    it. ConfigError (one line) unless it is Python that defines get_config() returning a
+    ConfigDict: a syntax error names its line, an error raised by get_config() its type
+    and message."""
     import importlib.util  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
     file, _, arg = path.partition(":")
@@ -195,6 +203,7 @@ def check_recipe(path: str) -> None:
                           f"of type {type(config).__name__}; it must return an "
                           "ml_collections.ConfigDict (start from "
                           "bt_jax.config.base_config()).")
+    return config
 
 
 def override_names(args: list[str]) -> list[str]:

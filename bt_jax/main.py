@@ -47,14 +47,10 @@ def define(values: flags.FlagValues, argv: list[str]) -> None:
 
 def describe_config(values: flags.FlagValues) -> str:
     """"Config: FILE" and the command line's changes to that recipe, one per line."""
-    import importlib.util  # pylint: disable=import-outside-toplevel
     from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
     from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     path = config_flags.get_config_filename(values["config"])
-    spec = importlib.util.spec_from_file_location("_bt_jax_recipe", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    changes = config_lib.diff(recipe.get_config(), values.config)
+    changes = config_lib.diff(cli.read_recipe(path), values.config)
     lines = [f"Config: {path}" + ("" if changes else " (the recipe as it is)")]
     return "\n".join(lines + [f"  {line}" for line in changes])
 

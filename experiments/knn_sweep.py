@@ -49,7 +49,6 @@ def weighted_vote_accuracy(sims, idx, train_y, test_y, k: int, temperature: floa
 
 
 def sweep_run(workdir: str) -> list[dict]:
-    from bt_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     from bt_jax import evaluate  # pylint: disable=import-outside-toplevel
     from bt_jax.evals import common  # pylint: disable=import-outside-toplevel
     from bt_jax.data import sources, pipeline  # pylint: disable=import-outside-toplevel
@@ -68,7 +67,7 @@ def sweep_run(workdir: str) -> list[dict]:
         for k in KS:
             for t in TEMPERATURES:
                 rows.append({"run": os.path.basename(os.path.normpath(workdir)),
-                             "representation": name, "split": config_lib.eval_split_name(config),
+                             "representation": name, "split": sources.eval_split_name(config.data),
                              "k": k, "temperature": t,
                              "knn_top1": 100 * weighted_vote_accuracy(
                                  sims, idx, train.labels, test.labels, k, t,

@@ -1,9 +1,10 @@
 """The programs a run compiles, built once from their sub-configs: the model, LARS and
 its schedules, the online probe's optimiser, the on-device augmentation and the train step.
 
-The trainer (`train.loop`) runs them; the pod planner (`bt_jax.plan`) compiles the same
-objects for compile-only TPU devices, from shapes alone (`abstract_state`,
-`abstract_batch`). One code path: what the planner measures is what the trainer runs.
+`train.setup.assemble` builds them for every entry point: the trainer (`train.loop`) runs
+them; the planner (`bt_jax.plan`) compiles the same objects for compile-only TPU or GPU
+devices, from shapes alone (`abstract_state`, `abstract_batch`). One code path: what the
+planner measures is what the trainer runs.
 """
 from __future__ import annotations
 

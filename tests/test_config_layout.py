@@ -150,3 +150,16 @@ def test_an_old_runs_config_json_still_resumes_and_evaluates(tmp_path, capsys):
     (run / "config.json").write_text(open(OLD_CONFIG_JSON).read())
     config = evaluate.config_of_workdir(str(run))         # what evaluate reads
     assert config_lib.diff(recipe, config) == []
+
+
+def test_a_recipe_importing_the_old_defaults_module_gets_one_line_naming_the_new(tmp_path):
+    recipe = tmp_path / "old.py"
+    recipe.write_text("from bt_jax.defaults import base_config\n\n\n"
+                      "def get_config():\n    return base_config()\n")
+    with pytest.raises(config_lib.ConfigError, match=r"bt_jax.defaults is now bt_jax.config: "
+                       r"write `from bt_jax.config import base_config`"):
+        cli.read_recipe(str(recipe))
+    new = tmp_path / "new.py"
+    new.write_text("from bt_jax.config import base_config\n\n\n"
+                   "def get_config():\n    return base_config()\n")
+    assert cli.read_recipe(str(new)) == config_lib.base_config()

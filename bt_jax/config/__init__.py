@@ -19,26 +19,29 @@ from __future__ import annotations
 
 import ml_collections
 
-from bt_jax import evals, losses
 from bt_jax.config.legacy import RENAMED, renamed_message, translate_saved
 from bt_jax.config.schema import (Part, assemble, check_length, check_names, check_parts,
                                   run_parts, run_sections)
 from bt_jax.config.tree import diff, flatten, sub_config, unflatten
-from bt_jax.data.views import view_configs
 from bt_jax.errors import ConfigError
-from bt_jax.models import factory
 
 __all__ = ["ConfigError", "Part", "RENAMED", "assemble", "base_config", "check_names",
            "check_parts", "diff", "flatten", "parts", "renamed_message", "run_parts",
            "run_sections", "sub_config", "translate_saved", "unflatten", "validate"]
 
 
+# The components are imported where they are used: `bt_jax.cli` reads the legacy names
+# and checks flags before any of them (and JAX) is loaded.
+
+
 def parts() -> list:
     """Every component's `config.Part`."""
+    from bt_jax import evals, losses  # pylint: disable=import-outside-toplevel
+    from bt_jax.models import factory  # pylint: disable=import-outside-toplevel
     out = [Part("model", factory.DEFAULTS, factory.check_settings)]
     for o in losses.OBJECTIVES.values():
-        out.append(Part("loss" + (f".{o.settings}" if o.settings else ""),
-                                   o.defaults, o.check))
+        out.append(Part("loss" + (f".{o.settings}" if o.settings else ""), o.defaults,
+                        o.check))
     for name in evals.PROTOCOLS:
         p = evals.get_protocol(name)
         out.append(Part(f"eval.{name}", p.defaults, p.check))
@@ -51,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def _assembled(component_parts: list) -> ml_collections.ConfigDict:
+    from bt_jax import evals  # pylint: disable=import-outside-toplevel
     c = assemble(component_parts)
     c.eval.protocols = evals.PROTOCOLS.names()
     return c
@@ -60,12 +64,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the field and the fix for values that cannot work: a
     field that does not exist (an old name names its new one), the run's own fields, then
     each component's, each check on its own sub-config."""
+    from bt_jax import losses  # pylint: disable=import-outside-toplevel
+    from bt_jax.data.views import view_configs  # pylint: disable=import-outside-toplevel
+    from bt_jax.models import factory  # pylint: disable=import-outside-toplevel
     component_parts = parts()
     check_names(config, _assembled(component_parts))
     if not (isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32):
         raise ConfigError(f"seed must be an integer in [0, 2**32); got {config.seed!r}.")
     check_length(batch_size=config.batch_size, num_epochs=config.num_epochs,
-                            num_steps=config.num_steps, log_every_steps=config.log_every_steps)
+                 num_steps=config.num_steps, log_every_steps=config.log_every_steps)
     check_parts(config, run_parts())
     factory.check_image_size(config.model, config.data.image_size)
     view_configs(config.data)   # the two views' augmentations, each checked as it is made
@@ -79,6 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def check_protocol_choice(e: ml_collections.ConfigDict) -> None:
     """config.eval's choice of protocols: each known, and the one linear_top1 reports
     (eval.linear_protocol) among them and set to run."""
+    from bt_jax import evals  # pylint: disable=import-outside-toplevel
     unknown = [p for p in e.protocols if p not in evals.PROTOCOLS]
     if unknown:
         raise ConfigError(f"eval.protocols: unknown protocol(s) {unknown}; choose from "

@@ -81,6 +81,7 @@ def test_model_switches_change_the_parameters():
                                                            train=False, predict=False)
 
 
+@pytest.mark.slow    # nine compiles of a tiny step (about 2 min on 2 cores); `make test-slow`
 @pytest.mark.parametrize("ablation", [
     {"loss.invariance_weight": 0.0}, {"loss.lambd": 0.0}, {"loss.normalization": "feature"},
     {"model.projector_bn": False, "loss.normalization": "none"},

@@ -17,6 +17,7 @@ def _traces(workdir):
     return sorted(glob.glob(os.path.join(workdir, run_dir.PROFILES, "*", "*.xplane.pb")))
 
 
+@pytest.mark.slow    # a short training run traced by jax.profiler (about 45 s); `make test-slow`
 def test_profile_traces_the_chosen_steps_of_the_train_step(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     c = _tiny(4)

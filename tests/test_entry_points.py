@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from stderr import own_lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {   # module: (a line of its docstring, one of its own flags)
     "bt_jax.main": ("python -m bt_jax.main --config configs/digits.py", "--workdir"),
@@ -40,7 +42,7 @@ def test_a_bad_flag_is_one_line_and_status_2(module, tmp_path):
             "bt_jax.plan": ["--config", "configs/digits.py", "--topology", "local",
                             "--out", str(tmp_path / "w")]}[module]
     r = _run(module, *args, "--no_such_flag=1")
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    lines = own_lines(r.stderr)
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(lines) == 1 and lines[-1].startswith("error: "), r.stderr[-2000:]
     assert "no_such_flag" in lines[-1]

@@ -16,6 +16,7 @@ from bt_jax import config as config_lib
 from bt_jax import convert
 from bt_jax.io import checkpoint, run_dir, weights
 from bt_jax.train import metrics_log, workdir as workdir_lib
+from stderr import own_lines
 from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def _run(module: str, *args, timeout=300):
 
 def _one_error_line(r, pattern: str) -> str:
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    lines = own_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
     assert re.search(pattern, lines[0]), lines[0]
     return lines[0]

@@ -68,7 +68,7 @@ def _run(url, cwd, *args, timeout=600):
 
 
 def _listing(url, path):
-    r = _run(url, ROOT, "-c", "import json, bt_jax; from bt_jax import storage; "
+    r = _run(url, ROOT, "-c", "import json, bt_jax; from bt_jax.io import storage; "
              f"print(json.dumps(sorted(storage.listdir({path!r}))))")
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])   # a list of names
@@ -106,7 +106,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_leaves_the_local_disk_alone(
     assert "run.lock" not in names
     assert any(n.startswith("events.out.tfevents.") for n in names)
     steps = [json.loads(line)["step"] for line in _run(
-        emulator, ROOT, "-c", "import bt_jax; from bt_jax import storage; "
+        emulator, ROOT, "-c", "import bt_jax; from bt_jax.io import storage; "
         f"print(storage.read_text({workdir + '/metrics.jsonl'!r}))").stdout.splitlines()
         if line.startswith("{") and '"loss"' in line]
     assert steps == list(range(1, 31))       # rows after the checkpoint logged once

@@ -13,6 +13,7 @@ import pytest
 
 from bt_jax.io import run_lock
 from bt_jax.io.run_lock import WorkdirLock, WorkdirLocked
+from stderr import own_lines
 from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +123,7 @@ def test_training_into_a_workdir_another_process_holds_stops_with_one_line(tmp_p
                             "--config.eval.enabled=False"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2, r.stderr[-2000:]
-        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        lines = own_lines(r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: --workdir"), r.stderr
         assert f"in use by process {holder.pid} on host" in lines[0]
         assert digests(workdir) == before
@@ -170,7 +171,7 @@ def test_two_trainings_into_one_workdir_and_a_rerun_after_sigkill(tmp_path):
     second = _train(workdir, "--config.num_steps=40", "--config.optim.lr_weights=0.05")
     _, err = second.communicate(timeout=300)
     assert second.returncode == 2, err[-2000:]
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = own_lines(err)
     assert len(lines) == 1 and f"in use by process {first.pid}" in lines[0], err[-2000:]
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]

@@ -28,12 +28,6 @@ from bt_jax.errors import ConfigError
 HELP = ("--help", "-h", "-help", "--helpfull", "--helpshort")
 
 
-def fail(message: str) -> None:
-    """The one line of a mistake, and exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def normalise(argv: list[str]) -> list[str]:
     """Hyphenated flag names as absl's underscored ones: --max-batch=8 -> --max_batch=8,
     --no-projector -> --noprojector. --config.FIELD overrides and values stay as given."""
@@ -91,7 +85,7 @@ def parse(argv: list[str], define: Callable[[flags.FlagValues, list[str]], None]
     except flags.Error as e:
         raise ConfigError(f"{str(e).splitlines()[0]}. Run with --help for the flags.") from None
     if "config" in values and values.config is not None:
-        check_tuple_overrides(argv[1:], values.config, error=ConfigError)
+        check_tuple_overrides(argv[1:], values.config)
     return values, rest[1:]
 
 
@@ -243,13 +237,13 @@ def load_recipe(path: str, overrides: tuple[str, ...] = ()):
         raise ConfigError(unknown_field_message(argv, e)) from None
     except flags.Error as e:
         raise ConfigError(f"{str(e).splitlines()[0][:300]}") from None
-    check_tuple_overrides(list(overrides), values.config, error=ConfigError)
+    check_tuple_overrides(list(overrides), values.config)
     return values.config
 
 
-def check_tuple_overrides(args: list[str], config, error=None) -> None:
-    """Refuses a bare number for a tuple field (--config.model.projector_dims=512), which
-    ml_collections would silently read as the one-element tuple (512,)."""
+def check_tuple_overrides(args: list[str], config) -> None:
+    """ConfigError for a bare number given to a tuple field (--config.model.projector_dims=512),
+    which ml_collections would silently read as the one-element tuple (512,)."""
     for i, arg in enumerate(args):
         if not arg.startswith("--config."):
             continue
@@ -263,9 +257,6 @@ def check_tuple_overrides(args: list[str], config, error=None) -> None:
         except (KeyError, TypeError, AttributeError):
             continue
         if isinstance(node, tuple) and value.strip() and not any(c in value for c in "(),[]"):
-            message = (f"--config.{name}={value}: {name} is a tuple. Write "
-                       f"--config.{name}='({value},)' for one element, or list them, e.g. "
-                       f"--config.{name}='({value},{value},{value})'.")
-            if error is not None:
-                raise error(message)
-            fail(message)
+            raise ConfigError(f"--config.{name}={value}: {name} is a tuple. Write "
+                              f"--config.{name}='({value},)' for one element, or list them, "
+                              f"e.g. --config.{name}='({value},{value},{value})'.")

@@ -113,8 +113,9 @@ def _pyplot():
     return plt
 
 
-def plot_spectra(spectra: dict, path: str) -> str:
-    """Normalised singular values (s / s_max, log scale) of each named [K] spectrum -> PNG."""
+def plot_spectra(spectra: dict, path: str, title: str = "") -> str:
+    """Normalised singular values (s / s_max, log scale) of each named [K] spectrum -> PNG;
+    title: what the spectra are of (default: "singular-value spectrum (centred)")."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, s in spectra.items():
@@ -123,9 +124,9 @@ def plot_spectra(spectra: dict, path: str) -> str:
                 label=f"{name} (eff. rank {float(effective_rank(jnp.asarray(s))):.1f})")
     ax.set_yscale("log")
     ax.set_xscale("log")
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value / largest")
-    ax.set_title("singular-value spectrum (centred)", fontsize=9)
+    ax.set_xlabel("k: index of the singular value, largest first")
+    ax.set_ylabel("k-th singular value / largest")
+    ax.set_title(title or "singular-value spectrum (centred)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     storage.write_figure(fig, path)
@@ -142,23 +143,40 @@ def correlation_heatmap(c: np.ndarray, size: int = 128) -> np.ndarray:
     return np.round(255 * np.clip(rgb, 0, 1)).astype(np.uint8)
 
 
-def plot_heatmap(c: np.ndarray, path: str, size: int = 128) -> str:
-    """The top-left block of C as a PNG with a colour bar."""
+def heatmap_figure(c: np.ndarray, size: int = 128, *, dim: Optional[int] = None,
+                   step: Optional[int] = None):
+    """The matplotlib Figure of C's top-left [size, size] block: rows i are view A's
+    features, columns j view B's (C_ij = corr(z_a[:, i], z_b[:, j])), a colour bar from
+    -1 to 1; dim: the embedding's width D, step: the step of the batch, for the title."""
     plt = _pyplot()
     block = np.asarray(c, np.float32)[:size, :size]
-    fig, ax = plt.subplots(figsize=(4.6, 4))
+    fig, ax = plt.subplots(figsize=(5.0, 4.4))
     im = ax.imshow(block, cmap="bwr", vmin=-1, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(f"cross-correlation C, first {block.shape[0]} features", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("C_ij  (the loss pushes it to 1 on the diagonal, 0 off it)", fontsize=8)
+    ax.set_xlabel("j: feature of view B's embedding")
+    ax.set_ylabel("i: feature of view A's embedding")
+    shown = f"first {block.shape[0]}" + (f" of {dim}" if dim else "") + " features"
+    batch = "a training batch" if step is None else f"the training batch of step {step}"
+    ax.set_title(f"cross-correlation C of the two views, {shown},\non {batch}", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(c: np.ndarray, path: str, size: int = 128, *, dim: Optional[int] = None,
+                 step: Optional[int] = None) -> str:
+    """The top-left block of C as a PNG with a colour bar (`heatmap_figure`)."""
+    fig = heatmap_figure(c, size, dim=dim, step=step)
     storage.write_figure(fig, path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str, *,
-                      max_points: int = 2000, seed: int = 0) -> str:
-    """t-SNE (UMAP where umap-learn is installed) of [N, F] features coloured by class."""
+                      max_points: int = 2000, seed: int = 0, split: str = "evaluation"
+                      ) -> str:
+    """t-SNE (UMAP where umap-learn is installed) of the trained encoder's [N, F] features
+    of `split`'s images, coloured by class."""
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(len(features))[:max_points])
     x, y = np.asarray(features, np.float32)[idx], np.asarray(labels)[idx]
@@ -174,8 +192,10 @@ def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str, *,
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4)
-    ax.legend(*sc.legend_elements(), fontsize=7, loc="best", markerscale=0.8)
-    ax.set_title(f"{method} of {len(x)} test features, coloured by class", fontsize=9)
+    ax.legend(*sc.legend_elements(), fontsize=7, loc="best", markerscale=0.8, title="class",
+              title_fontsize=7)
+    ax.set_title(f"{method} of the trained encoder's features of {len(x)} {split} "
+                 "images,\ncoloured by class", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -184,9 +204,14 @@ def plot_embedding_2d(features: np.ndarray, labels: np.ndarray, path: str, *,
     return path
 
 
-def write_pngs(workdir: str, *, spectra: dict, c: Optional[np.ndarray] = None) -> list[str]:
-    """spectrum.png (and cross_correlation.png when C is given) into workdir."""
-    paths = [plot_spectra(spectra, storage.join(workdir, "spectrum.png"))]
+def write_pngs(workdir: str, *, spectra: dict, c: Optional[np.ndarray] = None,
+               dim: Optional[int] = None, step: Optional[int] = None) -> list[str]:
+    """spectrum.png (and cross_correlation.png when C is given) into workdir; spectra of
+    the training batch of `step`, C's block of an embedding `dim` features wide."""
+    of = "" if step is None else f" (the training batch of step {step})"
+    paths = [plot_spectra(spectra, storage.join(workdir, "spectrum.png"),
+                          f"singular values of the centred representations{of}")]
     if c is not None:
-        paths.append(plot_heatmap(c, storage.join(workdir, "cross_correlation.png")))
+        paths.append(plot_heatmap(c, storage.join(workdir, "cross_correlation.png"),
+                                  dim=dim, step=step))
     return paths

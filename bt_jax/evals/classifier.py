@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bt_jax import parallel
+from bt_jax import parallel, progress
 from bt_jax.data import device_augment
 from bt_jax.evals.common import batched_apply, topk_accuracy
 
@@ -155,6 +155,8 @@ def train_head(encode: Encoder, variables: dict, images: np.ndarray, labels: np.
         new_stats = batch_stats if new_stats is None else new_stats
         return optax.apply_updates(trainable, updates), opt_state, new_stats
 
+    step = progress.CompilesAhead("the fine-tuning step" if cfg.finetune else
+                                  "the linear head's training step", step)
     for epoch in range(cfg.epochs):
         perm = np.random.default_rng([cfg.seed, epoch, 0xC1]).permutation(n)
         for s in range(steps_per_epoch):

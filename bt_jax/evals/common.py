@@ -85,11 +85,15 @@ def percent(result: dict) -> str:
     return f"top-1 {100 * result['top1']:.2f}%"
 
 
-def feature_fn(backbone: nn.Module):
+def feature_fn(backbone: nn.Module, printer: Optional[Callable[[str], None]] = None):
     """jit((variables, [B, S, S, 3] images) -> [B, F] features), inference mode: compile it
-    once and pass it to `extract_features` as `apply` where features are taken often."""
-    return jax.jit(lambda v, x: backbone.apply(v, x, train=False),
-                   compiler_options=parallel.compiler_options())
+    once and pass it to `extract_features` as `apply` where features are taken often.
+    With a printer, its first call announces the compile (`progress.CompilesAhead`)."""
+    jitted = jax.jit(lambda v, x: backbone.apply(v, x, train=False),
+                     compiler_options=parallel.compiler_options())
+    if printer is None:
+        return jitted
+    return progress.CompilesAhead("the feature extractor", jitted, printer)
 
 
 def batched_apply(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int, *,

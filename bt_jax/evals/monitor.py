@@ -12,7 +12,7 @@ evaluation, which then does not extract them again.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -49,14 +49,15 @@ class KnnMonitor:
 
     def __init__(self, backbone: nn.Module, train_images: np.ndarray, train_labels,
                  eval_images: np.ndarray, eval_labels, num_classes: int, knn_cfg,
-                 batch_size: int):
+                 batch_size: int, printer: Optional[Callable[[str], None]] = None):
         self.backbone = backbone
         self.train_images, self.train_labels = train_images, np.asarray(train_labels)
         self.eval_images, self.eval_labels = eval_images, np.asarray(eval_labels)
         self.num_classes = num_classes
         self.cfg = knn_cfg
         self.batch_size = batch_size
-        self.embed = common.feature_fn(backbone)   # compiled once, reused at every call
+        # compiled once, at the first call, and reused at every call
+        self.embed = common.feature_fn(backbone, printer)
         self.last_features: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     def __call__(self, variables: dict) -> dict:

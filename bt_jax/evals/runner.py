@@ -14,8 +14,8 @@ from bt_jax.io import run_dir
 from bt_jax import diagnostics, evals, progress
 from bt_jax.data import pipeline, sources
 from bt_jax.evals import classifier, knn, linear_fast
-from bt_jax.evals.common import (Context, Representation, extract_features, pixel_features,
-                                 probe_subset, topk_accuracy)
+from bt_jax.evals.common import (Context, Representation, extract_features, feature_fn,
+                                 pixel_features, probe_subset, topk_accuracy)
 
 
 def evaluations_off_line(monitor_cfg, eval_cfg) -> str:
@@ -98,15 +98,17 @@ def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict
     test_img = pipeline.eval_arrays(test_split, *stats)
     encode = classifier.backbone_encoder(backbone)
     protocols = selected_protocols(e)
+    embed = feature_fn(backbone, progress.say)   # compiled once, for every representation
 
     def features(variables, label):
         n, q = len(train_img), len(test_img)
         ticker = progress.Ticker(f"{label}: features of {n:,} training and {q:,} "
                                  f"{split_name} images", n + q,
                                  "images")
-        out = (extract_features(backbone, variables, train_img, e.batch_size, ticker=ticker),
-               extract_features(backbone, variables, test_img, e.batch_size, ticker=ticker,
-                                offset=n))
+        out = (extract_features(backbone, variables, train_img, e.batch_size, apply=embed,
+                                ticker=ticker),
+               extract_features(backbone, variables, test_img, e.batch_size, apply=embed,
+                                ticker=ticker, offset=n))
         ticker.done()
         return out
 
@@ -131,7 +133,8 @@ def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict
     if workdir is not None and e.tsne_points > 0:
         diagnostics.plot_embedding_2d(test_x, test_split.labels,
                                       run_dir.path(workdir, "tsne.png"),
-                                      max_points=e.tsne_points, seed=seed)
+                                      max_points=e.tsne_points, seed=seed,
+                                      split=split_name)
     results.update(num_train=len(ctx.train), num_test=len(test_split),
                    eval_split=split_name)
     seconds["trained"] = time.perf_counter() - start

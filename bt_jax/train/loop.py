@@ -11,7 +11,7 @@ import numpy as np
 from bt_jax.io import run_dir
 from bt_jax.io import checkpoint as ckpt_lib
 from bt_jax.io import export
-from bt_jax import diagnostics, losses, parallel, plots
+from bt_jax import diagnostics, losses, parallel, plots, progress
 from bt_jax.data import sources, pipeline
 from bt_jax.data.views import view_configs
 from bt_jax.evals import monitor as monitor_lib
@@ -24,7 +24,7 @@ from bt_jax.train.preemption import Preempted, PreemptionWatch
 from bt_jax.train.profile import StepTrace
 from bt_jax.train import setup
 from bt_jax.train.state import init_from_file
-from bt_jax.train.step import make_diagnose_fn
+from bt_jax.train.step import compose_step, make_diagnose_fn
 from bt_jax.io.run_lock import WorkdirLock
 from bt_jax.train.workdir import (check_resumable, check_workdir, finished_results,
                                   read_run_config, saved_steps, write_run_config)
@@ -36,6 +36,11 @@ def _check_finite(loss, step: int) -> None:
             f"The loss became {loss} at step {step}. Lower optim.lr_weights or use "
             "model.dtype='float32', then rerun: training resumes from the last checkpoint, "
             "which holds finite values.")
+
+
+def _say(message: str) -> None:
+    """A line of the trainer's output, begun with a capital."""
+    print(message[:1].upper() + message[1:], flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -105,8 +110,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
     if start:
         print(f"Resumed from step {start} of {total_steps}.", flush=True)
 
-    train_step = programs.train_step
-    diagnose = make_diagnose_fn(programs.plain_model, programs.make_views, mesh=mesh)
+    say = _say if chief else progress.quiet
+    # Each program announces its compile (on its first call): a minutes-long compile of a
+    # large model on a pod slice is not mistaken for a hang.
+    views_step = programs.views_step and progress.CompilesAhead(
+        "the on-device augmentation", programs.views_step, say)
+    update_step = progress.CompilesAhead("the train step", programs.update_step, say)
+    train_step = compose_step(views_step, update_step)
+    diagnose = progress.CompilesAhead("the collapse diagnostics", make_diagnose_fn(
+        programs.plain_model, programs.make_views, mesh=mesh), say)
     diag_every = config.monitor.diagnostics_every_steps
     batches = pipeline.train_batches(
         source, layout, view_configs(config.data), seed=config.seed,
@@ -126,7 +138,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
         monitor = monitor_lib.KnnMonitor(
             programs.plain_model.backbone, pipeline.eval_arrays(probe_train, *stats),
             probe_train.labels, pipeline.eval_arrays(test_split, *stats), test_split.labels,
-            test_split.num_classes, config.eval.knn, config.eval.batch_size)
+            test_split.num_classes, config.eval.knn, config.eval.batch_size, printer=say)
     print(f"Training {config.model.backbone} on {config.data.name}: {len(source)} images, "
           f"batch {config.batch_size} over {mesh.size} device(s), {total_steps} steps "
           f"({spe} per epoch)" + (", online probe on" if state.probe is not None else "") + ".",
@@ -142,6 +154,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
                 trace.begin(step)
                 with trace.annotation(step):
                     state, metrics = train_step(state, batch)
+                if step == start + 1:   # pairs/s and the ETA leave the compiles out
+                    log.leave_out(sum(p.seconds for p in (views_step, update_step) if p))
                 trace.end(step, state)
                 last = step == total_steps
                 preempted = preemption.requested(step)
@@ -175,12 +189,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: se
     trained_backbone = jax.device_get(backbone_variables(variables))
     weights = export.weights_record(run_dir.BACKBONE, total_steps, trained_backbone)
     if chief:
-        plots.plot_training_curves(workdir, objective.curves)
-        if last_diagnosis is not None:
+        plots.plot_training_curves(workdir, objective.curves, title=(
+            f"{config.loss.kind}: {config.model.backbone} on {config.data.name}, batch "
+            f"{config.batch_size}, {total_steps} steps"), eval_split=eval_split)
+        if last_diagnosis is not None:   # diagnosed at the last step
+            dims = tuple(config.model.projector_dims)
             diagnostics.write_pngs(workdir, spectra={
-                "embeddings": last_diagnosis["embedding"]["singular_values"],
-                "backbone features": last_diagnosis["features"]["singular_values"]},
-                c=last_diagnosis["c_block"])
+                "embeddings of view A": last_diagnosis["embedding"]["singular_values"],
+                "backbone features of view A": last_diagnosis["features"]["singular_values"]},
+                c=last_diagnosis["c_block"], dim=dims[-1] if dims else None, step=total_steps)
         export.write_backbone(workdir, trained_backbone, config.model, stats,
                               image_size=config.data.image_size, dataset=config.data.name,
                               step=total_steps, digest=weights["digest"])

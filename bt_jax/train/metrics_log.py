@@ -42,7 +42,8 @@ class MetricsLog:
     all three from process 0 only (write_files).
 
     pairs/s is measured over the interval since the previous line (the first interval
-    includes compilation); the ETA extrapolates that rate.
+    leaves out the compiles the loop reports with `leave_out`); the ETA extrapolates that
+    rate.
     """
 
     def __init__(self, workdir: str, total_steps: int, global_batch: int, *,
@@ -73,6 +74,11 @@ class MetricsLog:
             if self.writer is not None:
                 self.writer.restart_at(step)
         self._last = (time.perf_counter(), step)
+
+    def leave_out(self, seconds: float) -> None:
+        """Leaves `seconds` already spent (a compile) out of the next line's pairs/s."""
+        t0, s0 = self._last
+        self._last = (t0 + seconds, s0)
 
     def write(self, step: int, scalars: dict) -> dict:
         now = time.perf_counter()

@@ -44,7 +44,7 @@ def test_each_component_declares_its_settings_where_the_config_puts_them():
     bt = losses.OBJECTIVES["barlow_twins"].defaults
     assert {k: c.loss[k] for k in bt} == bt      # Barlow Twins' own at loss.* (the contract)
     assert dict(c.model) == factory.DEFAULTS
-    assert tuple(c.eval.protocols) == evals.PROTOCOLS.names()
+    assert tuple(c.eval.protocols) == evals.BUILT_IN == evals.PROTOCOLS.names()
     assert set(c.monitor) == {"online_probe", "online_probe_lr", "knn_every_epochs",
                               "diagnostics_every_steps"}
     # No protocol's field is left flat under eval.

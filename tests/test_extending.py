@@ -107,11 +107,14 @@ def test_the_readme_backbone_registers_and_trains_its_config(monkeypatch):
     assert "backbone" in v["params"] and "projector" in v["params"]
 
 
-def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
+def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch, capsys):
     assert _register(monkeypatch, evals.PROTOCOLS, "bt_jax.evals.class_mean",
                      "# bt_jax/evals/class_mean.py",
                      "# bt_jax/evals/__init__.py, in PROTOCOLS:") == "class_mean"
     c = config_lib.base_config()
+    # registered, it runs only where eval.protocols names it: not by default
+    assert tuple(c.eval.protocols) == evals.BUILT_IN
+    assert "class_mean" not in [p.name for p in runner.selected_protocols(c.eval)]
     c.eval.protocols = ("linear_fast", "knn", "class_mean")
     c.eval.linear_protocol = "linear_fast"
     config_lib.validate(c)
@@ -127,7 +130,13 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch):
                          split, (np.zeros(3), np.ones(3)), seed=0, image_size=16)
     rep = common.Representation("features", None, {}, x_train.astype(np.float32),
                                 x_test.astype(np.float32))
+    capsys.readouterr()
     r = runner.probe_representation(ctx, rep, runner.selected_protocols(c.eval), c.eval)
+    lines = capsys.readouterr().out.splitlines()
+    # each protocol, the user's too, has the same progress line: name, result, time
+    pattern = r"Evaluation \| features: (.+): top-1 \d+\.\d\d% \(\d+\.\d s\)$"
+    assert [re.match(pattern, line).group(1) for line in lines] == [
+        "linear probe (fast, L-BFGS, 7 L2 strengths)", "kNN (k=200)", "nearest class mean"]
     # float64 NumPy reference: cosine similarity to each class's mean direction
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)   # noqa: E731
     means = unit(np.stack([unit(x_train)[y_train == k].mean(0) for k in range(3)]))

@@ -127,9 +127,10 @@ def run_sections() -> ml_collections.ConfigDict:
     c.eval.enabled = True
     c.eval.batch_size = 512      # feature extraction
     c.eval.baselines = True      # also probe a random-init encoder and raw pixels
-    # The evaluation protocols to run, by module of bt_jax/evals/ (bt_jax.config: all of
-    # evals.PROTOCOLS); each is skipped where its own settings ask for no work
-    # (linear_sgd.epochs=0, finetune.fractions=()).
+    # The evaluation protocols to run, by module of bt_jax/evals/ (bt_jax.config: the four
+    # built-in ones, evals.BUILT_IN; a protocol a user registers runs where this names
+    # it); each is skipped where its own settings ask for no work (linear_sgd.epochs=0,
+    # finetune.fractions=()).
     c.eval.protocols = ()
     # The probes (linear, kNN) fit on a class-balanced subset of this many labelled training
     # images, drawn by the seed; 0: all of them (the protocol). Sweeps on a CPU use it.

@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import progress
-from bt_jax.evals.common import Protocol, l2_normalize, need, percent, topk_accuracy
+from bt_jax.evals.common import Protocol, l2_normalize, need, topk_accuracy
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -88,14 +87,11 @@ def knn_top1(train_x, train_y, test_x, test_y, num_classes: int, **kwargs) -> fl
 
 
 
-def probe(train_x, train_y, test_x, test_y, num_classes: int, knn_cfg, label: str) -> dict:
+def probe(train_x, train_y, test_x, test_y, num_classes: int, knn_cfg) -> dict:
     """{"knn_top1", "knn_top5"} of cached features, with eval.knn's k, temperature and bank
-    chunk, and a progress line (`label`: the representation's name)."""
-    ticker = progress.Ticker(f"{label}: kNN (k={knn_cfg.k})", len(train_y),
-                             "training features")
+    chunk."""
     knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=knn_cfg.k,
                        temperature=knn_cfg.temperature, bank_chunk=knn_cfg.bank_chunk)
-    ticker.done(percent(knn))
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"]}
 
 
@@ -109,7 +105,7 @@ def check_settings(cfg) -> None:
 PROTOCOL = Protocol(
     name="knn", title=lambda cfg: f"kNN (k={cfg.k})",
     run=lambda ctx, rep, cfg: probe(rep.train_x, ctx.train.labels, rep.test_x,
-                                    ctx.test.labels, ctx.train.num_classes, cfg, rep.label),
+                                    ctx.test.labels, ctx.train.num_classes, cfg),
     # Weighted kNN (Wu et al. 2018) on L2-normalised features; the bank goes to the device
     # in chunks of bank_chunk rows.
     defaults={"k": 200, "temperature": 0.1, "bank_chunk": 16384}, check=check_settings)

@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bt_jax import progress
 from bt_jax.data.subsets import class_balanced
-from bt_jax.evals.common import Protocol, need, percent, standardize_features, topk_accuracy
+from bt_jax.evals.common import Protocol, need, standardize_features, topk_accuracy
 
 
 def principal_axes(x: np.ndarray, *, rtol: float = 1e-6,
@@ -157,15 +156,13 @@ def fast_linear_probe(train_x, train_y, test_x, test_y, num_classes: int, *,
 
 
 
-def probe(train_x, train_y, test_x, test_y, num_classes: int, fast_cfg, label: str) -> dict:
+def probe(train_x, train_y, test_x, test_y, num_classes: int, fast_cfg) -> dict:
     """{"linear_fast_top1", "linear_fast_top5", "linear_fast_l2"} of cached features with
-    eval.linear_fast's grid, held-out fraction and iterations, and a progress line."""
-    ticker = progress.Ticker(f"{label}: {title(fast_cfg)}", len(train_y), "training features")
+    eval.linear_fast's grid, held-out fraction and iterations."""
     fast = fast_linear_probe(train_x, train_y, test_x, test_y, num_classes,
                              l2_grid=tuple(fast_cfg.l2_grid),
                              holdout_fraction=fast_cfg.holdout_fraction,
                              max_iter=fast_cfg.max_iter)
-    ticker.done(percent(fast))
     return {"linear_fast_top1": fast["top1"], "linear_fast_top5": fast["top5"],
             "linear_fast_l2": fast["l2"]}
 
@@ -186,7 +183,7 @@ def check_settings(cfg) -> None:
 PROTOCOL = Protocol(
     name="linear_fast", title=title,
     run=lambda ctx, rep, cfg: probe(rep.train_x, ctx.train.labels, rep.test_x,
-                                    ctx.test.labels, ctx.train.num_classes, cfg, rep.label),
+                                    ctx.test.labels, ctx.train.num_classes, cfg),
     # L-BFGS softmax regression on cached features, L2 chosen on a held-out part of the
     # training split.
     defaults={"l2_grid": (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "holdout_fraction": 0.1,

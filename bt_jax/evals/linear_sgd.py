@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bt_jax import progress
 from bt_jax.evals import classifier
-from bt_jax.evals.common import Context, Protocol, Representation, need, percent
+from bt_jax.evals.common import Context, Protocol, Representation, need
 
 # The paper's B.1: 100 epochs, SGD momentum 0.9, lr 0.3, cosine, wd 1e-6, batch 256,
 # random-resized-crop + flip views.
@@ -31,7 +31,6 @@ def run(ctx: Context, rep: Representation, cfg) -> dict:
         (ctx.test.images, ctx.test.labels), ctx.train.num_classes,
         head_config(cfg, ctx.seed), image_size=ctx.image_size,
         mean=ctx.stats[0], std=ctx.stats[1], on_epoch=ticker.update)
-    ticker.done(percent(sgd))
     return {"linear_sgd_top1": sgd["top1"], "linear_sgd_top5": sgd["top5"]}
 
 

@@ -42,18 +42,40 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_c
     with eval_cfg.linear_fast and eval_cfg.knn): {"linear_fast_top1", "linear_fast_top5",
     "linear_fast_l2", "knn_top1", "knn_top5"}, with a progress line per probe."""
     return {**linear_fast.probe(train_x, train_y, test_x, test_y, num_classes,
-                                eval_cfg.linear_fast, label),
-            **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg.knn, label)}
+                                eval_cfg.linear_fast),
+            **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg.knn)}
+
+
+def summary(results: dict) -> str:
+    """A protocol's results in a few words: "top-1 87.30%" for one top-1 accuracy, each
+    named for several ("semi_1pct top-1 45.10%, semi_10pct top-1 60.20%"), else its keys."""
+    top1 = {k[:-len("_top1")]: v for k, v in results.items() if k.endswith("_top1")}
+    if len(top1) == 1:
+        return f"top-1 {100 * next(iter(top1.values())):.2f}%"
+    if top1:
+        return ", ".join(f"{name} top-1 {100 * v:.2f}%" for name, v in top1.items())
+    return "results " + ", ".join(sorted(results)) if results else "no results"
+
+
+def run_protocol(ctx: Context, rep: Representation, protocol, settings) -> dict:
+    """protocol.run on one representation with its settings (eval.<name>), then its
+    progress line: "<representation>: <title>: <summary> (<seconds> s)", the same for a
+    built-in protocol and one a user registered."""
+    start = time.perf_counter()
+    results = protocol.run(ctx, rep, settings)
+    progress.say(f"{rep.label}: {protocol.title(settings)}: {summary(results)} "
+                 f"({time.perf_counter() - start:.1f} s)")
+    return results
 
 
 def probe_representation(ctx: Context, rep: Representation, protocols: list,
                          eval_cfg) -> dict:
     """Every protocol of `protocols` on one representation, each with its own settings
-    (eval_cfg.<name>), and "linear_top1" / "linear_top5": those of the
-    eval_cfg.linear_protocol protocol."""
+    (eval_cfg.<name>) and its progress line (`run_protocol`), and "linear_top1" /
+    "linear_top5": those of the eval_cfg.linear_protocol protocol."""
     r = {}
     for protocol in protocols:
-        r.update(protocol.run(ctx, rep, eval_cfg[protocol.name]))
+        r.update(run_protocol(ctx, rep, protocol, eval_cfg[protocol.name]))
     r["linear_top1"] = r[f"{eval_cfg.linear_protocol}_top1"]
     r["linear_top5"] = r[f"{eval_cfg.linear_protocol}_top5"]
     return r

@@ -392,6 +392,21 @@ def test_local_plan_compiles_the_trainers_step_and_measures_it():
     assert plan["memory"]["fits"] and plan["estimate"]["step_seconds"] > 0
     measured = planner.measure_step(run, steps=2)
     assert measured["step_seconds"] > 0 and len(measured["times"]) == 2
+    # compared against this machine's memory, shared by the 8 CPU devices, and said so
+    assert plan["memory"]["hbm_bytes"] == pytest.approx(chips.host_memory_bytes() / 8)
+    plan["measured"] = {**measured, "ratio_to_estimate": 1.0}
+    text = report.summary(plan) + report.markdown(plan)
+    assert "host memory, shared by 8 CPU device(s)" in text
+    assert "?" not in report.summary(plan) and not re.search(r"\b0\.0 (days|h)", text)
+    days = plan["estimate"]["days_per_1000_epochs"]
+    assert f"{report.two_figures(days)} days for 1,000 epochs" in report.summary(plan)
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.00103, "0.0010"), (0.0429, "0.043"), (0.45, "0.45"), (1.01, "1.0"), (9.96, "10"),
+    (659.5, "660"), (7184.0, "7,200"), (0.0, "0")])
+def test_plan_times_keep_two_significant_figures(value, text):
+    assert report.two_figures(value) == text
 
 
 
@@ -411,7 +426,7 @@ def test_plan_compiles_for_a_4_chip_tpu_slice(tmp_path):
                   without=("JAX_PLATFORMS",))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert not re.search(r"E0000|TPU accelerator type|InitGoogle", r.stderr), r.stderr[-2000:]
-    assert "compiling train step" in r.stdout and "Estimate (roofline estimate" in r.stdout
+    assert "compiling train step" in r.stdout and "Roofline estimate (not a" in r.stdout
     assert "Memory per chip" in r.stdout and "compiled in" in r.stdout
     plan = json.load(open(tmp_path / "plan.json"))
     assert os.path.getsize(tmp_path / "plan.md") > 500

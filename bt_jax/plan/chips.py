@@ -157,7 +157,7 @@ def measured_cpu_chip(seconds: float = 2.0) -> Chip:
     x = jax.numpy.ones((64 * 2 ** 20,), jax.numpy.float32)
     copy = jax.jit(lambda v: v * 1.0001)
     bandwidth = 2 * x.nbytes / _median_seconds(lambda: copy(x).block_until_ready(), seconds)
-    return Chip(f"CPU ({jax.devices()[0].device_kind})", flops, 0.0, bandwidth, 0.0,
+    return Chip("this machine's CPU", flops, 0.0, bandwidth, 0.0,
                 "measured here: median of a jitted 2048^3 float32 matmul and of a 256 MiB "
                 "elementwise pass (read + write)")
 
@@ -211,18 +211,57 @@ def devices_for(topology: str) -> tuple[Sequence[jax.Device], Chip]:
     return tpu_devices(topology)
 
 
-def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
-    """Memory per device a program may use: the device's own figure where it reports one
-    (a local GPU), the share of a planned GPU's memory JAX gives XLA
-    (`gpus.memory_fraction`: 0.75 by default), else the chip's published capacity; None
-    on the CPU (host memory)."""
-    stats = None
+def host_memory_bytes() -> float:
+    """This machine's memory: its physical memory, or the container's limit where that is
+    smaller (cgroup v2's memory.max, v1's memory.limit_in_bytes)."""
+    total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, float(limit))
+    return total
+
+
+def memory_limit(chip: Chip, devices: Sequence[jax.Device]) -> tuple[Optional[float], str]:
+    """(bytes per device a program may use, what that figure is), by `hbm_of`."""
+    hbm = hbm_of(chip, devices)
+    platform = getattr(devices[0], "platform", None)
+    if platform == "cpu":
+        return hbm, (f"this machine's {host_memory_bytes() / GiB:.1f} GiB of host memory, "
+                     f"shared by {len(devices)} CPU device(s)")
+    if hbm is None:
+        return None, "no memory figure for this device: not compared"
+    if platform == "gpu" and hbm != chip.hbm_bytes:
+        return hbm, ("the GPU's bytes_limit" if _bytes_limit(devices) else
+                     f"the {hbm / chip.hbm_bytes:.2f} of the GPU's "
+                     f"{chip.hbm_bytes / GiB:.1f} GiB JAX gives XLA")
+    return hbm, f"the {chip.name}'s HBM"
+
+
+def _bytes_limit(devices: Sequence[jax.Device]) -> Optional[float]:
+    """The device's own memory limit where it reports one (a local GPU), else None."""
     try:
         stats = devices[0].memory_stats()
     except Exception:  # pylint: disable=broad-except  # compile-only devices have none
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return float(stats["bytes_limit"])
+        return None
+    return float(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
+
+
+def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
+    """Memory per device a program may use: the device's own figure where it reports one
+    (a local GPU), the share of a planned GPU's memory JAX gives XLA
+    (`gpus.memory_fraction`: 0.75 by default), on the CPU this machine's memory shared
+    by its CPU devices (`host_memory_bytes`), else the chip's published capacity (None
+    where there is none)."""
+    if getattr(devices[0], "platform", None) == "cpu":
+        return host_memory_bytes() / len(devices)
+    limit = _bytes_limit(devices)
+    if limit:
+        return limit
     if getattr(devices[0], "platform", None) == "gpu" and chip.hbm_bytes:
         return chip.hbm_bytes * gpus.memory_fraction()
     return chip.hbm_bytes or None

@@ -15,7 +15,7 @@ import numpy as np
 
 from bt_jax.errors import ConfigError
 from bt_jax.plan import gpus, report
-from bt_jax.plan.chips import devices_for, hbm_of, libtpu_build
+from bt_jax.plan.chips import devices_for, hbm_of, libtpu_build, memory_limit
 from bt_jax.plan.compile import CompiledRun, OutOfMemory, RunShape, compile_run, peak_bytes
 from bt_jax.train.step import update_inputs
 
@@ -68,7 +68,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
     memory gives a plan with "fits": False and the compiler's sizes.
     """
     devices, chip = devices_and_chip or devices_for(topology)
-    hbm = hbm_of(chip, devices)
+    hbm, limit = memory_limit(chip, devices)
     run, oom = None, None
     try:
         run = compile_run(config, devices, shape, progress=progress)
@@ -93,6 +93,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
     if oom is not None:
         plan.update(programs=[], compile_seconds=0.0, memory={
             "needed_bytes": oom.needed, "hbm_bytes": oom.available or hbm, "fits": False,
+            "limit": "the compiler's figure" if oom.available else limit,
             "refused_by_compiler": str(oom)}, estimate=None)
         return plan, None
     needed = peak_bytes(run)
@@ -104,7 +105,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, shape: RunShape,
                 backward_all_reduce_bytes=sum(p["collective_summary"]
                                               ["backward_all_reduce_bytes"]
                                               for p in run.programs),
-                memory={"needed_bytes": needed, "hbm_bytes": hbm,
+                memory={"needed_bytes": needed, "hbm_bytes": hbm, "limit": limit,
                         "fits": hbm is None or needed <= hbm},
                 estimate=report.step_estimate(run.programs, chip, run.per_device_batch, n,
                                               shape.examples))
@@ -118,7 +119,8 @@ def check_fits(plan: dict) -> None:
         return
     needed = "more than it has" if m["needed_bytes"] is None else \
         f"{m['needed_bytes'] / 2 ** 30:.2f} GiB"
-    have = "?" if m["hbm_bytes"] is None else f"{m['hbm_bytes'] / 2 ** 30:.2f} GiB"
+    have = ("an amount the compiler did not say" if m["hbm_bytes"] is None
+            else f"{m['hbm_bytes'] / 2 ** 30:.2f} GiB")
     raise DoesNotFit(
         f"The plan does not fit: it needs {needed} per chip and a {plan['chip']['name']} has "
         f"{have}. Lower it with {lowering_advice(plan['run'])}.")

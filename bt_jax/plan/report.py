@@ -10,6 +10,7 @@ compiler's own counts.
 from __future__ import annotations
 
 import json
+import math
 
 from bt_jax.io import run_dir, storage
 from bt_jax.plan.chips import Chip
@@ -63,6 +64,36 @@ def write(plan: dict, out: str) -> tuple[str, str]:
     return paths
 
 
+def two_figures(x: float) -> str:
+    """x to two significant figures, without an exponent: 0.0010, 0.043, 7.2, 660, 7,200."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = 1 - math.floor(math.log10(abs(x)))
+    rounded = round(x, decimals)
+    if rounded:   # a carry (9.96 -> 10.0) adds a digit before the point
+        decimals = 1 - math.floor(math.log10(abs(rounded)))
+    return f"{round(x, decimals):,.{max(decimals, 0)}f}"
+
+
+def estimate_words(est: dict, separator: str = "/") -> str:
+    """The estimate's step time, pairs/s per chip, hours per epoch and days for 1,000
+    epochs, each time to two significant figures."""
+    per = "/" if separator == "/" else " per "
+    return (f"{two_figures(est['step_seconds'] * 1e3)} ms{per}step, "
+            f"{est['pairs_per_second_per_chip']:,.0f} pairs/s per chip, "
+            f"{two_figures(est['hours_per_epoch'])} h{per}epoch, "
+            f"{two_figures(est['days_per_1000_epochs'])} days for 1,000 epochs")
+
+
+def memory_words(m: dict) -> str:
+    """"0.31 of 2.94 GiB (what the 2.94 is)": needed against the limit per chip."""
+    need = "more than it has" if m["needed_bytes"] is None else _gib(m["needed_bytes"])
+    if m["hbm_bytes"] is None:
+        return f"{need} GiB ({m.get('limit') or 'no memory figure: not compared'})"
+    return f"{need} of {_gib(m['hbm_bytes'])} GiB" + (
+        f" ({m['limit']})" if m.get("limit") else "")
+
+
 def _gib(x) -> str:
     return "-" if x is None else f"{x / 2 ** 30:.2f}"
 
@@ -88,8 +119,10 @@ def markdown(plan: dict) -> str:
     share = "" if plan.get("memory_fraction") is None else (
         f" (the {plan['memory_fraction']:.2f} of the GPU's "
         f"{_gib(plan['chip']['hbm_bytes'])} GiB JAX gives XLA: XLA_PYTHON_CLIENT_MEM_FRACTION)")
-    lines += ["", f"Needed per chip: {_gib(m['needed_bytes'])} GiB of {_gib(m['hbm_bytes'])} "
-              f"GiB{share}: {'fits' if m['fits'] else 'does NOT fit'}.", ""]
+    if share:   # the GPU's share is said in full here
+        m = {**m, "limit": None}
+    lines += ["", f"Needed per chip: {memory_words(m)}{share}: "
+              f"{'fits' if m['fits'] else 'does NOT fit'}.", ""]
     if est is None:   # the compiler refused a program: no cost, no estimate
         return "\n".join(lines + [f"The compiler refused it: {m.get('refused_by_compiler')}",
                                    ""])
@@ -104,14 +137,13 @@ def markdown(plan: dict) -> str:
                      f"{e['compute_seconds']:.4f} | {e['memory_seconds']:.4f} | "
                      f"{e['collective_seconds']:.4f} | {e['seconds']:.4f} |")
     lines += collective_lines(plan)
-    lines += ["", f"Estimate: {est['step_seconds'] * 1e3:.1f} ms per step, "
-              f"{est['pairs_per_second_per_chip']:.0f} pairs/s per chip, "
-              f"{est['hours_per_epoch']:.3g} h per epoch of {est['epoch_examples']:,} images, "
-              f"{est['days_per_1000_epochs']:.1f} days for 1,000 epochs ({ESTIMATE}).", ""]
+    lines += ["", f"{ESTIMATE[:1].upper()}{ESTIMATE[1:]}, for epochs of "
+              f"{est['epoch_examples']:,} images: {estimate_words(est, ' per ')}.", ""]
     if plan.get("measured"):
         ms = plan["measured"]
-        lines += [f"Measured here: {ms['step_seconds'] * 1e3:.1f} ms per step (median of "
-                  f"{ms['steps']}); measured / estimate = {ms['ratio_to_estimate']:.2f}.", ""]
+        lines += [f"Measured here: {two_figures(ms['step_seconds'] * 1e3)} ms per step "
+                  f"(median of {ms['steps']}); measured / estimate = "
+                  f"{ms['ratio_to_estimate']:.2f}.", ""]
     lines += max_batch_lines(plan.get("max_batch"))
     lines += ["## Collectives in the compiled HLO", "",
               "| program | kind | name | pass | operand shapes | MB | sent MB (ring) | group |",
@@ -186,19 +218,15 @@ def open_bracket(search: dict) -> str:
 def summary(plan: dict) -> str:
     """The plan in three lines."""
     m, est = plan["memory"], plan["estimate"]
-    hbm = "?" if m["hbm_bytes"] is None else f"{m['hbm_bytes'] / 2 ** 30:.2f}"
-    need = "?" if m["needed_bytes"] is None else f"{m['needed_bytes'] / 2 ** 30:.2f}"
-    lines = [f"Memory per chip: {need} of {hbm} GiB ({'fits' if m['fits'] else 'does not fit'})."]
+    lines = [f"Memory per chip: {memory_words(m)}: "
+             f"{'fits' if m['fits'] else 'does not fit'}."]
     if est is not None:
         flops = sum(p["flops"] for p in plan["programs"])
         sent = sum(p["collective_summary"]["wire_bytes"] for p in plan["programs"])
         lines.append(f"Per chip per step: {flops / 1e12:.2f} TFLOP, {sent / 1e6:.1f} MB sent "
                      f"by collectives; compiled in {plan['compile_seconds']:.0f} s.")
-        lines.append(f"Estimate ({ESTIMATE}): {est['step_seconds'] * 1e3:.1f} ms/step, "
-                     f"{est['pairs_per_second_per_chip']:.0f} pairs/s per chip, "
-                     f"{est['hours_per_epoch']:.3g} h/epoch, "
-                     f"{est['days_per_1000_epochs']:.1f} days for 1,000 epochs.")
+        lines.append(f"{ESTIMATE[:1].upper()}{ESTIMATE[1:]}: {estimate_words(est)}.")
     if plan.get("measured"):
-        lines.append(f"Measured here: {plan['measured']['step_seconds'] * 1e3:.1f} ms/step "
-                     f"({plan['measured']['ratio_to_estimate']:.2f}x the estimate).")
+        lines.append(f"Measured here: {two_figures(plan['measured']['step_seconds'] * 1e3)} "
+                     f"ms/step ({plan['measured']['ratio_to_estimate']:.2f}x the estimate).")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.io import storage
+from bt_jax.io import run_dir, storage
 
 # A matrix whose largest singular value is below this fraction of its RMS entry times
 # sqrt(N * D) is constant up to float rounding: complete collapse.
@@ -209,9 +209,9 @@ def write_pngs(workdir: str, *, spectra: dict, c: Optional[np.ndarray] = None,
     """spectrum.png (and cross_correlation.png when C is given) into workdir; spectra of
     the training batch of `step`, C's block of an embedding `dim` features wide."""
     of = "" if step is None else f" (the training batch of step {step})"
-    paths = [plot_spectra(spectra, storage.join(workdir, "spectrum.png"),
+    paths = [plot_spectra(spectra, run_dir.path(workdir, run_dir.SPECTRUM),
                           f"singular values of the centred representations{of}")]
     if c is not None:
-        paths.append(plot_heatmap(c, storage.join(workdir, "cross_correlation.png"),
+        paths.append(plot_heatmap(c, run_dir.path(workdir, run_dir.CROSS_CORRELATION),
                                   dim=dim, step=step))
     return paths

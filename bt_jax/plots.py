@@ -104,7 +104,7 @@ def plot_training_curves(workdir: str, curves: Optional[tuple] = None, title: st
     if curves is None:
         curves = losses.OBJECTIVES["barlow_twins"].curves
     fig = training_curves_figure(read_rows(workdir), curves, title, eval_split)
-    path = run_dir.path(workdir, "training_curves.png")
+    path = run_dir.path(workdir, run_dir.TRAINING_CURVES)
     storage.write_figure(fig, path)
     _pyplot().close(fig)
     return path

@@ -154,7 +154,7 @@ def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict
                               "collapse": diagnostics.collapse_verdict(spectrum)}
     if workdir is not None and e.tsne_points > 0:
         diagnostics.plot_embedding_2d(test_x, test_split.labels,
-                                      run_dir.path(workdir, "tsne.png"),
+                                      run_dir.path(workdir, run_dir.TSNE),
                                       max_points=e.tsne_points, seed=seed,
                                       split=split_name)
     results.update(num_train=len(ctx.train), num_test=len(test_split),

@@ -3,6 +3,8 @@ and the one way files are written there (atomically).
 
     WORKDIR/config.json          the config the run was started (or last resumed) with
     WORKDIR/metrics.jsonl        one line per logging step; diagnostics.jsonl beside it
+    WORKDIR/events.out.tfevents.*   TensorBoard's events, a file per launch
+    WORKDIR/*.png                training_curves, spectrum, cross_correlation; tsne
     WORKDIR/checkpoints/<step>/default/   Orbax: one folder per step, its one item
     WORKDIR/backbone.msgpack     the backbone's variables; backbone.json its preprocessing
     WORKDIR/results.json         the newest evaluation, and which weights it measured
@@ -31,9 +33,32 @@ BACKBONE = "backbone.msgpack"
 PREPROCESSING = "backbone.json"
 RESULTS = "results.json"
 LOCK = "run.lock"
+TRAINING_CURVES = "training_curves.png"
+SPECTRUM = "spectrum.png"
+CROSS_CORRELATION = "cross_correlation.png"
+TSNE = "tsne.png"
+# TensorBoard's event files: one per launch, named by time, host and process.
+EVENTS = "events.out.tfevents.*"
 PROFILES = os.path.join("plugins", "profile")   # jax.profiler's traces, under the log dir
 # The item a StandardSave writes inside Orbax's folder of a step.
 ORBAX_ITEM = "default"
+
+
+def run_files(config) -> tuple[str, ...]:
+    """What a finished training run of `config` leaves in its workdir (folders end in
+    "/", EVENTS is a pattern): every run's files; results.json where eval.enabled, and
+    tsne.png where eval.tsne_points > 0 too; plugins/ (traces) where profile.num_steps > 0
+    and the run reaches profile.start_step. README.md and docs/training.md list them per
+    recipe (tests/test_run_files.py checks both against this and a tiny run)."""
+    names = [CONFIG, METRICS, EVENTS, DIAGNOSTICS, TRAINING_CURVES, SPECTRUM,
+             CROSS_CORRELATION, CHECKPOINTS + "/", BACKBONE, PREPROCESSING]
+    if config.eval.enabled:
+        names.append(RESULTS)
+        if config.eval.tsne_points > 0:
+            names.append(TSNE)
+    if config.profile.num_steps > 0:
+        names.append(PROFILES.split(os.sep)[0] + "/")
+    return tuple(names)
 
 
 def path(workdir: str, name: str) -> str:

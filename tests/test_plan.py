@@ -379,8 +379,15 @@ def test_local_plan_compiles_the_trainers_step_and_measures_it():
     c.data.augment.blur_prob = (0.0, 0.0)
     shape = run_shape(c.data)
     devices, chip = jax.devices(), chips.Chip("cpu", 1e11, 0, 1e10, 0, "test")
+    said = []
     plan, run = planner.make_plan(c, "local", shape, devices_and_chip=(devices, chip),
-                                  progress=lambda *_: None)
+                                  progress=said.append)
+    # a line before and after each program's compile, the time in the second
+    names = ["views (on-device augmentation)", "train step"]
+    assert len(said) == 4
+    for i, name in enumerate(names):
+        assert said[2 * i] == f"  compiling {name} ..."
+        assert re.match(rf"  compiled {re.escape(name)} in \d+\.\d s: ", said[2 * i + 1])
     assert [p["name"] for p in plan["programs"]] == ["views (on-device augmentation)",
                                                     "train step"]
     step = plan["programs"][1]

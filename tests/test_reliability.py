@@ -18,6 +18,7 @@ from bt_jax.io import export
 from bt_jax import train
 from bt_jax.data import sources
 from bt_jax.models import make_backbone
+from stderr import own_lines
 from workdirs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +151,7 @@ def test_every_cli_mistake_is_one_line_with_exit_status_2(tmp_path, case):
         workdir = os.path.join(_unwritable_dir(tmp_path), "bt_jax_run")
     r = _cli(*args, "--workdir", workdir, "--config.num_steps=2", "--config.eval.enabled=False")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = own_lines(r.stderr)
     assert len(errors) == 1 and errors[0].startswith("error: "), r.stderr[-2000:]
     import re
     assert re.search(message, errors[0]), errors[0]

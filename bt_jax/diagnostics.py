@@ -208,7 +208,7 @@ def write_pngs(workdir: str, *, spectra: dict, c: Optional[np.ndarray] = None,
                dim: Optional[int] = None, step: Optional[int] = None) -> list[str]:
     """spectrum.png (and cross_correlation.png when C is given) into workdir; spectra of
     the training batch of `step`, C's block of an embedding `dim` features wide."""
-    of = "" if step is None else f" (the training batch of step {step})"
+    of = "" if step is None else f",\non the training batch of step {step}"
     paths = [plot_spectra(spectra, run_dir.path(workdir, run_dir.SPECTRUM),
                           f"singular values of the centred representations{of}")]
     if c is not None:

@@ -80,11 +80,6 @@ def need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def percent(result: dict) -> str:
-    """A probe's {"top1", ...} as the closing words of its progress line."""
-    return f"top-1 {100 * result['top1']:.2f}%"
-
-
 def feature_fn(backbone: nn.Module, printer: Optional[Callable[[str], None]] = None):
     """jit((variables, [B, S, S, 3] images) -> [B, F] features), inference mode: compile it
     once and pass it to `extract_features` as `apply` where features are taken often.

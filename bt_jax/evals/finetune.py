@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bt_jax import progress
 from bt_jax.evals import classifier
-from bt_jax.evals.common import Context, Protocol, Representation, label_subset, need, percent
+from bt_jax.evals.common import Context, Protocol, Representation, label_subset, need
 from bt_jax.evals.linear_sgd import check_views
 
 # The paper's B.2: 1% and 10% of the labels, 20 epochs.
@@ -39,7 +39,6 @@ def run(ctx: Context, rep: Representation, cfg) -> dict:
             (ctx.test.images, ctx.test.labels), labelled.num_classes,
             head_config(cfg, ctx.seed), image_size=ctx.image_size,
             mean=ctx.stats[0], std=ctx.stats[1], subset=subset, on_epoch=ticker.update)
-        ticker.done(percent(r))
         name = f"semi_{100 * fraction:g}pct"
         out[f"{name}_top1"], out[f"{name}_top5"] = r["top1"], r["top5"]
         out[f"{name}_examples"] = int(len(subset))

@@ -156,7 +156,9 @@ def heatmap_figure(c: np.ndarray, size: int = 128, *, dim: Optional[int] = None,
     bar.set_label("C_ij  (the loss pushes it to 1 on the diagonal, 0 off it)", fontsize=8)
     ax.set_xlabel("j: feature of view B's embedding")
     ax.set_ylabel("i: feature of view A's embedding")
-    shown = f"first {block.shape[0]}" + (f" of {dim}" if dim else "") + " features"
+    n = block.shape[0]
+    shown = (f"all {n} features" if dim == n else
+             f"first {n}" + (f" of {dim}" if dim else "") + " features")
     batch = "a training batch" if step is None else f"the training batch of step {step}"
     ax.set_title(f"cross-correlation C of the two views, {shown},\non {batch}", fontsize=9)
     fig.tight_layout()

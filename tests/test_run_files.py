@@ -178,7 +178,9 @@ def _check_plots(workdir: str) -> None:
     ax = fig.axes[0]
     assert ax.get_xlabel() == "j: feature of view B's embedding"
     assert ax.get_ylabel() == "i: feature of view A's embedding"
-    assert "first 32 of 32 features" in ax.get_title() and "step 3" in ax.get_title()
+    assert "all 32 features" in ax.get_title() and "step 3" in ax.get_title()
+    title = diagnostics.heatmap_figure(np.eye(256), dim=512).axes[0].get_title()
+    assert "first 128 of 512 features" in title and "on a training batch" in title
 
 
 def test_a_run_without_a_probe_or_monitor_has_no_accuracy_panel():

@@ -6,7 +6,7 @@ evaluation's feature extraction and probes.
     ticker.done("")                           # "... 70,000/70,000 images (12.3 s)"
 
     step = CompilesAhead("the train step", jax.jit(f))   # on its first call:
-    step(state, batch)   # "compiling the train step ..." / "compiled the train step in 41.2 s"
+    step(state, batch)   # "compiling the train step ..." / "compiled the train step in N.N s"
 """
 from __future__ import annotations
 

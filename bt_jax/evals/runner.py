@@ -36,11 +36,10 @@ def selected_protocols(eval_cfg) -> list:
     return [p for p in chosen if p.wanted(eval_cfg[p.name])]
 
 
-def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg,
-                      label: str = "representation") -> dict:
+def evaluate_features(train_x, train_y, test_x, test_y, num_classes: int, eval_cfg) -> dict:
     """The cached-feature probes of one representation (the fast linear probe and kNN,
     with eval_cfg.linear_fast and eval_cfg.knn): {"linear_fast_top1", "linear_fast_top5",
-    "linear_fast_l2", "knn_top1", "knn_top5"}, with a progress line per probe."""
+    "linear_fast_l2", "knn_top1", "knn_top5"}."""
     return {**linear_fast.probe(train_x, train_y, test_x, test_y, num_classes,
                                 eval_cfg.linear_fast),
             **knn.probe(train_x, train_y, test_x, test_y, num_classes, eval_cfg.knn)}

@@ -75,10 +75,9 @@ def two_figures(x: float) -> str:
     return f"{round(x, decimals):,.{max(decimals, 0)}f}"
 
 
-def estimate_words(est: dict, separator: str = "/") -> str:
+def estimate_words(est: dict, per: str = "/") -> str:
     """The estimate's step time, pairs/s per chip, hours per epoch and days for 1,000
-    epochs, each time to two significant figures."""
-    per = "/" if separator == "/" else " per "
+    epochs, each time to two significant figures; per: "/" ("ms/step") or " per "."""
     return (f"{two_figures(est['step_seconds'] * 1e3)} ms{per}step, "
             f"{est['pairs_per_second_per_chip']:,.0f} pairs/s per chip, "
             f"{two_figures(est['hours_per_epoch'])} h{per}epoch, "
@@ -86,12 +85,15 @@ def estimate_words(est: dict, separator: str = "/") -> str:
 
 
 def memory_words(m: dict) -> str:
-    """"0.31 of 2.94 GiB (what the 2.94 is)": needed against the limit per chip."""
-    need = "more than it has" if m["needed_bytes"] is None else _gib(m["needed_bytes"])
-    if m["hbm_bytes"] is None:
-        return f"{need} GiB ({m.get('limit') or 'no memory figure: not compared'})"
-    return f"{need} of {_gib(m['hbm_bytes'])} GiB" + (
-        f" ({m['limit']})" if m.get("limit") else "")
+    """"0.31 of 2.94 GiB (what the 2.94 is)": the memory a chip needs against its limit
+    (plan["memory"])."""
+    limit = f" ({m['limit']})" if m.get("limit") else ""
+    have = None if m["hbm_bytes"] is None else f"{_gib(m['hbm_bytes'])} GiB"
+    if m["needed_bytes"] is None:   # the compiler refused it without sizes
+        return f"more than {have or 'it has'}{limit}"
+    if have is None:
+        return f"{_gib(m['needed_bytes'])} GiB{limit or ' (no memory figure: not compared)'}"
+    return f"{_gib(m['needed_bytes'])} of {have}{limit}"
 
 
 def _gib(x) -> str:

@@ -143,6 +143,10 @@ def test_the_readme_class_mean_protocol_runs_beside_the_others(monkeypatch, caps
     want = np.mean(np.argmax(unit(x_test) @ means.T, 1) == y_test)
     assert r["class_mean_top1"] == pytest.approx(want)
     assert {"linear_fast_top1", "knn_top1", "linear_top1"} <= set(r)
+    # and its column in the closing table, beside the built-in ones
+    header, row = runner.format_table(r).splitlines()[:2]
+    assert header.split()[-5:-2] == ["kNN", "class", "mean"]
+    assert row.split()[-1] == f"{100 * want:.1f}%"
     assert c.eval.class_mean.top_k == 1      # its own settings, declared beside its code
     c.eval.class_mean.top_k = 0
     with pytest.raises(config_lib.ConfigError, match="eval.class_mean.top_k must be >= 1"):

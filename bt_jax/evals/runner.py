@@ -178,11 +178,16 @@ def evaluate_all(eval_cfg, backbone: nn.Module, trained: dict, random_init: dict
 
 def format_table(results: dict) -> str:
     """The results as a small text table, top-1 accuracies in percent ("-" where a probe
-    did not run), then the online probe, semi-supervised and collapse lines if present."""
+    did not run): a column per protocol, a registered one's too, then the online probe,
+    semi-supervised and collapse lines if present."""
     rows = [("Barlow Twins", results)]
     rows += [(name.replace("_", " "), r) for name, r in results.get("baselines", {}).items()]
     columns = [("linear (sgd)", "linear_sgd_top1"), ("linear (fast)", "linear_fast_top1"),
                ("kNN", "knn_top1")]
+    known = {key for _, key in columns} | {"linear_top1"}
+    columns += [(key[:-len("_top1")].replace("_", " "), key) for key in results   # registered
+                if key.endswith("_top1") and key not in known
+                and not key.startswith(("online_", "semi_"))]
     columns = [c for c in columns if any(c[1] in r for _, r in rows)] or [
         ("linear top-1", "linear_top1"), ("kNN top-1", "knn_top1")]
 

@@ -33,7 +33,8 @@ test-extras: $(STAMP)
 
 # The tests that take a minute or more each on a 2-core CPU: whole training runs (every
 # artifact and resume, on-device augmentation, folders, the kNN monitor, SIGKILL/SIGTERM
-# resume, 2 processes, the evaluation CLI, a refused resume, a profiled run), one step of
+# resume, 2 processes, the evaluation CLI, a refused resume, a profiled run, the files of
+# each recipe's settings), one step of
 # each ablation, the tiny ablation sweep and tuning run, and the benchmark scripts. CI runs them after `make test` (.ci/run).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --durations=5 -m slow tests

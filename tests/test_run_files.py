@@ -111,13 +111,14 @@ def test_a_tiny_run_of_the_demos_settings_prints_and_writes_what_the_docs_say(tm
     _check_plots(workdir)
 
 
-# The other recipes' settings, each run once (digits.py's is tested above).
-OTHER_SETTINGS = sorted({_settings(_recipe(r)): r for r in RECIPES
-                         if _settings(_recipe(r)) != _settings(_recipe("digits.py"))}.items())
+# One recipe of each other setting of the files (digits.py's is tested above).
+SETTINGS = {r: _settings(_recipe(r)) for r in RECIPES}
+OTHER_SETTINGS = sorted({s: r for r, s in SETTINGS.items() if s != SETTINGS["digits.py"]}
+                        .values())
 
 
 @pytest.mark.slow    # a whole training run each: about a minute on 2 cores; CI runs them
-@pytest.mark.parametrize("recipe", [r for _, r in OTHER_SETTINGS])
+@pytest.mark.parametrize("recipe", OTHER_SETTINGS)
 def test_a_tiny_run_of_each_recipes_settings_writes_the_files_listed(recipe, tmp_path):
     config = _tiny(recipe)
     _train(config, str(tmp_path / "run"))

@@ -227,19 +227,26 @@ def host_memory_bytes() -> float:
 
 
 def memory_limit(chip: Chip, devices: Sequence[jax.Device]) -> tuple[Optional[float], str]:
-    """(bytes per device a program may use, what that figure is), by `hbm_of`."""
-    hbm = hbm_of(chip, devices)
+    """(bytes per device a program may use, what that figure is): on the CPU this
+    machine's memory shared by its CPU devices (`host_memory_bytes`); the device's own
+    limit where it reports one (a local GPU); the share of a planned GPU's memory JAX
+    gives XLA (`gpus.memory_fraction`: 0.75 by default); else the chip's published
+    capacity (None where there is none)."""
     platform = getattr(devices[0], "platform", None)
     if platform == "cpu":
-        return hbm, (f"this machine's {host_memory_bytes() / GiB:.1f} GiB of host memory, "
-                     f"shared by {len(devices)} CPU device(s)")
-    if hbm is None:
-        return None, "no memory figure for this device: not compared"
-    if platform == "gpu" and hbm != chip.hbm_bytes:
-        return hbm, ("the GPU's bytes_limit" if _bytes_limit(devices) else
-                     f"the {hbm / chip.hbm_bytes:.2f} of the GPU's "
-                     f"{chip.hbm_bytes / GiB:.1f} GiB JAX gives XLA")
-    return hbm, f"the {chip.name}'s HBM"
+        host = host_memory_bytes()
+        return host / len(devices), (f"this machine's {host / GiB:.1f} GiB of host memory, "
+                                     f"shared by {len(devices)} CPU device(s)")
+    limit = _bytes_limit(devices)
+    if limit:
+        return limit, "the device's bytes_limit"
+    if platform == "gpu" and chip.hbm_bytes:
+        fraction = gpus.memory_fraction()
+        return chip.hbm_bytes * fraction, (f"the {fraction:.2f} of the GPU's "
+                                           f"{chip.hbm_bytes / GiB:.1f} GiB JAX gives XLA")
+    if chip.hbm_bytes:
+        return chip.hbm_bytes, f"the {chip.name}'s HBM"
+    return None, "no memory figure for this device: not compared"
 
 
 def _bytes_limit(devices: Sequence[jax.Device]) -> Optional[float]:
@@ -252,16 +259,5 @@ def _bytes_limit(devices: Sequence[jax.Device]) -> Optional[float]:
 
 
 def hbm_of(chip: Chip, devices: Sequence[jax.Device]) -> Optional[float]:
-    """Memory per device a program may use: the device's own figure where it reports one
-    (a local GPU), the share of a planned GPU's memory JAX gives XLA
-    (`gpus.memory_fraction`: 0.75 by default), on the CPU this machine's memory shared
-    by its CPU devices (`host_memory_bytes`), else the chip's published capacity (None
-    where there is none)."""
-    if getattr(devices[0], "platform", None) == "cpu":
-        return host_memory_bytes() / len(devices)
-    limit = _bytes_limit(devices)
-    if limit:
-        return limit
-    if getattr(devices[0], "platform", None) == "gpu" and chip.hbm_bytes:
-        return chip.hbm_bytes * gpus.memory_fraction()
-    return chip.hbm_bytes or None
+    """Memory per device a program may use (`memory_limit`'s bytes)."""
+    return memory_limit(chip, devices)[0]

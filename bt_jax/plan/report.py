@@ -16,6 +16,7 @@ from bt_jax.io import run_dir, storage
 from bt_jax.plan.chips import Chip
 
 ESTIMATE = "roofline estimate (not a measurement)"
+ESTIMATE_HEADING = "Roofline estimate (not a measurement)"   # ESTIMATE opening a sentence
 
 
 def collective_seconds(summary: dict, chip: Chip) -> float:
@@ -139,7 +140,7 @@ def markdown(plan: dict) -> str:
                      f"{e['compute_seconds']:.4f} | {e['memory_seconds']:.4f} | "
                      f"{e['collective_seconds']:.4f} | {e['seconds']:.4f} |")
     lines += collective_lines(plan)
-    lines += ["", f"{ESTIMATE[:1].upper()}{ESTIMATE[1:]}, for epochs of "
+    lines += ["", f"{ESTIMATE_HEADING}, for epochs of "
               f"{est['epoch_examples']:,} images: {estimate_words(est, ' per ')}.", ""]
     if plan.get("measured"):
         ms = plan["measured"]
@@ -227,7 +228,7 @@ def summary(plan: dict) -> str:
         sent = sum(p["collective_summary"]["wire_bytes"] for p in plan["programs"])
         lines.append(f"Per chip per step: {flops / 1e12:.2f} TFLOP, {sent / 1e6:.1f} MB sent "
                      f"by collectives; compiled in {plan['compile_seconds']:.0f} s.")
-        lines.append(f"{ESTIMATE[:1].upper()}{ESTIMATE[1:]}: {estimate_words(est)}.")
+        lines.append(f"{ESTIMATE_HEADING}: {estimate_words(est)}.")
     if plan.get("measured"):
         lines.append(f"Measured here: {two_figures(plan['measured']['step_seconds'] * 1e3)} "
                      f"ms/step ({plan['measured']['ratio_to_estimate']:.2f}x the estimate).")
